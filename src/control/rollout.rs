@@ -1,0 +1,458 @@
+//! The rollout state machine: a pure function of (state, config, evaluation,
+//! now). No clock reads, no I/O: the control task supplies `now` and the
+//! evaluation, then persists, swaps weights and writes reports from the
+//! returned [`Outcome`]. That is what lets the tests drive every path with a
+//! fake clock.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveTime, Utc};
+
+use super::gates::{Evaluation, GateStatus};
+use super::state::{Action, Approval, Decision, Incident, RolloutState, StateName, Trigger};
+use super::tripwire::Trip;
+use crate::config::{PhaseMode, PromotionWindow, RolloutConfig};
+
+/// What the control task must do after a step.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Outcome {
+    /// The decision taken, if any (NONE ticks have one too, for the live view).
+    pub decision: Option<Decision>,
+    /// Write a gate report for this decision.
+    pub report: bool,
+    /// A step-up happened from this phase index (phase summary card).
+    pub stepped_from: Option<usize>,
+    /// The rollout just finished successfully: run the golden re-freeze.
+    pub promoted: bool,
+    /// The weights changed: publish a new routing table.
+    pub weights_changed: bool,
+}
+
+/// Operator commands of the admin API.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Start,
+    Pause,
+    Resume,
+    Promote,
+    Rollback,
+    SetWeight(f64),
+    SetFlags(BTreeMap<String, i64>),
+    Approve { role: String, by: String },
+    Incident { severity: u8, summary: String },
+    Unfreeze,
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start => "start",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Promote => "promote",
+            Command::Rollback => "rollback",
+            Command::SetWeight(_) => "weights",
+            Command::SetFlags(_) => "flags",
+            Command::Approve { .. } => "approve",
+            Command::Incident { .. } => "incident",
+            Command::Unfreeze => "unfreeze",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CommandError {
+    /// HTTP 423.
+    #[error("FREEZE_LOCK is set after the golden re-freeze: POST /api/v1/unfreeze first")]
+    Frozen,
+    /// HTTP 409.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn decision(action: Action, reason: impl Into<String>, at: DateTime<Utc>) -> Decision {
+    Decision {
+        action,
+        reason: reason.into(),
+        at,
+        trigger: None,
+    }
+}
+
+fn human(d: chrono::TimeDelta) -> String {
+    let secs = d.num_seconds().max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+/// The pure controller.
+pub struct Core<'a> {
+    pub cfg: &'a RolloutConfig,
+}
+
+impl Core<'_> {
+    fn enter_phase(&self, s: &mut RolloutState, idx: usize, now: DateTime<Utc>) {
+        let phase = &self.cfg.phases[idx];
+        s.phase_index = Some(idx);
+        s.weight_v2 = phase.weight.percent();
+        s.phase_started_at = Some(now);
+        s.green_since = None;
+        s.red_since.clear();
+        s.gate_status.clear();
+        s.state = match phase.mode {
+            PhaseMode::Shadow => StateName::Shadow,
+            PhaseMode::Live => StateName::Canary,
+        };
+    }
+
+    fn missing_flags(&self, s: &RolloutState) -> Vec<String> {
+        self.cfg
+            .required_flags
+            .iter()
+            .filter(|f| s.flags.get(*f).copied().unwrap_or(0) != 1)
+            .map(|f| format!("{f} = {}", s.flags.get(f).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    fn rollback(&self, s: &mut RolloutState, trigger: Trigger, detail: &str, now: DateTime<Utc>) -> Outcome {
+        s.state = StateName::RolledBack;
+        s.weight_v2 = 0.0;
+        s.green_since = None;
+        let mut d = decision(Action::Rollback, format!("{}: {detail}", trigger.label()), now);
+        d.trigger = Some(trigger);
+        s.last_decision = Some(d.clone());
+        Outcome {
+            decision: Some(d),
+            report: true,
+            weights_changed: true,
+            ..Default::default()
+        }
+    }
+
+    fn hold(&self, s: &mut RolloutState, reason: String, now: DateTime<Utc>) -> Outcome {
+        if s.state == StateName::Canary {
+            s.state = StateName::Holding;
+        }
+        // One report when a hold starts or its cause changes, not every tick.
+        let key = |r: &str| r.split(':').next().unwrap_or("").to_string();
+        let report = match &s.last_decision {
+            Some(d) => d.action != Action::Hold || key(&d.reason) != key(&reason),
+            None => true,
+        };
+        let d = decision(Action::Hold, reason, now);
+        s.last_decision = Some(d.clone());
+        Outcome {
+            decision: Some(d),
+            report,
+            ..Default::default()
+        }
+    }
+
+    fn none(&self, reason: String, now: DateTime<Utc>) -> Outcome {
+        Outcome {
+            decision: Some(decision(Action::None, reason, now)),
+            ..Default::default()
+        }
+    }
+
+    /// Moves to the next phase, or declares success after the last one.
+    fn advance(&self, s: &mut RolloutState, reason: String, now: DateTime<Utc>) -> Outcome {
+        let idx = s.phase_index.expect("advance needs a phase");
+        if idx + 1 == self.cfg.phases.len() {
+            s.state = StateName::Promoted;
+            let d = decision(Action::Promote, reason, now);
+            s.last_decision = Some(d.clone());
+            return Outcome {
+                decision: Some(d),
+                report: true,
+                promoted: true,
+                ..Default::default()
+            };
+        }
+        if self.cfg.phases[idx].mode == PhaseMode::Shadow {
+            s.flags.insert("SHADOW_PASS_24H".into(), 1);
+        }
+        self.enter_phase(s, idx + 1, now);
+        let d = decision(Action::Go, reason, now);
+        s.last_decision = Some(d.clone());
+        Outcome {
+            decision: Some(d),
+            report: true,
+            stepped_from: Some(idx),
+            weights_changed: true,
+            ..Default::default()
+        }
+    }
+
+    /// Remembers gate statuses and how long each has been RED.
+    fn remember_gates(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>) {
+        let mut red_since = BTreeMap::new();
+        let mut status = BTreeMap::new();
+        for g in &ev.gates {
+            let key = g.key();
+            if g.status == GateStatus::Red {
+                let since = s.red_since.get(&key).copied().unwrap_or(now);
+                red_since.insert(key.clone(), since);
+            }
+            status.insert(key, g.status);
+        }
+        s.red_since = red_since;
+        s.gate_status = status;
+    }
+
+    /// Automatic rollback triggers evaluated on the tick.
+    fn tick_triggers(&self, s: &RolloutState, ev: &Evaluation, now: DateTime<Utc>) -> Option<(Trigger, String)> {
+        if let Some((journey, p95)) = ev
+            .p95_breaches(self.cfg.p95_rollback_ms, self.cfg.min_samples)
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+        {
+            return Some((
+                Trigger::P95Hard,
+                format!("journey {journey} V2 P95 {p95:.1} ms > {} ms", self.cfg.p95_rollback_ms),
+            ));
+        }
+        let limit = chrono::TimeDelta::from_std(self.cfg.red_rollback_after).unwrap_or(chrono::TimeDelta::MAX);
+        s.red_since
+            .iter()
+            .filter(|(_, since)| now - **since >= limit)
+            .min_by_key(|(_, since)| **since)
+            .map(|(key, since)| {
+                (
+                    Trigger::GateRedSustained,
+                    format!("gate {key} RED for {} (limit {})", human(now - *since), human(limit)),
+                )
+            })
+    }
+
+    /// One controller tick.
+    pub fn tick(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>, local: NaiveTime) -> Outcome {
+        self.remember_gates(s, ev, now);
+        match s.state {
+            StateName::Promoted => self.none("rollout promoted".into(), now),
+            StateName::RolledBack => self.none("rolled back; POST /api/v1/rollout/start begins a new rollout".into(), now),
+            StateName::Paused => {
+                // Safety triggers stay armed while V2 takes traffic.
+                if s.weight_v2 > 0.0 {
+                    if let Some((t, detail)) = self.tick_triggers(s, ev, now) {
+                        return self.rollback(s, t, &detail, now);
+                    }
+                }
+                self.none("paused by operator".into(), now)
+            }
+            StateName::Waiting if !s.started => self.none("waiting for POST /api/v1/rollout/start".into(), now),
+            StateName::Waiting => self.try_start(s, now),
+            StateName::Shadow | StateName::Canary | StateName::Holding => self.in_phase(s, ev, now, local),
+        }
+    }
+
+    fn try_start(&self, s: &mut RolloutState, now: DateTime<Utc>) -> Outcome {
+        let first = &self.cfg.phases[0];
+        let missing = self.missing_flags(s);
+        if first.mode == PhaseMode::Live && !missing.is_empty() {
+            return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
+        }
+        self.enter_phase(s, 0, now);
+        let d = decision(Action::Go, format!("start conditions met: entering {}", first.name), now);
+        s.last_decision = Some(d.clone());
+        Outcome {
+            decision: Some(d),
+            report: true,
+            weights_changed: true,
+            ..Default::default()
+        }
+    }
+
+    fn in_phase(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>, local: NaiveTime) -> Outcome {
+        let idx = s.phase_index.expect("in a phase");
+        let phase = &self.cfg.phases[idx];
+        if phase.mode == PhaseMode::Live {
+            if let Some((t, detail)) = self.tick_triggers(s, ev, now) {
+                return self.rollback(s, t, &detail, now);
+            }
+        }
+        if let Some(reason) = s.manual_hold.clone() {
+            return self.hold(s, reason, now);
+        }
+        if let Some(g) = ev.worst() {
+            s.green_since = None;
+            let what = g.journey.as_deref().map_or(String::new(), |j| format!(" ({j})"));
+            let reason = format!("gate {}{what} {:?}: {}", g.name, g.status, g.reason).replace("Red", "RED").replace("Yellow", "YELLOW");
+            return self.hold(s, reason, now);
+        }
+        let since = *s.green_since.get_or_insert(now);
+        let green_for = now - since;
+        let hold = chrono::TimeDelta::from_std(phase.hold).unwrap_or(chrono::TimeDelta::MAX);
+        if green_for < hold {
+            if s.state == StateName::Holding {
+                s.state = StateName::Canary;
+            }
+            return self.none(format!("all gates GREEN for {} of the {} hold", human(green_for), human(hold)), now);
+        }
+        if idx + 1 == self.cfg.phases.len() {
+            return self.advance(s, format!("all gates GREEN for {} at {}%: rollout promoted", human(green_for), phase.weight.percent()), now);
+        }
+        let next = &self.cfg.phases[idx + 1];
+        if next.mode == PhaseMode::Live && phase.mode == PhaseMode::Shadow {
+            s.flags.insert("SHADOW_PASS_24H".into(), 1);
+            let missing = self.missing_flags(s);
+            if !missing.is_empty() {
+                return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
+            }
+        }
+        if let Some(role) = &next.approval {
+            let waived = next.approval_waived_if_green && ev.all_green();
+            if !waived && !s.has_approval(role) {
+                return self.hold(s, format!("approval: {} needs approval by role {role}", next.name), now);
+            }
+        }
+        if !self.cfg.promotion_window.contains(local) {
+            let resume = match self.cfg.promotion_window {
+                PromotionWindow::Hours { start, .. } => start.format("%H:%M").to_string(),
+                PromotionWindow::Always => String::new(),
+            };
+            return self.hold(s, format!("promotion window: outside it, step-ups resume at {resume} local"), now);
+        }
+        let approved = next
+            .approval
+            .as_ref()
+            .map_or(String::new(), |r| match s.approvals.iter().rev().find(|a| &a.role == r) {
+                Some(a) => format!(", approved by {} ({r})", a.by),
+                None => format!(", {r} approval waived: all GREEN"),
+            });
+        self.advance(
+            s,
+            format!("all gates GREEN for {}: {} -> {} ({}%){approved}", human(green_for), phase.name, next.name, next.weight.percent()),
+            now,
+        )
+    }
+
+    /// The request path tripped on consecutive payment failures (it already swapped the weights).
+    pub fn payment_trip(&self, s: &mut RolloutState, trip: Trip, now: DateTime<Utc>) -> Outcome {
+        let detail = format!(
+            "{} consecutive failed payments on V2 (limit {}); weights swapped {} µs after the last failure",
+            trip.failures,
+            self.cfg.consecutive_payment_failures,
+            trip.trigger_to_swap_ns / 1000
+        );
+        self.rollback(s, Trigger::PaymentFailures, &detail, now)
+    }
+
+    /// Whether V2 is taking traffic under the controller's watch.
+    pub fn active(s: &RolloutState) -> bool {
+        s.weight_v2 > 0.0 && !matches!(s.state, StateName::RolledBack | StateName::Promoted)
+    }
+
+    /// An operator command.
+    pub fn command(&self, s: &mut RolloutState, cmd: Command, now: DateTime<Utc>) -> Result<Outcome, CommandError> {
+        let changes_weights = matches!(
+            cmd,
+            Command::Start | Command::Resume | Command::Promote | Command::Rollback | Command::SetWeight(_)
+        );
+        if s.frozen && changes_weights {
+            return Err(CommandError::Frozen);
+        }
+        let conflict = |what: &str, s: &RolloutState| {
+            Err(CommandError::Conflict(format!("cannot {what} while the rollout is {:?}", s.state).to_lowercase()))
+        };
+        match cmd {
+            Command::Start => match s.state {
+                StateName::Waiting | StateName::RolledBack | StateName::Promoted => {
+                    if s.state != StateName::Waiting {
+                        // A new rollout: forget the previous one's approvals and incidents.
+                        let flags = std::mem::take(&mut s.flags);
+                        let next_report = s.next_report;
+                        *s = RolloutState::new(flags);
+                        s.next_report = next_report;
+                    }
+                    s.started = true;
+                    let mut out = self.try_start(s, now);
+                    out.report = true;
+                    Ok(out)
+                }
+                _ => conflict("start", s),
+            },
+            Command::Pause => match s.state {
+                StateName::Waiting | StateName::Shadow | StateName::Canary | StateName::Holding => {
+                    s.state = StateName::Paused;
+                    Ok(self.none("paused by operator".into(), now))
+                }
+                _ => conflict("pause", s),
+            },
+            Command::Resume => match (s.state, s.phase_index) {
+                (StateName::Paused, Some(idx)) => {
+                    let started = s.phase_started_at;
+                    self.enter_phase(s, idx, now);
+                    s.phase_started_at = started;
+                    s.manual_hold = None;
+                    Ok(Outcome {
+                        weights_changed: true,
+                        ..self.none(format!("resumed in {}", self.cfg.phases[idx].name), now)
+                    })
+                }
+                (StateName::Paused, None) => {
+                    s.state = StateName::Waiting;
+                    s.weight_v2 = 0.0;
+                    Ok(Outcome {
+                        weights_changed: true,
+                        ..self.none("resumed: waiting for start conditions".into(), now)
+                    })
+                }
+                (StateName::Holding, _) if s.manual_hold.is_some() => {
+                    s.manual_hold = None;
+                    s.state = StateName::Canary;
+                    Ok(self.none("manual hold cleared".into(), now))
+                }
+                _ => conflict("resume", s),
+            },
+            Command::Promote => match (s.state, s.phase_index) {
+                (StateName::Shadow | StateName::Canary | StateName::Holding | StateName::Paused, Some(_)) => {
+                    s.manual_hold = None;
+                    Ok(self.advance(s, "manual promote by operator".into(), now))
+                }
+                _ => conflict("promote", s),
+            },
+            Command::Rollback => match s.state {
+                StateName::RolledBack => conflict("roll back", s),
+                _ => Ok(self.rollback(s, Trigger::Manual, "rollback requested by operator", now)),
+            },
+            Command::SetWeight(p) => {
+                s.state = StateName::Paused;
+                s.weight_v2 = p;
+                Ok(Outcome {
+                    weights_changed: true,
+                    ..self.none(format!("manual weight: V2 {p}%; controller paused"), now)
+                })
+            }
+            Command::SetFlags(flags) => {
+                s.flags.extend(flags);
+                Ok(Outcome::default())
+            }
+            Command::Approve { role, by } => {
+                s.approvals.push(Approval { role, by, at: now });
+                Ok(Outcome::default())
+            }
+            Command::Incident { severity, summary } => {
+                let id = s.incidents.len() as u64 + 1;
+                s.incidents.push(Incident { id, severity, summary: summary.clone(), at: now });
+                if !Self::active(s) {
+                    return Ok(Outcome::default());
+                }
+                if severity == 1 {
+                    return Ok(self.rollback(s, Trigger::Sev1Incident, &format!("Sev-1 incident #{id}: {summary}"), now));
+                }
+                let sev2 = s.sev_count(2);
+                if severity == 2 && sev2 >= self.cfg.sev2_hold_count as usize {
+                    let reason = format!("incidents: {sev2} Sev-2 incidents, holding for a manual decision (resume, promote or rollback)");
+                    s.manual_hold = Some(reason.clone());
+                    s.state = StateName::Holding;
+                    return Ok(self.hold(s, reason, now));
+                }
+                Ok(Outcome::default())
+            }
+            Command::Unfreeze => {
+                s.frozen = false;
+                Ok(Outcome::default())
+            }
+        }
+    }
+}

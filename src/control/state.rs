@@ -1,0 +1,235 @@
+//! The rollout state that survives restarts, and its atomic persistence.
+//!
+//! Written as JSON through temp file + fsync + rename + fsync of the directory,
+//! so a crash at any point leaves either the old or the new file, never a torn
+//! one. A state file that exists but does not parse is an error at start-up:
+//! silently starting over could route users to a version an operator had
+//! rolled back.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::gates::GateStatus;
+
+/// The `state` field of `/api/v1/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    Waiting,
+    Shadow,
+    Canary,
+    Holding,
+    Paused,
+    Promoted,
+    RolledBack,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    Go,
+    Hold,
+    Rollback,
+    Promote,
+    None,
+}
+
+impl Action {
+    /// The seeds' vocabulary for reports.
+    pub fn report_word(self) -> &'static str {
+        match self {
+            Action::Go => "GO",
+            Action::Hold => "NO-GO",
+            Action::Rollback => "ROLLBACK",
+            Action::Promote => "PROMOTE",
+            Action::None => "NONE",
+        }
+    }
+}
+
+/// Why a rollback happened (label of `rollgate_rollbacks_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    P95Hard,
+    GateRedSustained,
+    PaymentFailures,
+    Sev1Incident,
+    Manual,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 5] = [
+        Trigger::P95Hard,
+        Trigger::GateRedSustained,
+        Trigger::PaymentFailures,
+        Trigger::Sev1Incident,
+        Trigger::Manual,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::P95Hard => "p95_hard",
+            Trigger::GateRedSustained => "gate_red_sustained",
+            Trigger::PaymentFailures => "payment_failures",
+            Trigger::Sev1Incident => "sev1_incident",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub role: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: u64,
+    pub severity: u8,
+    pub summary: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything the controller must remember across restarts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub state: StateName,
+    pub phase_index: Option<usize>,
+    /// Current V2 weight in percent.
+    pub weight_v2: f64,
+    /// A rollout was started (by `auto_start` or an operator).
+    pub started: bool,
+    pub phase_started_at: Option<DateTime<Utc>>,
+    /// Since when every gate has been GREEN without interruption in this phase.
+    pub green_since: Option<DateTime<Utc>>,
+    /// Previous tick's gate statuses (hysteresis memory).
+    pub gate_status: BTreeMap<String, GateStatus>,
+    /// Since when each currently RED gate has been RED.
+    pub red_since: BTreeMap<String, DateTime<Utc>>,
+    pub flags: BTreeMap<String, i64>,
+    pub approvals: Vec<Approval>,
+    pub incidents: Vec<Incident>,
+    /// Set when two Sev-2 incidents ask for a manual decision; cleared by resume/promote.
+    pub manual_hold: Option<String>,
+    pub frozen: bool,
+    pub last_decision: Option<Decision>,
+    pub next_report: u64,
+}
+
+impl RolloutState {
+    pub fn new(flags: BTreeMap<String, i64>) -> Self {
+        Self {
+            state: StateName::Waiting,
+            phase_index: None,
+            weight_v2: 0.0,
+            started: false,
+            phase_started_at: None,
+            green_since: None,
+            gate_status: BTreeMap::new(),
+            red_since: BTreeMap::new(),
+            flags,
+            approvals: Vec::new(),
+            incidents: Vec::new(),
+            manual_hold: None,
+            frozen: false,
+            last_decision: None,
+            next_report: 1,
+        }
+    }
+
+    pub fn has_approval(&self, role: &str) -> bool {
+        self.approvals.iter().any(|a| a.role == role)
+    }
+
+    pub fn sev_count(&self, severity: u8) -> usize {
+        self.incidents.iter().filter(|i| i.severity == severity).count()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt ({source}); fix or move it away, rollgate will not guess the rollout state")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+pub const STATE_FILE: &str = "state.json";
+
+/// Loads the state, `None` when there is no state file yet.
+pub fn load(dir: &Path) -> Result<Option<RolloutState>, StateError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io { path, source }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt { path, source }),
+    }
+}
+
+/// Atomically replaces the state file.
+pub fn save(dir: &Path, state: &RolloutState) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+    write_atomic(&dir.join(STATE_FILE), &bytes)
+}
+
+/// temp + fsync + rename + fsync(dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_corrupt_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let mut s = RolloutState::new(BTreeMap::from([("EVIDENCE_BUNDLE".into(), 1)]));
+        s.phase_index = Some(2);
+        s.weight_v2 = 50.0;
+        s.approvals.push(Approval { role: "cfo".into(), by: "dana".into(), at: Utc::now() });
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s));
+        std::fs::write(dir.path().join(STATE_FILE), b"{\"state\": \"canary\", \"pha").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");
+    }
+}

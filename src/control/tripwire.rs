@@ -1,0 +1,137 @@
+//! Request-path rollback trigger for consecutive payment failures on V2.
+//!
+//! The controller only looks every tick; a run of failing payments must not
+//! wait for it. Each payment response on V2 updates one atomic counter; the
+//! request that pushes it past the limit swaps the routing table to V2 = 0
+//! itself, then wakes the controller, which records the decision, persists the
+//! state and writes the report.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::routing::{Router, Variant};
+
+pub struct PaymentTrip {
+    limit: u32,
+    consecutive: AtomicU32,
+    /// Only a live rollout can be rolled back; the controller arms and disarms it.
+    armed: AtomicBool,
+    router: Arc<Router>,
+    /// Nanoseconds from `origin` to the trip and to the finished swap.
+    origin: Instant,
+    tripped_ns: AtomicU64,
+    swapped_ns: AtomicU64,
+    pub notify: Notify,
+}
+
+/// When the trip fired, for the report.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trip {
+    pub failures: u32,
+    /// Time from the failing response being seen to the routing swap.
+    pub trigger_to_swap_ns: u64,
+}
+
+impl PaymentTrip {
+    pub fn new(limit: u32, router: Arc<Router>) -> Self {
+        Self {
+            limit,
+            consecutive: AtomicU32::new(0),
+            armed: AtomicBool::new(false),
+            router,
+            origin: Instant::now(),
+            tripped_ns: AtomicU64::new(0),
+            swapped_ns: AtomicU64::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn arm(&self, armed: bool) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.armed.store(armed, Ordering::Release);
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Acquire)
+    }
+
+    /// Called for every payment-journey response.
+    #[inline]
+    pub fn observe(&self, variant: Variant, failed: bool) {
+        if variant != Variant::V2 {
+            return;
+        }
+        if !failed {
+            self.consecutive.store(0, Ordering::Relaxed);
+            return;
+        }
+        let seen = Instant::now();
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        // `swap` makes exactly one request perform the rollback.
+        if n > self.limit && self.armed.swap(false, Ordering::AcqRel) {
+            self.router.rollback();
+            let done = self.origin.elapsed().as_nanos() as u64;
+            let start = seen.duration_since(self.origin).as_nanos() as u64;
+            self.tripped_ns.store(start.max(1), Ordering::Relaxed);
+            self.swapped_ns.store(done.max(start + 1), Ordering::Release);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Returns the trip once, after it happened.
+    pub fn take_trip(&self) -> Option<Trip> {
+        let swapped = self.swapped_ns.swap(0, Ordering::Acquire);
+        (swapped != 0).then(|| Trip {
+            failures: self.consecutive.load(Ordering::Relaxed),
+            trigger_to_swap_ns: swapped - self.tripped_ns.load(Ordering::Relaxed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{RouteTable, WeightBp};
+
+    #[test]
+    fn trips_after_more_than_limit_consecutive_v2_failures_only() {
+        let router = Arc::new(Router::new(RouteTable {
+            v2: WeightBp::from_percent(25.0).unwrap(),
+            headers: vec![],
+        }));
+        let trip = PaymentTrip::new(5, router.clone());
+        trip.arm(true);
+        for _ in 0..5 {
+            trip.observe(Variant::V2, true);
+        }
+        trip.observe(Variant::V2, false); // a success resets the run
+        for _ in 0..5 {
+            trip.observe(Variant::V2, true);
+            trip.observe(Variant::V1, true); // V1 failures do not count
+        }
+        assert_eq!(router.load().v2.bp(), 2_500);
+        assert!(trip.take_trip().is_none());
+        trip.observe(Variant::V2, true);
+        assert_eq!(router.load().v2, WeightBp::ZERO);
+        let t = trip.take_trip().unwrap();
+        assert_eq!(t.failures, 6);
+        assert!(trip.take_trip().is_none());
+        assert!(!trip.is_armed());
+    }
+
+    #[test]
+    fn disarmed_never_trips() {
+        let router = Arc::new(Router::new(RouteTable {
+            v2: WeightBp::FULL,
+            headers: vec![],
+        }));
+        let trip = PaymentTrip::new(1, router.clone());
+        for _ in 0..10 {
+            trip.observe(Variant::V2, true);
+        }
+        assert_eq!(router.load().v2, WeightBp::FULL);
+    }
+}

@@ -1,0 +1,195 @@
+//! The data path: accept -> classify journey -> pick variant -> forward -> record.
+//!
+//! [`Proxy::handle`] is the whole request path and reads top to bottom. It
+//! never fails: upstream problems become 502/504 responses here, malformed
+//! requests were already answered 400/431 by hyper before reaching it.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::{PathAndQuery, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::config::{Config, Upstream};
+use crate::control::tripwire::PaymentTrip;
+use crate::journeys::{JourneyKind, Journeys};
+use crate::routing::{RouteTable, Router, Variant};
+use crate::stats::{Telemetry, UpstreamErrorKind};
+use crate::sticky::{Source, Sticky};
+use body::ProxyBody;
+use forward::Upstreams;
+use headers::*;
+
+/// Everything the request path reads; built once, shared by all connections.
+pub struct Proxy {
+    journeys: Journeys,
+    router: Arc<Router>,
+    sticky: Sticky,
+    telemetry: Arc<Telemetry>,
+    payment_trip: Arc<PaymentTrip>,
+    upstreams: Upstreams,
+    targets: [Upstream; 2],
+    expose_variant: bool,
+    allow_override: bool,
+    /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
+    tls: bool,
+}
+
+static ROOT: PathAndQuery = PathAndQuery::from_static("/");
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        cookie_secret: &[u8],
+        router: Arc<Router>,
+        telemetry: Arc<Telemetry>,
+        payment_trip: Arc<PaymentTrip>,
+        tls: bool,
+    ) -> Self {
+        let r = &config.routing;
+        Self {
+            journeys: config.journeys.clone(),
+            router,
+            sticky: Sticky::new(&r.salt, cookie_secret, r.sticky_header.clone(), r.sticky_cookie.clone()),
+            telemetry,
+            payment_trip,
+            upstreams: Upstreams::new(&config.upstreams),
+            targets: [config.upstreams.v1.clone(), config.upstreams.v2.clone()],
+            expose_variant: r.expose_variant_header,
+            allow_override: r.allow_override_header,
+            tls,
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let start = Instant::now();
+
+        // Classify and pick.
+        let journey = self.journeys.classify(req.method(), req.uri().path());
+        let sticky = self.sticky.resolve(req.headers());
+        let route = self.router.load();
+        let variant = self
+            .override_variant(&req)
+            .unwrap_or_else(|| route.v2.pick(sticky.bucket));
+        let inflight = self.telemetry.inflight(journey, variant);
+
+        // Forward.
+        self.prepare_upstream(&mut req, variant, &route, peer);
+        drop(route);
+        let result = self.upstreams.send(req).await;
+        let latency = start.elapsed();
+
+        // Record and answer.
+        let (status, mut resp) = match result {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                let cache_hit = is_cache_hit(&parts.headers);
+                self.telemetry
+                    .record(journey, variant, latency, parts.status.as_u16(), cache_hit);
+                remove_hop_by_hop(&mut parts.headers);
+                let resp = Response::from_parts(
+                    parts,
+                    ProxyBody::Upstream {
+                        inner: body,
+                        guard: inflight,
+                    },
+                );
+                (resp.status(), resp)
+            }
+            Err(kind) => {
+                let status = match kind {
+                    UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                self.telemetry.record_upstream_error(journey, variant, kind);
+                self.telemetry
+                    .record(journey, variant, latency, status.as_u16(), false);
+                (status, error_response(status, kind))
+            }
+        };
+        if self.journeys.kind(journey) == JourneyKind::Payment {
+            self.payment_trip
+                .observe(variant, status.is_server_error());
+        }
+        if self.expose_variant {
+            resp.headers_mut()
+                .insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
+        }
+        if let Source::New(id) = sticky.source {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, self.sticky.set_cookie(id, self.tls));
+        }
+        Ok(resp)
+    }
+
+    fn override_variant(&self, req: &Request<Incoming>) -> Option<Variant> {
+        if !self.allow_override {
+            return None;
+        }
+        Variant::from_bytes(req.headers().get(&X_ROLLGATE_VARIANT)?.as_bytes())
+    }
+
+    /// Rewrites the request in place for the chosen upstream (SPEC §3).
+    fn prepare_upstream(&self, req: &mut Request<Incoming>, variant: Variant, route: &RouteTable, peer: SocketAddr) {
+        let target = &self.targets[variant as usize];
+        let incoming_authority = req.uri().authority().cloned();
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| ROOT.clone());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(target.scheme.clone());
+        parts.authority = Some(target.authority.clone());
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        *req.version_mut() = Version::HTTP_11;
+
+        let h = req.headers_mut();
+        remove_hop_by_hop(h);
+        // h2 clients send :authority instead of Host; keep the name they asked for.
+        if !h.contains_key(header::HOST) {
+            if let Some(a) = incoming_authority {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    h.insert(header::HOST, v);
+                }
+            }
+        }
+        append_forwarded_for(h, peer.ip());
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
+        );
+        ensure_request_id(h);
+        h.insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
+        for (name, value) in &route.headers {
+            h.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<ProxyBody> {
+    let msg: &'static str = match kind {
+        UpstreamErrorKind::Connect => "rollgate: upstream connect failed\n",
+        UpstreamErrorKind::Timeout => "rollgate: upstream did not answer in time\n",
+        UpstreamErrorKind::Reset => "rollgate: upstream closed the connection\n",
+        UpstreamErrorKind::Protocol => "rollgate: upstream sent an invalid response\n",
+    };
+    let mut r = Response::new(ProxyBody::full(msg));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Whether a method is safe to mirror or retry.
+pub fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD)
+}

@@ -1,0 +1,253 @@
+//! Sticky user -> bucket mapping and the signed `rg_bucket` cookie.
+//!
+//! bucket = xxh3_64(key, seed = xxh3_64(rollout salt)) mod 10 000. xxh3 is a
+//! specified algorithm, so the same key maps to the same bucket on every
+//! instance, architecture and restart; changing the salt reshuffles users for
+//! a new rollout. The key is, in order: the configured user header, the
+//! configured user cookie, the id inside a valid `rg_bucket` cookie, or a new
+//! random id that the response then sets in `rg_bucket`.
+//!
+//! `rg_bucket` holds `<id:16 hex>.<mac:16 hex>`, the mac being the first 8
+//! bytes of HMAC-SHA256(secret, id). A cookie that fails the check is ignored
+//! and replaced, so a client cannot pick its bucket by editing the cookie.
+
+use hmac::{Hmac, Mac};
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::routing::BUCKETS;
+
+pub const COOKIE_NAME: &str = "rg_bucket";
+/// 30 days, as the spec fixes.
+const COOKIE_ATTRS: &str = "; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000";
+
+/// Where the bucket of a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The configured user header or cookie.
+    UserKey,
+    /// A valid `rg_bucket` cookie.
+    Cookie,
+    /// A new id; the response must set this cookie.
+    New(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub bucket: u16,
+    pub source: Source,
+}
+
+/// Resolves requests to buckets. Built once from config.
+#[derive(Clone)]
+pub struct Sticky {
+    seed: u64,
+    mac: Hmac<Sha256>,
+    user_header: Option<HeaderName>,
+    user_cookie: Option<String>,
+}
+
+impl Sticky {
+    pub fn new(
+        salt: &str,
+        secret: &[u8],
+        user_header: Option<HeaderName>,
+        user_cookie: Option<String>,
+    ) -> Self {
+        Self {
+            seed: xxh3_64(salt.as_bytes()),
+            mac: Hmac::new_from_slice(secret).expect("HMAC accepts keys of any length"),
+            user_header,
+            user_cookie,
+        }
+    }
+
+    /// The stable bucket of a key.
+    #[inline]
+    pub fn bucket(&self, key: &[u8]) -> u16 {
+        (xxh3_64_with_seed(key, self.seed) % BUCKETS as u64) as u16
+    }
+
+    /// Picks the key of a request and returns its bucket.
+    pub fn resolve(&self, headers: &HeaderMap) -> Resolved {
+        if let Some(key) = self
+            .user_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map(|v| v.as_bytes())
+            .filter(|k| !k.is_empty())
+        {
+            return Resolved {
+                bucket: self.bucket(key),
+                source: Source::UserKey,
+            };
+        }
+        if let Some(key) = self
+            .user_cookie
+            .as_deref()
+            .and_then(|name| cookie(headers, name))
+            .filter(|k| !k.is_empty())
+        {
+            return Resolved {
+                bucket: self.bucket(key.as_bytes()),
+                source: Source::UserKey,
+            };
+        }
+        if let Some(id) = cookie(headers, COOKIE_NAME).and_then(|v| self.verify(v)) {
+            return Resolved {
+                bucket: self.bucket(id.as_bytes()),
+                source: Source::Cookie,
+            };
+        }
+        let id = rand::random::<u64>();
+        Resolved {
+            bucket: self.bucket(hex16(id).as_bytes()),
+            source: Source::New(id),
+        }
+    }
+
+    fn tag(&self, id: &[u8]) -> [u8; 8] {
+        let mut mac = self.mac.clone();
+        mac.update(id);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&full[..8]);
+        out
+    }
+
+    /// Returns the id part of a well-formed, correctly signed cookie value.
+    pub fn verify<'a>(&self, value: &'a str) -> Option<&'a str> {
+        let (id, mac) = value.split_once('.')?;
+        if id.len() != 16 || mac.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut got = [0u8; 8];
+        hex::decode_to_slice(mac, &mut got).ok()?;
+        bool::from(self.tag(id.as_bytes()).ct_eq(&got)).then_some(id)
+    }
+
+    /// The signed cookie value for an id.
+    pub fn cookie_value(&self, id: u64) -> String {
+        let id = hex16(id);
+        let tag = self.tag(id.as_bytes());
+        format!("{id}.{}", hex::encode(tag))
+    }
+
+    /// The `Set-Cookie` header for a new id.
+    pub fn set_cookie(&self, id: u64, secure: bool) -> HeaderValue {
+        let secure = if secure { "; Secure" } else { "" };
+        let v = format!("{COOKIE_NAME}={}{COOKIE_ATTRS}{secure}", self.cookie_value(id));
+        HeaderValue::from_str(&v).expect("cookie is ASCII")
+    }
+}
+
+/// Lower-case, zero-padded 16-digit hex on the stack.
+fn hex16(id: u64) -> HexId {
+    let mut buf = [0u8; 16];
+    hex::encode_to_slice(id.to_be_bytes(), &mut buf).expect("16 bytes fit");
+    HexId(buf)
+}
+
+struct HexId([u8; 16]);
+
+impl HexId {
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HexId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.0).expect("hex is ASCII"))
+    }
+}
+
+/// Value of the first cookie called `name` across all `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sticky() -> Sticky {
+        Sticky::new(
+            "rollout-1",
+            b"test-secret",
+            Some(HeaderName::from_static("x-user-id")),
+            Some("uid".into()),
+        )
+    }
+
+    #[test]
+    fn buckets_are_pinned_across_runs_and_builds() {
+        // These values are part of the contract: users must not move between
+        // releases of rollgate. If this fails, stickiness broke.
+        let s = sticky();
+        let got: Vec<u16> = ["alice", "bob", "user-42", ""]
+            .iter()
+            .map(|k| s.bucket(k.as_bytes()))
+            .collect();
+        assert_eq!(got, PINNED);
+        // Another salt gives another shuffle.
+        let other = Sticky::new("rollout-2", b"x", None, None);
+        assert_ne!(other.bucket(b"alice"), got[0]);
+    }
+    // Cross-checked with Python's `xxhash` package:
+    // seed = xxh3_64_intdigest(b"rollout-1");
+    // [xxh3_64_intdigest(k, seed=seed) % 10000 for k in (b"alice", b"bob", b"user-42", b"")]
+    const PINNED: [u16; 4] = [4176, 6612, 8430, 5350];
+
+    #[test]
+    fn key_sources_in_order() {
+        let s = sticky();
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", HeaderValue::from_static("alice"));
+        h.insert(COOKIE, HeaderValue::from_static("uid=bob"));
+        assert_eq!(s.resolve(&h).bucket, s.bucket(b"alice"));
+        assert_eq!(s.resolve(&h).source, Source::UserKey);
+        h.remove("x-user-id");
+        assert_eq!(s.resolve(&h).bucket, s.bucket(b"bob"));
+
+        let cookie = format!("a=1; {COOKIE_NAME}={}; b=2", s.cookie_value(7));
+        let h = HeaderMap::from_iter([(COOKIE, HeaderValue::from_str(&cookie).unwrap())]);
+        let r = s.resolve(&h);
+        assert_eq!(r.source, Source::Cookie);
+        assert_eq!(r.bucket, s.bucket(b"0000000000000007"));
+
+        let r = s.resolve(&HeaderMap::new());
+        let Source::New(id) = r.source else { panic!("expected a new id") };
+        assert_eq!(r.bucket, s.bucket(hex16(id).as_bytes()));
+    }
+
+    #[test]
+    fn tampered_or_malformed_cookies_are_rejected() {
+        let s = sticky();
+        let good = s.cookie_value(0xdead_beef);
+        assert_eq!(s.verify(&good), Some("00000000deadbeef"));
+        let mut forged = good.clone().into_bytes();
+        forged[3] = if forged[3] == b'1' { b'2' } else { b'1' };
+        assert_eq!(s.verify(std::str::from_utf8(&forged).unwrap()), None);
+        for bad in ["", ".", "abc", "00000000deadbeef", "00000000deadbeef.", "zz00000000000000.0000000000000000"] {
+            assert_eq!(s.verify(bad), None, "{bad:?}");
+        }
+        // Signed with another secret.
+        let other = Sticky::new("rollout-1", b"other", None, None);
+        assert_eq!(s.verify(&other.cookie_value(1)), None);
+        let sc = s.set_cookie(1, true);
+        let sc = sc.to_str().unwrap();
+        assert!(sc.starts_with("rg_bucket="));
+        assert!(sc.ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000; Secure"));
+    }
+}
