@@ -456,3 +456,7 @@ impl Core<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "rollout_tests.rs"]
+mod tests;
