@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod journeys;
 pub mod metrics;
 pub mod proxy;

@@ -33,11 +33,23 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Self-contained showcase: demo apps, synthetic users and a compressed rollout.
+    Demo {
+        /// Make V2 misbehave; the run must then end rolled back by the matching trigger.
+        #[arg(long, value_enum)]
+        canary_fault: Option<rollgate::demo::Fault>,
+        /// Synthetic users.
+        #[arg(long, default_value_t = 800)]
+        users: usize,
+        /// Total request rate of the users, per second.
+        #[arg(long, default_value_t = 700.0)]
+        rate: f64,
+    },
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
@@ -55,7 +67,9 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // The demo prints its own story on stdout; keep the logs for problems.
+    let level = if matches!(cli.cmd, Cmd::Demo { .. }) { "warn" } else { "info" };
+    init_logs(cli.log_format, level);
     match cli.cmd {
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -72,6 +86,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Demo { canary_fault, users, rate } => {
+            let rt = match runtime(0) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = rollgate::demo::DemoOptions { fault: canary_fault, users, rate, ..Default::default() };
+            match rt.block_on(rollgate::demo::run(opts)) {
+                Ok(ending) => {
+                    println!("{ending}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

@@ -28,6 +28,20 @@ pub enum StateName {
     RolledBack,
 }
 
+impl StateName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Waiting => "waiting",
+            StateName::Shadow => "shadow",
+            StateName::Canary => "canary",
+            StateName::Holding => "holding",
+            StateName::Paused => "paused",
+            StateName::Promoted => "promoted",
+            StateName::RolledBack => "rolled_back",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Action {

@@ -49,9 +49,11 @@ impl PaymentTrip {
         }
     }
 
+    /// Arms or disarms; a change of state starts the failure run from zero.
     pub fn arm(&self, armed: bool) {
-        self.consecutive.store(0, Ordering::Relaxed);
-        self.armed.store(armed, Ordering::Release);
+        if self.armed.swap(armed, Ordering::AcqRel) != armed {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
     }
 
     pub fn is_armed(&self) -> bool {

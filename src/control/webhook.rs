@@ -106,8 +106,8 @@ pub fn status_text(v: &StatusView) -> String {
         .as_ref()
         .map_or(String::new(), |d| format!(" | last decision {}: {}", d.action.report_word(), d.reason));
     format!(
-        "rollgate: {:?} {} V2 {}% | {worst}{decision}",
-        v.state,
+        "rollgate: {} {} V2 {}% | {worst}{decision}",
+        v.state.as_str(),
         v.phase.as_deref().unwrap_or("-"),
         v.weights.v2
     )
