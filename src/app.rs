@@ -65,10 +65,17 @@ fn cookie_secret(cfg: &Config) -> Result<Vec<u8>, StartError> {
         return Ok(s.clone());
     }
     let path = cfg.server.state_dir.join(SECRET_FILE);
-    let err = |source| StartError::Secret { path: path.clone(), source };
+    let err = |source| StartError::Secret {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 32 => return Ok(s.trim().as_bytes().to_vec()),
-        Ok(_) => return Err(err(std::io::Error::other("file is shorter than 32 characters"))),
+        Ok(_) => {
+            return Err(err(std::io::Error::other(
+                "file is shorter than 32 characters",
+            )))
+        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
         Err(_) => {}
     }
@@ -100,17 +107,26 @@ impl App {
     }
 
     pub async fn start_with(cfg: Config, opts: Options) -> Result<App, StartError> {
-        std::fs::create_dir_all(&cfg.server.state_dir).map_err(|source| {
-            StateError::Io { path: cfg.server.state_dir.clone(), source }
+        std::fs::create_dir_all(&cfg.server.state_dir).map_err(|source| StateError::Io {
+            path: cfg.server.state_dir.clone(),
+            source,
         })?;
         let cfg = Arc::new(cfg);
         let secret = cookie_secret(&cfg)?;
         let telemetry = Arc::new(Telemetry::new(cfg.journeys.len(), cfg.server.telemetry));
         let router = Arc::new(Router::new(RouteTable::default()));
-        let trip = Arc::new(PaymentTrip::new(cfg.rollout.consecutive_payment_failures, router.clone()));
+        let trip = Arc::new(PaymentTrip::new(
+            cfg.rollout.consecutive_payment_failures,
+            router.clone(),
+        ));
         let metrics = Arc::new(Metrics::new());
-        let (mut controller, control, rx) =
-            Controller::new(cfg.clone(), telemetry.clone(), router.clone(), trip.clone(), metrics.clone())?;
+        let (mut controller, control, rx) = Controller::new(
+            cfg.clone(),
+            telemetry.clone(),
+            router.clone(),
+            trip.clone(),
+            metrics.clone(),
+        )?;
         controller.echo_reports = opts.echo_reports;
 
         let proxy_listener = bind("server.listen", cfg.server.listen).await?;
@@ -127,7 +143,14 @@ impl App {
             ..Limits::default()
         };
 
-        let proxy = Arc::new(Proxy::new(&cfg, &secret, router.clone(), telemetry.clone(), trip, false));
+        let proxy = Arc::new(Proxy::new(
+            &cfg,
+            &secret,
+            router.clone(),
+            telemetry.clone(),
+            trip,
+            false,
+        ));
         let admin = Arc::new(Admin {
             control: control.clone(),
             metrics,

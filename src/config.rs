@@ -68,9 +68,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (use e.g. \"15s\", \"6h\")")))
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (use e.g. \"15s\", \"6h\")"
+            ))
+        })
     }
 }
 
@@ -314,7 +316,10 @@ fn default_sev2_hold() -> u32 {
     2
 }
 fn default_required_flags() -> Vec<String> {
-    DEFAULT_REQUIRED_FLAGS.iter().map(|s| s.to_string()).collect()
+    DEFAULT_REQUIRED_FLAGS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_p95_ms() -> f64 {
     130.0
@@ -385,7 +390,10 @@ pub struct JourneyLimits {
 pub enum PromotionWindow {
     Always,
     /// Local wall-clock hours; `end` before `start` spans midnight.
-    Hours { start: NaiveTime, end: NaiveTime },
+    Hours {
+        start: NaiveTime,
+        end: NaiveTime,
+    },
 }
 
 impl PromotionWindow {
@@ -465,8 +473,12 @@ impl Config {
 }
 
 fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
-    s.parse()
-        .map_err(|_| invalid(key, format!("{s:?} is not an address like \"127.0.0.1:8080\"")))
+    s.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{s:?} is not an address like \"127.0.0.1:8080\""),
+        )
+    })
 }
 
 fn upstream(key: &str, s: &str) -> Result<Upstream, Invalid> {
@@ -475,14 +487,20 @@ fn upstream(key: &str, s: &str) -> Result<Upstream, Invalid> {
         .map_err(|e| invalid(key, format!("{s:?} is not a URL: {e}")))?;
     let scheme = uri.scheme().cloned();
     if scheme.as_ref() != Some(&Scheme::HTTP) {
-        return Err(invalid(key, format!("{s:?}: only http:// upstreams are supported")));
+        return Err(invalid(
+            key,
+            format!("{s:?}: only http:// upstreams are supported"),
+        ));
     }
     let authority = uri
         .authority()
         .cloned()
         .ok_or_else(|| invalid(key, format!("{s:?} has no host")))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(invalid(key, format!("{s:?}: an upstream is scheme://host:port, without a path")));
+        return Err(invalid(
+            key,
+            format!("{s:?}: an upstream is scheme://host:port, without a path"),
+        ));
     }
     Ok(Upstream {
         uri,
@@ -495,7 +513,10 @@ fn fraction(key: &str, v: f64) -> Result<f64, Invalid> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
-        Err(invalid(key, format!("{v} must be a fraction between 0 and 1")))
+        Err(invalid(
+            key,
+            format!("{v} must be a fraction between 0 and 1"),
+        ))
     }
 }
 
@@ -503,7 +524,10 @@ fn positive_ms(key: &str, v: f64) -> Result<f64, Invalid> {
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
-        Err(invalid(key, format!("{v} must be a positive number of milliseconds")))
+        Err(invalid(
+            key,
+            format!("{v} must be a positive number of milliseconds"),
+        ))
     }
 }
 
@@ -515,11 +539,15 @@ fn time_of_day(key: &str, s: &str) -> Result<NaiveTime, Invalid> {
 fn label_name(key: &str, s: &str) -> Result<(), Invalid> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(invalid(key, format!("{s:?} must be 1-64 characters of a-z, 0-9, '_' or '-'")))
+        Err(invalid(
+            key,
+            format!("{s:?} must be 1-64 characters of a-z, 0-9, '_' or '-'"),
+        ))
     }
 }
 
@@ -561,8 +589,12 @@ impl FileConfig {
             .sticky_header
             .filter(|h| !h.is_empty())
             .map(|h| {
-                HeaderName::try_from(h.to_ascii_lowercase())
-                    .map_err(|_| invalid("routing.sticky_header", format!("{h:?} is not a header name")))
+                HeaderName::try_from(h.to_ascii_lowercase()).map_err(|_| {
+                    invalid(
+                        "routing.sticky_header",
+                        format!("{h:?} is not a header name"),
+                    )
+                })
             })
             .transpose()?;
         if r.salt.is_empty() {
@@ -570,7 +602,10 @@ impl FileConfig {
         }
         let cookie_secret = match r.cookie_secret {
             Some(s) if s.len() < 16 => {
-                return Err(invalid("routing.cookie_secret", "must be at least 16 characters"))
+                return Err(invalid(
+                    "routing.cookie_secret",
+                    "must be at least 16 characters",
+                ))
             }
             other => other.map(String::into_bytes),
         };
@@ -584,7 +619,10 @@ impl FileConfig {
         };
 
         if self.journeys.len() >= MAX_JOURNEYS {
-            return Err(invalid("journeys", format!("at most {} journeys", MAX_JOURNEYS - 1)));
+            return Err(invalid(
+                "journeys",
+                format!("at most {} journeys", MAX_JOURNEYS - 1),
+            ));
         }
         let mut list = Vec::with_capacity(self.journeys.len());
         let mut journey_limits = Vec::with_capacity(self.journeys.len() + 1);
@@ -592,27 +630,57 @@ impl FileConfig {
             let key = |k: &str| format!("journeys[{i}].{k}");
             label_name(&key("name"), &j.name)?;
             if j.name == Journeys::OTHER || list.iter().any(|x: &Journey| x.name == j.name) {
-                return Err(invalid(key("name"), format!("{:?} is reserved or used twice", j.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?} is reserved or used twice", j.name),
+                ));
             }
             let path = match (j.path_prefix, j.path_pattern) {
                 (Some(p), None) if p.starts_with('/') => PathMatch::Prefix(p),
                 (None, Some(p)) if p.starts_with('/') => {
-                    let segs: Vec<String> = p.trim_start_matches('/').split('/').map(String::from).collect();
+                    let segs: Vec<String> = p
+                        .trim_start_matches('/')
+                        .split('/')
+                        .map(String::from)
+                        .collect();
                     if segs.iter().rev().skip(1).any(|s| s == "**") {
-                        return Err(invalid(key("path_pattern"), "`**` may only be the last segment"));
+                        return Err(invalid(
+                            key("path_pattern"),
+                            "`**` may only be the last segment",
+                        ));
                     }
                     PathMatch::Pattern(segs)
                 }
-                (Some(p), None) => return Err(invalid(key("path_prefix"), format!("{p:?} must start with '/'"))),
-                (None, Some(p)) => return Err(invalid(key("path_pattern"), format!("{p:?} must start with '/'"))),
-                _ => return Err(invalid(key("path_prefix"), "give exactly one of path_prefix or path_pattern")),
+                (Some(p), None) => {
+                    return Err(invalid(
+                        key("path_prefix"),
+                        format!("{p:?} must start with '/'"),
+                    ))
+                }
+                (None, Some(p)) => {
+                    return Err(invalid(
+                        key("path_pattern"),
+                        format!("{p:?} must start with '/'"),
+                    ))
+                }
+                _ => {
+                    return Err(invalid(
+                        key("path_prefix"),
+                        "give exactly one of path_prefix or path_pattern",
+                    ))
+                }
             };
             let mut methods = 0u16;
             for (m_i, m) in j.methods.iter().flatten().enumerate() {
                 let method = http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                     .ok()
                     .filter(|m| method_bit(m) != 512)
-                    .ok_or_else(|| invalid(format!("journeys[{i}].methods[{m_i}]"), format!("{m:?} is not an HTTP method")))?;
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("journeys[{i}].methods[{m_i}]"),
+                            format!("{m:?} is not an HTTP method"),
+                        )
+                    })?;
                 methods |= method_bit(&method);
             }
             if let Some(p) = j.p95_ms {
@@ -669,15 +737,23 @@ fn validate_rollout(r: FileRollout) -> Result<RolloutConfig, Invalid> {
     };
     for (k, v) in &r.flags {
         if !matches!(v, 0 | 1) {
-            return Err(invalid(format!("rollout.flags.{k}"), format!("{v} must be 0 or 1")));
+            return Err(invalid(
+                format!("rollout.flags.{k}"),
+                format!("{v} must be 0 or 1"),
+            ));
         }
     }
     let url = |key: &str, s: &Option<String>| -> Result<Option<Uri>, Invalid> {
         s.as_deref()
             .map(|s| {
-                let u: Uri = s.parse().map_err(|e| invalid(key, format!("{s:?} is not a URL: {e}")))?;
+                let u: Uri = s
+                    .parse()
+                    .map_err(|e| invalid(key, format!("{s:?} is not a URL: {e}")))?;
                 if u.scheme() != Some(&Scheme::HTTP) || u.authority().is_none() {
-                    return Err(invalid(key, format!("{s:?}: only http://host[:port]/path URLs are supported")));
+                    return Err(invalid(
+                        key,
+                        format!("{s:?}: only http://host[:port]/path URLs are supported"),
+                    ));
                 }
                 Ok(u)
             })
@@ -696,14 +772,21 @@ fn validate_rollout(r: FileRollout) -> Result<RolloutConfig, Invalid> {
         if phases.iter().any(|x| x.name == p.name) {
             return Err(invalid(key("name"), format!("{:?} is used twice", p.name)));
         }
-        let weight = WeightBp::from_percent(p.weight)
-            .ok_or_else(|| invalid(key("weight"), format!("{} must be a percentage 0-100", p.weight)))?;
+        let weight = WeightBp::from_percent(p.weight).ok_or_else(|| {
+            invalid(
+                key("weight"),
+                format!("{} must be a percentage 0-100", p.weight),
+            )
+        })?;
         match p.mode {
             PhaseMode::Shadow if weight != WeightBp::ZERO => {
                 return Err(invalid(key("weight"), "a shadow phase has weight 0"))
             }
             PhaseMode::Live if weight == WeightBp::ZERO => {
-                return Err(invalid(key("weight"), "a live phase needs a weight above 0"))
+                return Err(invalid(
+                    key("weight"),
+                    "a live phase needs a weight above 0",
+                ))
             }
             _ => {}
         }
@@ -715,15 +798,24 @@ fn validate_rollout(r: FileRollout) -> Result<RolloutConfig, Invalid> {
         let hold = match (p.hold, i == last) {
             (Some(h), _) => h.0,
             (None, true) => r.full_sustain.0,
-            (None, false) => return Err(invalid(key("hold"), "every phase but the last needs a hold")),
+            (None, false) => {
+                return Err(invalid(
+                    key("hold"),
+                    "every phase but the last needs a hold",
+                ))
+            }
         };
         positive_ms(&key("p95_ms"), p.p95_ms)?;
         let mut headers = Vec::new();
         for (name, value) in &p.headers {
             let n = HeaderName::try_from(name.to_ascii_lowercase())
                 .map_err(|_| invalid(key("headers"), format!("{name:?} is not a header name")))?;
-            let v = HeaderValue::try_from(value.as_str())
-                .map_err(|_| invalid(format!("rollout.phases[{i}].headers.{name}"), "not a valid header value"))?;
+            let v = HeaderValue::try_from(value.as_str()).map_err(|_| {
+                invalid(
+                    format!("rollout.phases[{i}].headers.{name}"),
+                    "not a valid header value",
+                )
+            })?;
             headers.push((n, v));
         }
         phases.push(Phase {
@@ -816,12 +908,19 @@ mod tests {
         let e = err(&MINIMAL.replace("127.0.0.1:8080", "nope"));
         assert!(e.starts_with("t.toml: key `server.listen`:"), "{e}");
         let e = err(&format!("{MINIMAL}\n[rollout]\ntick = \"soon\""));
-        assert!(e.contains("t.toml") && e.contains("tick") && e.contains("invalid duration"), "{e}");
+        assert!(
+            e.contains("t.toml") && e.contains("tick") && e.contains("invalid duration"),
+            "{e}"
+        );
         let e = err(&format!("{MINIMAL}\n[rollout]\nerror_rate_max = 5.0"));
         assert!(e.contains("`rollout.error_rate_max`"), "{e}");
-        let e = err(&format!("{MINIMAL}\n[[journeys]]\nname = \"x\"\npath_prefix = \"nope\""));
+        let e = err(&format!(
+            "{MINIMAL}\n[[journeys]]\nname = \"x\"\npath_prefix = \"nope\""
+        ));
         assert!(e.contains("`journeys[0].path_prefix`"), "{e}");
-        let e = err(&format!("{MINIMAL}\n[[journeys]]\nname = \"x\"\npath_prefix = \"/x\"\nmethods = [\"FETCH\"]"));
+        let e = err(&format!(
+            "{MINIMAL}\n[[journeys]]\nname = \"x\"\npath_prefix = \"/x\"\nmethods = [\"FETCH\"]"
+        ));
         assert!(e.contains("`journeys[0].methods[0]`"), "{e}");
         let e = err(&MINIMAL.replace("http://127.0.0.1:3002", "https://x"));
         assert!(e.contains("`upstreams.v2`"), "{e}");
@@ -830,7 +929,10 @@ mod tests {
         let e = err(&format!(
             "{MINIMAL}\n[[rollout.phases]]\nname = \"a\"\nweight = 50\nhold = \"1h\"\n[[rollout.phases]]\nname = \"b\"\nweight = 10"
         ));
-        assert!(e.contains("`rollout.phases[1].weight`") && e.contains("decrease"), "{e}");
+        assert!(
+            e.contains("`rollout.phases[1].weight`") && e.contains("decrease"),
+            "{e}"
+        );
         let e = err(&format!("{MINIMAL}\n[rollout.flags]\nEVIDENCE_BUNDLE = 3"));
         assert!(e.contains("`rollout.flags.EVIDENCE_BUNDLE`"), "{e}");
         assert!(matches!(
@@ -842,7 +944,9 @@ mod tests {
     #[test]
     fn promotion_window_hours() {
         let c = Config::parse(
-            &format!("{MINIMAL}\n[rollout]\npromotion_window = {{ start = \"09:00\", end = \"18:00\" }}"),
+            &format!(
+                "{MINIMAL}\n[rollout]\npromotion_window = {{ start = \"09:00\", end = \"18:00\" }}"
+            ),
             "t",
         )
         .unwrap();
@@ -850,7 +954,10 @@ mod tests {
         let t = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap();
         assert!(w.contains(t(9, 0)) && w.contains(t(17, 59)));
         assert!(!w.contains(t(18, 0)) && !w.contains(t(8, 59)));
-        let night = PromotionWindow::Hours { start: t(22, 0), end: t(6, 0) };
+        let night = PromotionWindow::Hours {
+            start: t(22, 0),
+            end: t(6, 0),
+        };
         assert!(night.contains(t(23, 0)) && night.contains(t(1, 0)) && !night.contains(t(12, 0)));
     }
 }

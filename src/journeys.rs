@@ -137,7 +137,9 @@ impl Journeys {
     }
 
     pub fn kind(&self, id: JourneyId) -> JourneyKind {
-        self.list.get(id.index()).map_or(JourneyKind::Normal, |j| j.kind)
+        self.list
+            .get(id.index())
+            .map_or(JourneyKind::Normal, |j| j.kind)
     }
 
     pub fn ids(&self) -> impl Iterator<Item = JourneyId> {
@@ -161,16 +163,41 @@ mod tests {
             kind,
         };
         Journeys::new(vec![
-            j("payments", PathMatch::Prefix("/api/payments".into()), 4, JourneyKind::Payment),
+            j(
+                "payments",
+                PathMatch::Prefix("/api/payments".into()),
+                4,
+                JourneyKind::Payment,
+            ),
             j(
                 "application_submit",
-                PathMatch::Pattern(vec!["api".into(), "applications".into(), "*".into(), "submit".into()]),
+                PathMatch::Pattern(vec![
+                    "api".into(),
+                    "applications".into(),
+                    "*".into(),
+                    "submit".into(),
+                ]),
                 0,
                 JourneyKind::Normal,
             ),
-            j("search", PathMatch::Prefix("/search".into()), 0, JourneyKind::Normal),
-            j("static", PathMatch::Pattern(vec!["assets".into(), "**".into()]), 0, JourneyKind::Normal),
-            j("api", PathMatch::Prefix("/api/".into()), 0, JourneyKind::Normal),
+            j(
+                "search",
+                PathMatch::Prefix("/search".into()),
+                0,
+                JourneyKind::Normal,
+            ),
+            j(
+                "static",
+                PathMatch::Pattern(vec!["assets".into(), "**".into()]),
+                0,
+                JourneyKind::Normal,
+            ),
+            j(
+                "api",
+                PathMatch::Prefix("/api/".into()),
+                0,
+                JourneyKind::Normal,
+            ),
         ])
     }
 
@@ -187,12 +214,18 @@ mod tests {
         assert_eq!(name(Method::GET, "/search"), "search");
         assert_eq!(name(Method::GET, "/search/scholarships"), "search");
         assert_eq!(name(Method::GET, "/searching"), "other");
-        assert_eq!(name(Method::POST, "/api/applications/7/submit"), "application_submit");
+        assert_eq!(
+            name(Method::POST, "/api/applications/7/submit"),
+            "application_submit"
+        );
         assert_eq!(name(Method::POST, "/api/applications//submit"), "api");
         assert_eq!(name(Method::POST, "/api/applications/7/submit/x"), "api");
         assert_eq!(name(Method::GET, "/assets/js/app.js"), "static");
         assert_eq!(name(Method::GET, "/"), "other");
-        assert_eq!(js.kind(js.by_name("payments").unwrap()), JourneyKind::Payment);
+        assert_eq!(
+            js.kind(js.by_name("payments").unwrap()),
+            JourneyKind::Payment
+        );
         assert_eq!(js.len(), 6);
         assert_eq!(js.name(js.other()), "other");
     }

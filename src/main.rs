@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rollgate::{App, Config};
 
 #[derive(Parser)]
-#[command(name = "rollgate", version, about = "Canary edge proxy with an automatic rollout controller")]
+#[command(
+    name = "rollgate",
+    version,
+    about = "Canary edge proxy with an automatic rollout controller"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -50,7 +54,9 @@ enum Cmd {
 fn init_logs(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -68,7 +74,11 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; keep the logs for problems.
-    let level = if matches!(cli.cmd, Cmd::Demo { .. }) { "warn" } else { "info" };
+    let level = if matches!(cli.cmd, Cmd::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     init_logs(cli.log_format, level);
     match cli.cmd {
         Cmd::Check { config } => match Config::load(&config) {
@@ -86,7 +96,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Demo { canary_fault, users, rate } => {
+        Cmd::Demo {
+            canary_fault,
+            users,
+            rate,
+        } => {
             let rt = match runtime(0) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -94,7 +108,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let opts = rollgate::demo::DemoOptions { fault: canary_fault, users, rate, ..Default::default() };
+            let opts = rollgate::demo::DemoOptions {
+                fault: canary_fault,
+                users,
+                rate,
+                ..Default::default()
+            };
             match rt.block_on(rollgate::demo::run(opts)) {
                 Ok(ending) => {
                     println!("{ending}");

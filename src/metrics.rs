@@ -22,8 +22,8 @@ use crate::stats::{StatusClass, Telemetry, UpstreamErrorKind};
 /// `le` bounds of the exported latency histogram, in seconds; they include the
 /// default gate thresholds (120/130/160 ms) so dashboards can read them exactly.
 const LE_SECONDS: [f64; 19] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.12, 0.13, 0.16, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.12, 0.13, 0.16, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
 
 static META: Metadata<'static> = Metadata::new("rollgate", Level::INFO, None);
@@ -44,12 +44,22 @@ impl Metrics {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let m = Self { recorder, handle };
-        m.describe_gauge(ROUTE_WEIGHT_PERCENT, "Share of users routed to each variant, in percent.");
-        m.describe_gauge(ROLLOUT_PHASE, "Index of the current rollout phase (0-based); -1 before the first phase.");
+        m.describe_gauge(
+            ROUTE_WEIGHT_PERCENT,
+            "Share of users routed to each variant, in percent.",
+        );
+        m.describe_gauge(
+            ROLLOUT_PHASE,
+            "Index of the current rollout phase (0-based); -1 before the first phase.",
+        );
         m.describe_gauge(GATE_STATUS, "Gate status: 0 green, 1 yellow, 2 red.");
-        m.recorder.describe_counter(ROLLBACKS_TOTAL.into(), None, "Rollbacks by trigger.".into());
         m.recorder
-            .describe_counter(DECISIONS_TOTAL.into(), None, "Controller decisions by action.".into());
+            .describe_counter(ROLLBACKS_TOTAL.into(), None, "Rollbacks by trigger.".into());
+        m.recorder.describe_counter(
+            DECISIONS_TOTAL.into(),
+            None,
+            "Controller decisions by action.".into(),
+        );
         m.recorder.describe_counter(
             BEACON_REJECTED_TOTAL.into(),
             None,
@@ -59,17 +69,26 @@ impl Metrics {
     }
 
     fn describe_gauge(&self, name: &'static str, help: &'static str) {
-        self.recorder.describe_gauge(name.into(), Some(Unit::Count), help.into());
+        self.recorder
+            .describe_gauge(name.into(), Some(Unit::Count), help.into());
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
-        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
-        self.recorder.register_gauge(&Key::from_parts(name, labels), &META)
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect();
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &META)
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
-        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect();
-        self.recorder.register_counter(&Key::from_parts(name, labels), &META)
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect();
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
     }
 
     /// The whole page: control-plane series, then the request-path families.
@@ -97,7 +116,12 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
             .flat_map(|j| Variant::ALL.into_iter().map(move |v| (j, v)))
     };
 
-    family(out, REQUESTS_TOTAL, "counter", "Proxied requests by journey, variant and status class.");
+    family(
+        out,
+        REQUESTS_TOTAL,
+        "counter",
+        "Proxied requests by journey, variant and status class.",
+    );
     for (j, v) in cells() {
         let c = snap.cell(j, v);
         for class in StatusClass::ALL {
@@ -112,35 +136,78 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
         }
     }
 
-    family(out, REQUEST_DURATION_SECONDS, "histogram", "Time from request to upstream response headers, by journey and variant.");
+    family(
+        out,
+        REQUEST_DURATION_SECONDS,
+        "histogram",
+        "Time from request to upstream response headers, by journey and variant.",
+    );
     for (j, v) in cells() {
         let c = snap.cell(j, v);
         let labels = format!("journey=\"{}\",variant=\"{}\"", journeys.name(j), v.label());
         for le in LE_SECONDS {
             let n = c.latency.count_le(le * 1e6);
-            let _ = writeln!(out, "{REQUEST_DURATION_SECONDS}_bucket{{{labels},le=\"{le}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "{REQUEST_DURATION_SECONDS}_bucket{{{labels},le=\"{le}\"}} {n}"
+            );
         }
         let count = c.latency.count();
-        let _ = writeln!(out, "{REQUEST_DURATION_SECONDS}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{REQUEST_DURATION_SECONDS}_sum{{{labels}}} {}", c.latency.sum_us as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{REQUEST_DURATION_SECONDS}_bucket{{{labels},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "{REQUEST_DURATION_SECONDS}_sum{{{labels}}} {}",
+            c.latency.sum_us as f64 / 1e6
+        );
         let _ = writeln!(out, "{REQUEST_DURATION_SECONDS}_count{{{labels}}} {count}");
     }
 
-    family(out, UPSTREAM_ERRORS_TOTAL, "counter", "Upstream failures by variant and kind (connect, timeout, reset, protocol).");
+    family(
+        out,
+        UPSTREAM_ERRORS_TOTAL,
+        "counter",
+        "Upstream failures by variant and kind (connect, timeout, reset, protocol).",
+    );
     for v in Variant::ALL {
         for kind in UpstreamErrorKind::ALL {
-            let n: u64 = journeys.ids().map(|j| snap.cell(j, v).errors[kind as usize]).sum();
-            let _ = writeln!(out, "{UPSTREAM_ERRORS_TOTAL}{{variant=\"{}\",kind=\"{}\"}} {n}", v.label(), kind.label());
+            let n: u64 = journeys
+                .ids()
+                .map(|j| snap.cell(j, v).errors[kind as usize])
+                .sum();
+            let _ = writeln!(
+                out,
+                "{UPSTREAM_ERRORS_TOTAL}{{variant=\"{}\",kind=\"{}\"}} {n}",
+                v.label(),
+                kind.label()
+            );
         }
     }
 
-    family(out, INFLIGHT_REQUESTS, "gauge", "Requests in flight (until the response body ends), by variant.");
+    family(
+        out,
+        INFLIGHT_REQUESTS,
+        "gauge",
+        "Requests in flight (until the response body ends), by variant.",
+    );
     for v in Variant::ALL {
         let n: i64 = journeys.ids().map(|j| snap.cell(j, v).inflight).sum();
-        let _ = writeln!(out, "{INFLIGHT_REQUESTS}{{variant=\"{}\"}} {}", v.label(), n.max(0));
+        let _ = writeln!(
+            out,
+            "{INFLIGHT_REQUESTS}{{variant=\"{}\"}} {}",
+            v.label(),
+            n.max(0)
+        );
     }
 
-    family(out, CACHE_HITS_TOTAL, "counter", "Responses the upstream marked as cache hits, by journey and variant.");
+    family(
+        out,
+        CACHE_HITS_TOTAL,
+        "counter",
+        "Responses the upstream marked as cache hits, by journey and variant.",
+    );
     for (j, v) in cells() {
         let _ = writeln!(
             out,
@@ -151,8 +218,18 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
         );
     }
 
-    family(out, SHED_REQUESTS_TOTAL, "counter", "Requests refused with 503 because the variant was over its reserved capacity.");
+    family(
+        out,
+        SHED_REQUESTS_TOTAL,
+        "counter",
+        "Requests refused with 503 because the variant was over its reserved capacity.",
+    );
     for v in Variant::ALL {
-        let _ = writeln!(out, "{SHED_REQUESTS_TOTAL}{{variant=\"{}\"}} {}", v.label(), telemetry.shed(v));
+        let _ = writeln!(
+            out,
+            "{SHED_REQUESTS_TOTAL}{{variant=\"{}\"}} {}",
+            v.label(),
+            telemetry.shed(v)
+        );
     }
 }

@@ -137,7 +137,10 @@ mod tests {
         assert_eq!(WeightBp::from_percent(100.5), None);
         assert_eq!(WeightBp::from_percent(-1.0), None);
         assert_eq!(WeightBp::from_percent(f64::NAN), None);
-        let (w5, w25) = (WeightBp::from_percent(5.0).unwrap(), WeightBp::from_percent(25.0).unwrap());
+        let (w5, w25) = (
+            WeightBp::from_percent(5.0).unwrap(),
+            WeightBp::from_percent(25.0).unwrap(),
+        );
         for b in 0..BUCKETS as u16 {
             if w5.pick(b) == Variant::V2 {
                 assert_eq!(w25.pick(b), Variant::V2);
@@ -151,7 +154,10 @@ mod tests {
     fn rollback_is_one_swap_to_zero() {
         let r = Router::new(RouteTable {
             v2: WeightBp::from_percent(50.0).unwrap(),
-            headers: vec![(HeaderName::from_static("x-payment-mode"), HeaderValue::from_static("live"))],
+            headers: vec![(
+                HeaderName::from_static("x-payment-mode"),
+                HeaderValue::from_static("live"),
+            )],
         });
         let before = r.load();
         assert_eq!(r.rollback().bp(), 5_000);

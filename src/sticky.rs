@@ -139,7 +139,10 @@ impl Sticky {
     /// The `Set-Cookie` header for a new id.
     pub fn set_cookie(&self, id: u64, secure: bool) -> HeaderValue {
         let secure = if secure { "; Secure" } else { "" };
-        let v = format!("{COOKIE_NAME}={}{COOKIE_ATTRS}{secure}", self.cookie_value(id));
+        let v = format!(
+            "{COOKIE_NAME}={}{COOKIE_ATTRS}{secure}",
+            self.cookie_value(id)
+        );
         HeaderValue::from_str(&v).expect("cookie is ASCII")
     }
 }
@@ -227,7 +230,9 @@ mod tests {
         assert_eq!(r.bucket, s.bucket(b"0000000000000007"));
 
         let r = s.resolve(&HeaderMap::new());
-        let Source::New(id) = r.source else { panic!("expected a new id") };
+        let Source::New(id) = r.source else {
+            panic!("expected a new id")
+        };
         assert_eq!(r.bucket, s.bucket(hex16(id).as_bytes()));
     }
 
@@ -239,7 +244,14 @@ mod tests {
         let mut forged = good.clone().into_bytes();
         forged[3] = if forged[3] == b'1' { b'2' } else { b'1' };
         assert_eq!(s.verify(std::str::from_utf8(&forged).unwrap()), None);
-        for bad in ["", ".", "abc", "00000000deadbeef", "00000000deadbeef.", "zz00000000000000.0000000000000000"] {
+        for bad in [
+            "",
+            ".",
+            "abc",
+            "00000000deadbeef",
+            "00000000deadbeef.",
+            "zz00000000000000.0000000000000000",
+        ] {
             assert_eq!(s.verify(bad), None, "{bad:?}");
         }
         // Signed with another secret.

@@ -34,22 +34,86 @@ pub struct Route {
 
 /// Every endpoint, so tests can check each mutating one refuses without a token.
 pub const ROUTES: &[Route] = &[
-    Route { method: "GET", path: "/", mutating: false },
-    Route { method: "GET", path: "/healthz", mutating: false },
-    Route { method: "GET", path: "/metrics", mutating: false },
-    Route { method: "GET", path: "/api/v1/status", mutating: false },
-    Route { method: "GET", path: "/api/v1/reports", mutating: false },
-    Route { method: "GET", path: "/api/v1/reports/{id}", mutating: false },
-    Route { method: "PUT", path: "/api/v1/weights", mutating: true },
-    Route { method: "PUT", path: "/api/v1/flags", mutating: true },
-    Route { method: "POST", path: "/api/v1/approvals", mutating: true },
-    Route { method: "POST", path: "/api/v1/incidents", mutating: true },
-    Route { method: "POST", path: "/api/v1/unfreeze", mutating: true },
-    Route { method: "POST", path: "/api/v1/rollout/start", mutating: true },
-    Route { method: "POST", path: "/api/v1/rollout/pause", mutating: true },
-    Route { method: "POST", path: "/api/v1/rollout/resume", mutating: true },
-    Route { method: "POST", path: "/api/v1/rollout/promote", mutating: true },
-    Route { method: "POST", path: "/api/v1/rollout/rollback", mutating: true },
+    Route {
+        method: "GET",
+        path: "/",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: "/healthz",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/reports",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/reports/{id}",
+        mutating: false,
+    },
+    Route {
+        method: "PUT",
+        path: "/api/v1/weights",
+        mutating: true,
+    },
+    Route {
+        method: "PUT",
+        path: "/api/v1/flags",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/approvals",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/incidents",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/unfreeze",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/rollout/start",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/rollout/pause",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/rollout/resume",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/rollout/promote",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/rollout/rollback",
+        mutating: true,
+    },
 ];
 
 pub struct Admin {
@@ -74,7 +138,11 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
 }
 
 fn json_resp(status: StatusCode, v: &impl serde::Serialize) -> Resp {
-    respond(status, "application/json", serde_json::to_vec(v).expect("serializable"))
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec(v).expect("serializable"),
+    )
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
@@ -95,7 +163,9 @@ impl Admin {
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else { return false };
+        let Some(token) = &self.token else {
+            return false;
+        };
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -108,14 +178,25 @@ impl Admin {
 
     async fn route(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();
-        let known = ROUTES.iter().filter(|r| matches_path(r.path, &path)).collect::<Vec<_>>();
+        let known = ROUTES
+            .iter()
+            .filter(|r| matches_path(r.path, &path))
+            .collect::<Vec<_>>();
         let Some(route) = known.iter().find(|r| r.method == req.method().as_str()) else {
             return if known.is_empty() {
                 error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
             } else {
-                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()));
-                let allow = known.iter().map(|r| r.method).collect::<Vec<_>>().join(", ");
-                r.headers_mut().insert(header::ALLOW, HeaderValue::from_str(&allow).expect("ascii"));
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} is not allowed on {path}", req.method()),
+                );
+                let allow = known
+                    .iter()
+                    .map(|r| r.method)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_str(&allow).expect("ascii"));
                 r
             };
         };
@@ -136,7 +217,9 @@ impl Admin {
                 self.metrics.render(&self.telemetry, &self.journeys),
             ),
             (Method::GET, "/api/v1/status") => json_resp(StatusCode::OK, &*self.control.status()),
-            (Method::GET, "/api/v1/reports") => json_resp(StatusCode::OK, &json!({ "reports": self.reports.list() })),
+            (Method::GET, "/api/v1/reports") => {
+                json_resp(StatusCode::OK, &json!({ "reports": self.reports.list() }))
+            }
             (Method::GET, "/api/v1/reports/{id}") => {
                 let id = path.trim_start_matches("/api/v1/reports/");
                 match self.reports.get(id) {
@@ -152,7 +235,9 @@ impl Admin {
                 Ok(v) => match v.get("v2") {
                     None => bad_field("v2", "missing (expected {\"v2\": 0-100})"),
                     Some(p) => match p.as_f64() {
-                        Some(p) if (0.0..=100.0).contains(&p) => self.run(Command::SetWeight(p), by).await,
+                        Some(p) if (0.0..=100.0).contains(&p) => {
+                            self.run(Command::SetWeight(p), by).await
+                        }
                         Some(p) => bad_field("v2", format!("{p} is outside 0-100")),
                         None => bad_field("v2", format!("{p} is not a number")),
                     },
@@ -177,8 +262,10 @@ impl Admin {
             (_, "/api/v1/approvals") => match body_json(req).await {
                 Err(r) => r,
                 Ok(v) => match (str_field(&v, "role"), str_field(&v, "by")) {
-                    (Err(r), _) | (_, Err(r)) => r,
-                    (Ok(role), Ok(by_who)) => self.run(Command::Approve { role, by: by_who }, by).await,
+                    (Err(e), _) | (_, Err(e)) => e.response(),
+                    (Ok(role), Ok(by_who)) => {
+                        self.run(Command::Approve { role, by: by_who }, by).await
+                    }
                 },
             },
             (_, "/api/v1/incidents") => match body_json(req).await {
@@ -189,7 +276,7 @@ impl Admin {
                         _ => return bad_field("severity", "must be 1 or 2"),
                     };
                     match str_field(&v, "summary") {
-                        Err(r) => r,
+                        Err(e) => e.response(),
                         Ok(summary) => self.run(Command::Incident { severity, summary }, by).await,
                     }
                 }
@@ -222,19 +309,47 @@ fn matches_path(pattern: &str, path: &str) -> bool {
     }
 }
 
-fn str_field(v: &Value, field: &str) -> Result<String, Resp> {
-    match v.get(field) {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 1024 => Ok(s.trim().to_string()),
-        Some(Value::String(_)) => Err(bad_field(field, "must be a non-empty string of at most 1024 bytes")),
-        Some(other) => Err(bad_field(field, format!("{other} is not a string"))),
-        None => Err(bad_field(field, "missing")),
+/// A rejected field: rendered as a 400 naming it.
+struct FieldError {
+    field: String,
+    why: String,
+}
+
+impl FieldError {
+    fn response(self) -> Resp {
+        bad_field(&self.field, self.why)
     }
+}
+
+fn str_field(v: &Value, field: &str) -> Result<String, FieldError> {
+    let why = match v.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 1024 => {
+            return Ok(s.trim().to_string())
+        }
+        Some(Value::String(_)) => "must be a non-empty string of at most 1024 bytes".to_string(),
+        Some(other) => format!("{other} is not a string"),
+        None => "missing".to_string(),
+    };
+    Err(FieldError {
+        field: field.to_string(),
+        why,
+    })
 }
 
 async fn body_json(req: Request<Incoming>) -> Result<Value, Resp> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {MAX_BODY} bytes"))),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_BODY} bytes"),
+            ))
+        }
     };
-    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not valid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("body is not valid JSON: {e}"),
+        )
+    })
 }

@@ -35,16 +35,25 @@ impl AuditLog {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| StateError::Io { path: path.clone(), source })?;
+            .map_err(|source| StateError::Io {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self { path, file })
     }
 
     pub fn append(&mut self, entry: &AuditEntry) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(entry).expect("audit entry serializes");
         line.push(b'\n');
-        let io = |source| StateError::Io { path: self.path.clone(), source };
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
         self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(|source| StateError::Io { path: self.path.clone(), source })
+        self.file.sync_data().map_err(|source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -78,11 +87,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = AuditLog::open(dir.path()).unwrap();
         for i in 0..3 {
-            log.append(&AuditEntry { at: Utc::now(), kind: "admin".into(), action: format!("a{i}"), detail: serde_json::json!({"i": i}) })
-                .unwrap();
+            log.append(&AuditEntry {
+                at: Utc::now(),
+                kind: "admin".into(),
+                action: format!("a{i}"),
+                detail: serde_json::json!({"i": i}),
+            })
+            .unwrap();
         }
         drop(log);
-        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join(AUDIT_FILE)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(AUDIT_FILE))
+            .unwrap();
         f.write_all(b"{\"at\":\"2026-").unwrap();
         let (entries, skipped) = read(dir.path()).unwrap();
         assert_eq!(entries.len(), 3);

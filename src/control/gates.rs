@@ -27,6 +27,14 @@ pub enum GateStatus {
 }
 
 impl GateStatus {
+    pub fn word(self) -> &'static str {
+        match self {
+            GateStatus::Green => "GREEN",
+            GateStatus::Yellow => "YELLOW",
+            GateStatus::Red => "RED",
+        }
+    }
+
     /// Value of the `rollgate_gate_status` gauge.
     pub fn metric(self) -> f64 {
         self as u8 as f64
@@ -74,7 +82,10 @@ impl VariantKpi {
         VariantKpi {
             requests,
             server_errors: c.server_errors(),
-            upstream_errors: UpstreamErrorKind::ALL.iter().map(|k| c.errors[*k as usize]).sum(),
+            upstream_errors: UpstreamErrorKind::ALL
+                .iter()
+                .map(|k| c.errors[*k as usize])
+                .sum(),
             error_rate: (requests > 0).then(|| c.server_errors() as f64 / requests as f64),
             p50_ms: q(0.50),
             p95_ms: q(0.95),
@@ -120,7 +131,11 @@ impl Evaluation {
         self.journeys
             .iter()
             .filter(|j| j.v2.requests >= min_samples)
-            .filter_map(|j| j.v2.p95_ms.filter(|p| *p > limit_ms).map(|p| (j.journey.as_str(), p)))
+            .filter_map(|j| {
+                j.v2.p95_ms
+                    .filter(|p| *p > limit_ms)
+                    .map(|p| (j.journey.as_str(), p))
+            })
             .collect()
     }
 }
@@ -149,6 +164,15 @@ fn judge(value: f64, threshold: f64, bound: Bound, was_green: bool) -> GateStatu
     }
 }
 
+/// What a gate measures, apart from the numbers.
+struct Spec<'a> {
+    name: &'static str,
+    journey: Option<&'a str>,
+    bound: Bound,
+    /// Describes the value in the reason text.
+    what: &'static str,
+}
+
 /// Inputs that do not change within a tick.
 pub struct GateContext<'a> {
     pub journeys: &'a Journeys,
@@ -162,19 +186,18 @@ pub struct GateContext<'a> {
 
 impl GateContext<'_> {
     fn was_green(&self, key: &str) -> bool {
-        self.previous.get(key).is_none_or(|s| *s == GateStatus::Green)
+        self.previous
+            .get(key)
+            .is_none_or(|s| *s == GateStatus::Green)
     }
 
-    fn gate(
-        &self,
-        name: &str,
-        journey: Option<&str>,
-        value: Option<f64>,
-        threshold: f64,
-        bound: Bound,
-        samples: u64,
-        what: &str,
-    ) -> GateResult {
+    fn gate(&self, spec: Spec<'_>, value: Option<f64>, threshold: f64, samples: u64) -> GateResult {
+        let Spec {
+            name,
+            journey,
+            bound,
+            what,
+        } = spec;
         let mut g = GateResult {
             name: name.into(),
             journey: journey.map(String::from),
@@ -199,7 +222,11 @@ impl GateContext<'_> {
                 g.reason = match g.status {
                     GateStatus::Green => format!("{what} {} {rel} {}", fmt(v), fmt(threshold)),
                     _ if judge(v, threshold, bound, true) == GateStatus::Green => {
-                        format!("{what} {} recovering: not yet inside the {:.0}% band", fmt(v), RECOVER_BAND * 100.0)
+                        format!(
+                            "{what} {} recovering: not yet inside the {:.0}% band",
+                            fmt(v),
+                            RECOVER_BAND * 100.0
+                        )
                     }
                     _ => format!("{what} {} breaches {rel} {}", fmt(v), fmt(threshold)),
                 };
@@ -236,15 +263,32 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         // some traffic but too little on V2 is YELLOW below.
         if v1.requests + v2.requests > 0 {
             let threshold = limits.p95_ms.unwrap_or(ctx.phase_p95_ms);
-            ev.gates.push(ctx.gate("latency_p95", Some(name), v2.p95_ms, threshold, Bound::Max, v2.requests, "V2 P95 ms"));
+            let spec = Spec {
+                name: "latency_p95",
+                journey: Some(name),
+                bound: Bound::Max,
+                what: "V2 P95 ms",
+            };
+            ev.gates
+                .push(ctx.gate(spec, v2.p95_ms, threshold, v2.requests));
             let success_min = match kind {
                 JourneyKind::Payment => Some(limits.success_min.unwrap_or(cfg.payment_success_min)),
                 JourneyKind::Normal => limits.success_min,
             };
             if let Some(min) = success_min {
-                let gate = if kind == JourneyKind::Payment { "payment_success" } else { "success_rate" };
+                let gate = if kind == JourneyKind::Payment {
+                    "payment_success"
+                } else {
+                    "success_rate"
+                };
                 let value = v2.error_rate.map(|e| 1.0 - e);
-                ev.gates.push(ctx.gate(gate, Some(name), value, min, Bound::Min, v2.requests, "V2 success"));
+                let spec = Spec {
+                    name: gate,
+                    journey: Some(name),
+                    bound: Bound::Min,
+                    what: "V2 success",
+                };
+                ev.gates.push(ctx.gate(spec, value, min, v2.requests));
             }
         }
         ev.journeys.push(JourneyKpi {
@@ -257,9 +301,19 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
     // 5xx rate: absolute ceiling, and no worse than V1 beyond the margin.
     let v1_rate = ev.v1.error_rate.unwrap_or(0.0);
     let threshold = cfg.error_rate_max.min(v1_rate + cfg.error_rate_margin);
-    let mut g = ctx.gate("error_rate", None, ev.v2.error_rate, threshold, Bound::Max, ev.v2.requests, "V2 5xx rate");
+    let spec = Spec {
+        name: "error_rate",
+        journey: None,
+        bound: Bound::Max,
+        what: "V2 5xx rate",
+    };
+    let mut g = ctx.gate(spec, ev.v2.error_rate, threshold, ev.v2.requests);
     if g.status != GateStatus::Green && threshold < cfg.error_rate_max {
-        g.reason.push_str(&format!(" (V1 {} + margin {})", fmt(v1_rate), fmt(cfg.error_rate_margin)));
+        g.reason.push_str(&format!(
+            " (V1 {} + margin {})",
+            fmt(v1_rate),
+            fmt(cfg.error_rate_margin)
+        ));
     }
     ev.gates.insert(0, g);
     ev
@@ -320,19 +374,34 @@ mod tests {
     }
 
     fn status(ev: &Evaluation, key: &str) -> GateStatus {
-        ev.gates.iter().find(|g| g.key() == key).unwrap_or_else(|| panic!("no gate {key}")).status
+        ev.gates
+            .iter()
+            .find(|g| g.key() == key)
+            .unwrap_or_else(|| panic!("no gate {key}"))
+            .status
     }
 
     #[test]
     fn healthy_window_is_all_green() {
         let cfg = Config::parse(CONFIG, "t").unwrap();
-        let w = window(&cfg, |id, _, c| if id.index() < 2 { cell(c, 200, 50, 0) });
+        let w = window(&cfg, |id, _, c| {
+            if id.index() < 2 {
+                cell(c, 200, 50, 0)
+            }
+        });
         let ev = eval(&cfg, &w, &BTreeMap::new());
         assert!(ev.all_green(), "{:#?}", ev.gates);
         // `other` had no traffic: no gate for it.
-        assert!(ev.gates.iter().all(|g| g.journey.as_deref() != Some("other")));
+        assert!(ev
+            .gates
+            .iter()
+            .all(|g| g.journey.as_deref() != Some("other")));
         assert_eq!(ev.gates.len(), 1 + 2 + 1);
-        let p = ev.gates.iter().find(|g| g.key() == "latency_p95/search").unwrap();
+        let p = ev
+            .gates
+            .iter()
+            .find(|g| g.key() == "latency_p95/search")
+            .unwrap();
         assert!((p.value.unwrap() - 50.0).abs() < 0.5);
         assert_eq!(p.samples, 200);
     }
@@ -346,7 +415,11 @@ mod tests {
             }
         });
         let ev = eval(&cfg, &w, &BTreeMap::new());
-        let g = ev.gates.iter().find(|g| g.key() == "latency_p95/search").unwrap();
+        let g = ev
+            .gates
+            .iter()
+            .find(|g| g.key() == "latency_p95/search")
+            .unwrap();
         assert_eq!(g.status, GateStatus::Yellow);
         assert_eq!(g.reason, "insufficient data: 49 of 50 samples");
         assert_eq!(status(&ev, "error_rate"), GateStatus::Yellow);
@@ -373,7 +446,10 @@ mod tests {
         assert_eq!(e.status, GateStatus::Red);
         assert!((e.threshold - 0.001).abs() < 1e-12);
         assert!(e.reason.contains("margin"), "{}", e.reason);
-        assert_eq!(ev.p95_breaches(130.0, 50), vec![("search", ev.journeys[0].v2.p95_ms.unwrap())]);
+        assert_eq!(
+            ev.p95_breaches(130.0, 50),
+            vec![("search", ev.journeys[0].v2.p95_ms.unwrap())]
+        );
         assert!(ev.p95_breaches(160.0, 50).is_empty());
     }
 
@@ -381,12 +457,29 @@ mod tests {
     fn recovery_needs_the_band() {
         let cfg = Config::parse(CONFIG, "t").unwrap();
         // 128 ms: inside 130 but not inside 130 * 0.95 = 123.5.
-        let w = window(&cfg, |id, _, c| if id.index() == 0 { cell(c, 500, 128, 0) });
+        let w = window(&cfg, |id, _, c| {
+            if id.index() == 0 {
+                cell(c, 500, 128, 0)
+            }
+        });
         let was_red = BTreeMap::from([("latency_p95/search".to_string(), GateStatus::Red)]);
-        assert_eq!(status(&eval(&cfg, &w, &was_red), "latency_p95/search"), GateStatus::Red);
-        assert_eq!(status(&eval(&cfg, &w, &BTreeMap::new()), "latency_p95/search"), GateStatus::Green);
-        let w = window(&cfg, |id, _, c| if id.index() == 0 { cell(c, 500, 120, 0) });
-        assert_eq!(status(&eval(&cfg, &w, &was_red), "latency_p95/search"), GateStatus::Green);
+        assert_eq!(
+            status(&eval(&cfg, &w, &was_red), "latency_p95/search"),
+            GateStatus::Red
+        );
+        assert_eq!(
+            status(&eval(&cfg, &w, &BTreeMap::new()), "latency_p95/search"),
+            GateStatus::Green
+        );
+        let w = window(&cfg, |id, _, c| {
+            if id.index() == 0 {
+                cell(c, 500, 120, 0)
+            }
+        });
+        assert_eq!(
+            status(&eval(&cfg, &w, &was_red), "latency_p95/search"),
+            GateStatus::Green
+        );
         let _ = Duration::ZERO;
     }
 }

@@ -147,7 +147,10 @@ impl Controller {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, ControlHandle, mpsc::Receiver<Msg>), StateError> {
         let dir = &cfg.server.state_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let state = match state::load(dir)? {
             Some(s) => {
                 tracing::info!(state = ?s.state, phase = ?s.phase_index, weight_v2 = s.weight_v2, "resumed rollout state");
@@ -225,15 +228,18 @@ impl Controller {
         self.persist();
     }
 
-
     fn evaluate(&mut self) -> Evaluation {
         let now_ms = self.origin.elapsed().as_millis() as u64;
         self.ring.push(now_ms, self.telemetry.snapshot());
-        let window = self.ring.window(self.cfg.journeys.len(), now_ms, self.cfg.rollout.window);
+        let window = self
+            .ring
+            .window(self.cfg.journeys.len(), now_ms, self.cfg.rollout.window);
         let phase_p95_ms = self
             .state
             .phase_index
-            .map_or(self.cfg.rollout.phases[0].p95_ms, |i| self.cfg.rollout.phases[i].p95_ms);
+            .map_or(self.cfg.rollout.phases[0].p95_ms, |i| {
+                self.cfg.rollout.phases[i].p95_ms
+            });
         gates::evaluate(
             &window,
             &GateContext {
@@ -249,13 +255,16 @@ impl Controller {
     fn on_tick(&mut self) {
         let ev = self.evaluate();
         let cfg = self.cfg.clone();
-        let out = Core { cfg: &cfg.rollout }.tick(&mut self.state, &ev, Utc::now(), Local::now().time());
+        let out =
+            Core { cfg: &cfg.rollout }.tick(&mut self.state, &ev, Utc::now(), Local::now().time());
         self.last_eval = ev;
         self.apply(out, "controller");
     }
 
     fn on_trip(&mut self) {
-        let Some(trip) = self.trip.take_trip() else { return };
+        let Some(trip) = self.trip.take_trip() else {
+            return;
+        };
         if matches!(self.state.state, StateName::RolledBack) {
             return;
         }
@@ -321,10 +330,15 @@ impl Controller {
                 self.audit_append(&entry);
                 tracing::info!(action = ?d.action, reason = %d.reason, phase = ?self.phase_name(), weight_v2 = self.state.weight_v2, "decision");
                 self.metrics
-                    .counter(DECISIONS_TOTAL, &[("action", format!("{:?}", d.action).to_uppercase())])
+                    .counter(
+                        DECISIONS_TOTAL,
+                        &[("action", format!("{:?}", d.action).to_uppercase())],
+                    )
                     .increment(1);
                 if let Some(t) = d.trigger {
-                    self.metrics.counter(ROLLBACKS_TOTAL, &[("reason", t.label().into())]).increment(1);
+                    self.metrics
+                        .counter(ROLLBACKS_TOTAL, &[("reason", t.label().into())])
+                        .increment(1);
                 }
             }
             if out.report {
@@ -346,7 +360,9 @@ impl Controller {
     }
 
     fn phase_name(&self) -> Option<String> {
-        self.state.phase_index.map(|i| self.cfg.rollout.phases[i].name.clone())
+        self.state
+            .phase_index
+            .map(|i| self.cfg.rollout.phases[i].name.clone())
     }
 
     fn persist(&mut self) {
@@ -375,7 +391,10 @@ impl Controller {
                 trigger: Trigger::P95Hard.label().into(),
                 fired: fired(Trigger::P95Hard),
                 detail: match worst_p95 {
-                    Some((j, p)) => format!("worst V2 P95 {p:.1} ms ({j}), limit {} ms", cfg.p95_rollback_ms),
+                    Some((j, p)) => format!(
+                        "worst V2 P95 {p:.1} ms ({j}), limit {} ms",
+                        cfg.p95_rollback_ms
+                    ),
                     None => "no journey with enough samples".into(),
                 },
             },
@@ -383,19 +402,30 @@ impl Controller {
                 trigger: Trigger::GateRedSustained.label().into(),
                 fired: fired(Trigger::GateRedSustained),
                 detail: match longest_red {
-                    Some((k, t)) => format!("{k} RED since {}, limit {}", t.to_rfc3339(), humantime::format_duration(cfg.red_rollback_after)),
+                    Some((k, t)) => format!(
+                        "{k} RED since {}, limit {}",
+                        t.to_rfc3339(),
+                        humantime::format_duration(cfg.red_rollback_after)
+                    ),
                     None => "no gate RED".into(),
                 },
             },
             TriggerStatus {
                 trigger: Trigger::PaymentFailures.label().into(),
                 fired: fired(Trigger::PaymentFailures),
-                detail: format!("limit: more than {} consecutive V2 payment failures (request path)", cfg.consecutive_payment_failures),
+                detail: format!(
+                    "limit: more than {} consecutive V2 payment failures (request path)",
+                    cfg.consecutive_payment_failures
+                ),
             },
             TriggerStatus {
                 trigger: Trigger::Sev1Incident.label().into(),
                 fired: fired(Trigger::Sev1Incident),
-                detail: format!("{} Sev-1, {} Sev-2 incidents", self.state.sev_count(1), self.state.sev_count(2)),
+                detail: format!(
+                    "{} Sev-1, {} Sev-2 incidents",
+                    self.state.sev_count(1),
+                    self.state.sev_count(2)
+                ),
             },
             TriggerStatus {
                 trigger: Trigger::Manual.label().into(),
@@ -409,7 +439,8 @@ impl Controller {
         let id = format!("{:06}", self.state.next_report);
         self.state.next_report += 1;
         let ev = &self.last_eval;
-        let summary = stepped_from.map(|i| report::summary_card(&self.cfg.rollout.phases[i].name, ev, d.action));
+        let summary = stepped_from
+            .map(|i| report::summary_card(&self.cfg.rollout.phases[i].name, ev, d.action));
         let r = Report {
             id,
             at: d.at,
@@ -472,8 +503,13 @@ impl Controller {
             .gauge(ROLLOUT_PHASE, &[])
             .set(s.phase_index.map_or(-1.0, |i| i as f64));
         for g in &self.last_eval.gates {
-            let labels = [("gate", g.name.clone()), ("journey", g.journey.clone().unwrap_or_else(|| "all".into()))];
-            self.metrics.gauge(GATE_STATUS, &labels).set(g.status.metric());
+            let labels = [
+                ("gate", g.name.clone()),
+                ("journey", g.journey.clone().unwrap_or_else(|| "all".into())),
+            ];
+            self.metrics
+                .gauge(GATE_STATUS, &labels)
+                .set(g.status.metric());
         }
     }
 
@@ -518,9 +554,14 @@ impl Controller {
         let cadence = self
             .state
             .phase_index
-            .map_or(Duration::from_secs(900), |i| self.cfg.rollout.phases[i].update_every);
+            .map_or(Duration::from_secs(900), |i| {
+                self.cfg.rollout.phases[i].update_every
+            });
         let due = self.last_update.is_none_or(|t| t.elapsed() >= cadence);
-        let live = !matches!(self.state.state, StateName::Waiting | StateName::Promoted | StateName::RolledBack);
+        let live = !matches!(
+            self.state.state,
+            StateName::Waiting | StateName::Promoted | StateName::RolledBack
+        );
         if notable || (due && live) {
             self.last_update = Some(Instant::now());
             let view = self.status.load_full();
@@ -534,7 +575,9 @@ fn command_detail(cmd: &Command) -> serde_json::Value {
         Command::SetWeight(p) => serde_json::json!({"v2": p}),
         Command::SetFlags(f) => serde_json::json!(f),
         Command::Approve { role, by } => serde_json::json!({"role": role, "by": by}),
-        Command::Incident { severity, summary } => serde_json::json!({"severity": severity, "summary": summary}),
+        Command::Incident { severity, summary } => {
+            serde_json::json!({"severity": severity, "summary": summary})
+        }
         _ => serde_json::Value::Null,
     }
 }

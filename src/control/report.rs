@@ -75,7 +75,9 @@ pub fn payment_success(ev: &Evaluation) -> Option<f64> {
         .journeys
         .iter()
         .filter(|j| j.kind == crate::journeys::JourneyKind::Payment)
-        .fold((0, 0), |(n, bad), j| (n + j.v2.requests, bad + j.v2.server_errors));
+        .fold((0, 0), |(n, bad), j| {
+            (n + j.v2.requests, bad + j.v2.server_errors)
+        });
     (n > 0).then(|| 1.0 - bad as f64 / n as f64)
 }
 
@@ -85,14 +87,26 @@ pub fn top_anomalies(ev: &Evaluation, n: usize) -> Vec<String> {
     for j in &ev.journeys {
         if let (Some(a), Some(b)) = (j.v1.p95_ms, j.v2.p95_ms) {
             if b > a * 1.05 {
-                found.push(((b - a) / a, format!("{}: V2 P95 {b:.1} ms vs V1 {a:.1} ms (+{:.0}%)", j.journey, (b / a - 1.0) * 100.0)));
+                found.push((
+                    (b - a) / a,
+                    format!(
+                        "{}: V2 P95 {b:.1} ms vs V1 {a:.1} ms (+{:.0}%)",
+                        j.journey,
+                        (b / a - 1.0) * 100.0
+                    ),
+                ));
             }
         }
         if let (Some(a), Some(b)) = (j.v1.error_rate, j.v2.error_rate) {
             if b > a {
                 found.push((
                     (b - a) * 100.0,
-                    format!("{}: V2 5xx {:.2}% vs V1 {:.2}%", j.journey, b * 100.0, a * 100.0),
+                    format!(
+                        "{}: V2 5xx {:.2}% vs V1 {:.2}%",
+                        j.journey,
+                        b * 100.0,
+                        a * 100.0
+                    ),
                 ));
             }
         }
@@ -134,11 +148,21 @@ fn badge(s: GateStatus) -> &'static str {
 pub fn markdown(r: &Report) -> String {
     let mut m = String::new();
     let phase = r.phase.as_deref().unwrap_or("(none)");
-    let _ = writeln!(m, "# Gate report {} — {}", r.id, r.decision.action.report_word());
+    let _ = writeln!(
+        m,
+        "# Gate report {} — {}",
+        r.id,
+        r.decision.action.report_word()
+    );
     let _ = writeln!(m);
     let _ = writeln!(m, "- **When:** {}", r.at.to_rfc3339());
     let _ = writeln!(m, "- **Phase:** {phase} (V2 weight {}%)", r.weight_v2);
-    let _ = writeln!(m, "- **Decision:** {} — {}", r.decision.action.report_word(), r.decision.reason);
+    let _ = writeln!(
+        m,
+        "- **Decision:** {} — {}",
+        r.decision.action.report_word(),
+        r.decision.reason
+    );
     let _ = writeln!(m, "- **Window:** {:.0} s", r.window_ms as f64 / 1000.0);
     let _ = writeln!(m, "\n## KPI gates\n\n| gate | journey | status | value | threshold | samples | reason |\n|---|---|---|---|---|---|---|");
     for g in &r.gates {
@@ -156,33 +180,77 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(m, "\n## Control (V1) vs canary (V2)\n\n| journey | V1 req | V2 req | V1 P50/P95/P99 ms | V2 P50/P95/P99 ms | V1 5xx | V2 5xx |\n|---|---|---|---|---|---|---|");
     let row = |m: &mut String, name: &str, a: &VariantKpi, b: &VariantKpi| {
-        let q = |k: &VariantKpi| format!("{} / {} / {}", opt(k.p50_ms, ""), opt(k.p95_ms, ""), opt(k.p99_ms, ""));
-        let _ = writeln!(m, "| {name} | {} | {} | {} | {} | {} | {} |", a.requests, b.requests, q(a), q(b), pct(a.error_rate), pct(b.error_rate));
+        let q = |k: &VariantKpi| {
+            format!(
+                "{} / {} / {}",
+                opt(k.p50_ms, ""),
+                opt(k.p95_ms, ""),
+                opt(k.p99_ms, "")
+            )
+        };
+        let _ = writeln!(
+            m,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            a.requests,
+            b.requests,
+            q(a),
+            q(b),
+            pct(a.error_rate),
+            pct(b.error_rate)
+        );
     };
     for j in &r.journeys {
         row(&mut m, &j.journey, &j.v1, &j.v2);
     }
     row(&mut m, "**all**", &r.v1, &r.v2);
-    let _ = writeln!(m, "\n## Rollback triggers\n\n| trigger | fired | status |\n|---|---|---|");
+    let _ = writeln!(
+        m,
+        "\n## Rollback triggers\n\n| trigger | fired | status |\n|---|---|---|"
+    );
     for t in &r.triggers {
-        let _ = writeln!(m, "| {} | {} | {} |", t.trigger, if t.fired { "**YES**" } else { "no" }, t.detail);
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} |",
+            t.trigger,
+            if t.fired { "**YES**" } else { "no" },
+            t.detail
+        );
     }
     let _ = writeln!(m, "\n## Approvals\n");
     if r.approvals.is_empty() {
         let _ = writeln!(m, "none recorded");
     }
     for a in &r.approvals {
-        let _ = writeln!(m, "- {} approved by {} at {}", a.role, a.by, a.at.to_rfc3339());
+        let _ = writeln!(
+            m,
+            "- {} approved by {} at {}",
+            a.role,
+            a.by,
+            a.at.to_rfc3339()
+        );
     }
     if !r.incidents.is_empty() {
         let _ = writeln!(m, "\n## Incidents\n");
         for i in &r.incidents {
-            let _ = writeln!(m, "- #{} Sev-{} at {}: {}", i.id, i.severity, i.at.to_rfc3339(), i.summary);
+            let _ = writeln!(
+                m,
+                "- #{} Sev-{} at {}: {}",
+                i.id,
+                i.severity,
+                i.at.to_rfc3339(),
+                i.summary
+            );
         }
     }
     if let Some(c) = &r.summary {
         let _ = writeln!(m, "\n## Phase summary card: {}\n", c.phase);
-        let _ = writeln!(m, "- P50 / P95 / P99: {} / {} / {} ms", opt(c.p50_ms, ""), opt(c.p95_ms, ""), opt(c.p99_ms, ""));
+        let _ = writeln!(
+            m,
+            "- P50 / P95 / P99: {} / {} / {} ms",
+            opt(c.p50_ms, ""),
+            opt(c.p95_ms, ""),
+            opt(c.p99_ms, "")
+        );
         let _ = writeln!(m, "- 5xx rate: {}", pct(c.error_rate_5xx));
         let _ = writeln!(m, "- Payment success: {}", pct(c.payment_success));
         let _ = writeln!(m, "- Top anomalies:");
@@ -201,12 +269,22 @@ pub fn markdown(r: &Report) -> String {
 pub fn postmortem(r: &Report, timeline: &[Decision]) -> String {
     let mut m = String::new();
     let trigger = r.decision.trigger.map_or("unknown", Trigger::label);
-    let _ = writeln!(m, "# Post-mortem (placeholder): rollback at {}\n", r.at.to_rfc3339());
+    let _ = writeln!(
+        m,
+        "# Post-mortem (placeholder): rollback at {}\n",
+        r.at.to_rfc3339()
+    );
     let _ = writeln!(m, "Status: DRAFT — complete within 48 hours.\n");
     let _ = writeln!(m, "## Trigger\n\n- **{trigger}**: {}\n- Phase: {} (V2 weight before rollback: see timeline)\n", r.decision.reason, r.phase.as_deref().unwrap_or("(none)"));
     let _ = writeln!(m, "## Timeline of decisions\n");
     for d in timeline {
-        let _ = writeln!(m, "- {} **{}** {}", d.at.to_rfc3339(), d.action.report_word(), d.reason);
+        let _ = writeln!(
+            m,
+            "- {} **{}** {}",
+            d.at.to_rfc3339(),
+            d.action.report_word(),
+            d.reason
+        );
     }
     let _ = writeln!(m, "\n## Last gate report\n\nSee `{}.md`.\n\n## Impact\n\nTODO\n\n## Root cause\n\nTODO\n\n## Action items\n\nTODO", r.id);
     m
@@ -235,10 +313,17 @@ impl ReportStore {
         })?;
         let json = serde_json::to_vec_pretty(r).expect("report serializes");
         super::state::write_atomic(&self.dir.join(format!("{}.json", r.id)), &json)?;
-        super::state::write_atomic(&self.dir.join(format!("{}.md", r.id)), markdown(r).as_bytes())
+        super::state::write_atomic(
+            &self.dir.join(format!("{}.md", r.id)),
+            markdown(r).as_bytes(),
+        )
     }
 
-    pub fn write_postmortem(&self, r: &Report, timeline: &[Decision]) -> Result<PathBuf, StateError> {
+    pub fn write_postmortem(
+        &self,
+        r: &Report,
+        timeline: &[Decision],
+    ) -> Result<PathBuf, StateError> {
         let path = self.dir.join(format!("{}-postmortem.md", r.id));
         super::state::write_atomic(&path, postmortem(r, timeline).as_bytes())?;
         Ok(path)
@@ -250,10 +335,18 @@ impl ReportStore {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(String::from))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(String::from)
+            })
             .collect();
         ids.sort();
-        ids.iter().filter_map(|id| self.get(id)).map(|r| r.index()).collect()
+        ids.iter()
+            .filter_map(|id| self.get(id))
+            .map(|r| r.index())
+            .collect()
     }
 
     /// A report by id; ids are validated so a request cannot walk the file system.

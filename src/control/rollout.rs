@@ -113,11 +113,21 @@ impl Core<'_> {
             .collect()
     }
 
-    fn rollback(&self, s: &mut RolloutState, trigger: Trigger, detail: &str, now: DateTime<Utc>) -> Outcome {
+    fn rollback(
+        &self,
+        s: &mut RolloutState,
+        trigger: Trigger,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         s.state = StateName::RolledBack;
         s.weight_v2 = 0.0;
         s.green_since = None;
-        let mut d = decision(Action::Rollback, format!("{}: {detail}", trigger.label()), now);
+        let mut d = decision(
+            Action::Rollback,
+            format!("{}: {detail}", trigger.label()),
+            now,
+        );
         d.trigger = Some(trigger);
         s.last_decision = Some(d.clone());
         Outcome {
@@ -133,9 +143,14 @@ impl Core<'_> {
             s.state = StateName::Holding;
         }
         // One report when a hold starts or its cause changes, not every tick.
+        // The same cause again after more than a window without a HOLD (e.g.
+        // GREEN ticks in between) is a new hold; a flicker within one is not.
         let key = |r: &str| r.split(':').next().unwrap_or("").to_string();
+        let window = chrono::TimeDelta::from_std(self.cfg.window).unwrap_or(chrono::TimeDelta::MAX);
         let report = match &s.last_decision {
-            Some(d) => d.action != Action::Hold || key(&d.reason) != key(&reason),
+            Some(d) => {
+                d.action != Action::Hold || key(&d.reason) != key(&reason) || now - d.at > window
+            }
             None => true,
         };
         let d = decision(Action::Hold, reason, now);
@@ -200,7 +215,12 @@ impl Core<'_> {
     }
 
     /// Automatic rollback triggers evaluated on the tick.
-    fn tick_triggers(&self, s: &RolloutState, ev: &Evaluation, now: DateTime<Utc>) -> Option<(Trigger, String)> {
+    fn tick_triggers(
+        &self,
+        s: &RolloutState,
+        ev: &Evaluation,
+        now: DateTime<Utc>,
+    ) -> Option<(Trigger, String)> {
         if let Some((journey, p95)) = ev
             .p95_breaches(self.cfg.p95_rollback_ms, self.cfg.min_samples)
             .into_iter()
@@ -208,10 +228,14 @@ impl Core<'_> {
         {
             return Some((
                 Trigger::P95Hard,
-                format!("journey {journey} V2 P95 {p95:.1} ms > {} ms", self.cfg.p95_rollback_ms),
+                format!(
+                    "journey {journey} V2 P95 {p95:.1} ms > {} ms",
+                    self.cfg.p95_rollback_ms
+                ),
             ));
         }
-        let limit = chrono::TimeDelta::from_std(self.cfg.red_rollback_after).unwrap_or(chrono::TimeDelta::MAX);
+        let limit = chrono::TimeDelta::from_std(self.cfg.red_rollback_after)
+            .unwrap_or(chrono::TimeDelta::MAX);
         s.red_since
             .iter()
             .filter(|(_, since)| now - **since >= limit)
@@ -219,17 +243,30 @@ impl Core<'_> {
             .map(|(key, since)| {
                 (
                     Trigger::GateRedSustained,
-                    format!("gate {key} RED for {} (limit {})", human(now - *since), human(limit)),
+                    format!(
+                        "gate {key} RED for {} (limit {})",
+                        human(now - *since),
+                        human(limit)
+                    ),
                 )
             })
     }
 
     /// One controller tick.
-    pub fn tick(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>, local: NaiveTime) -> Outcome {
+    pub fn tick(
+        &self,
+        s: &mut RolloutState,
+        ev: &Evaluation,
+        now: DateTime<Utc>,
+        local: NaiveTime,
+    ) -> Outcome {
         self.remember_gates(s, ev, now);
         match s.state {
             StateName::Promoted => self.none("rollout promoted".into(), now),
-            StateName::RolledBack => self.none("rolled back; POST /api/v1/rollout/start begins a new rollout".into(), now),
+            StateName::RolledBack => self.none(
+                "rolled back; POST /api/v1/rollout/start begins a new rollout".into(),
+                now,
+            ),
             StateName::Paused => {
                 // Safety triggers stay armed while V2 takes traffic.
                 if s.weight_v2 > 0.0 {
@@ -239,9 +276,13 @@ impl Core<'_> {
                 }
                 self.none("paused by operator".into(), now)
             }
-            StateName::Waiting if !s.started => self.none("waiting for POST /api/v1/rollout/start".into(), now),
+            StateName::Waiting if !s.started => {
+                self.none("waiting for POST /api/v1/rollout/start".into(), now)
+            }
             StateName::Waiting => self.try_start(s, now),
-            StateName::Shadow | StateName::Canary | StateName::Holding => self.in_phase(s, ev, now, local),
+            StateName::Shadow | StateName::Canary | StateName::Holding => {
+                self.in_phase(s, ev, now, local)
+            }
         }
     }
 
@@ -252,7 +293,11 @@ impl Core<'_> {
             return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
         }
         self.enter_phase(s, 0, now);
-        let d = decision(Action::Go, format!("start conditions met: entering {}", first.name), now);
+        let d = decision(
+            Action::Go,
+            format!("start conditions met: entering {}", first.name),
+            now,
+        );
         s.last_decision = Some(d.clone());
         Outcome {
             decision: Some(d),
@@ -262,7 +307,13 @@ impl Core<'_> {
         }
     }
 
-    fn in_phase(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>, local: NaiveTime) -> Outcome {
+    fn in_phase(
+        &self,
+        s: &mut RolloutState,
+        ev: &Evaluation,
+        now: DateTime<Utc>,
+        local: NaiveTime,
+    ) -> Outcome {
         let idx = s.phase_index.expect("in a phase");
         let phase = &self.cfg.phases[idx];
         if phase.mode == PhaseMode::Live {
@@ -271,12 +322,21 @@ impl Core<'_> {
             }
         }
         if let Some(reason) = s.manual_hold.clone() {
+            // The gates still count towards the hold while waiting for the decision.
+            if ev.all_green() {
+                s.green_since.get_or_insert(now);
+            } else {
+                s.green_since = None;
+            }
             return self.hold(s, reason, now);
         }
         if let Some(g) = ev.worst() {
             s.green_since = None;
-            let what = g.journey.as_deref().map_or(String::new(), |j| format!(" ({j})"));
-            let reason = format!("gate {}{what} {:?}: {}", g.name, g.status, g.reason).replace("Red", "RED").replace("Yellow", "YELLOW");
+            let what = g
+                .journey
+                .as_deref()
+                .map_or(String::new(), |j| format!(" ({j})"));
+            let reason = format!("gate {}{what} {}: {}", g.name, g.status.word(), g.reason);
             return self.hold(s, reason, now);
         }
         let since = *s.green_since.get_or_insert(now);
@@ -286,10 +346,25 @@ impl Core<'_> {
             if s.state == StateName::Holding {
                 s.state = StateName::Canary;
             }
-            return self.none(format!("all gates GREEN for {} of the {} hold", human(green_for), human(hold)), now);
+            return self.none(
+                format!(
+                    "all gates GREEN for {} of the {} hold",
+                    human(green_for),
+                    human(hold)
+                ),
+                now,
+            );
         }
         if idx + 1 == self.cfg.phases.len() {
-            return self.advance(s, format!("all gates GREEN for {} at {}%: rollout promoted", human(green_for), phase.weight.percent()), now);
+            return self.advance(
+                s,
+                format!(
+                    "all gates GREEN for {} at {}%: rollout promoted",
+                    human(green_for),
+                    phase.weight.percent()
+                ),
+                now,
+            );
         }
         let next = &self.cfg.phases[idx + 1];
         if next.mode == PhaseMode::Live && phase.mode == PhaseMode::Shadow {
@@ -302,7 +377,11 @@ impl Core<'_> {
         if let Some(role) = &next.approval {
             let waived = next.approval_waived_if_green && ev.all_green();
             if !waived && !s.has_approval(role) {
-                return self.hold(s, format!("approval: {} needs approval by role {role}", next.name), now);
+                return self.hold(
+                    s,
+                    format!("approval: {} needs approval by role {role}", next.name),
+                    now,
+                );
             }
         }
         if !self.cfg.promotion_window.contains(local) {
@@ -310,18 +389,27 @@ impl Core<'_> {
                 PromotionWindow::Hours { start, .. } => start.format("%H:%M").to_string(),
                 PromotionWindow::Always => String::new(),
             };
-            return self.hold(s, format!("promotion window: outside it, step-ups resume at {resume} local"), now);
+            return self.hold(
+                s,
+                format!("promotion window: outside it, step-ups resume at {resume} local"),
+                now,
+            );
         }
-        let approved = next
-            .approval
-            .as_ref()
-            .map_or(String::new(), |r| match s.approvals.iter().rev().find(|a| &a.role == r) {
+        let approved = next.approval.as_ref().map_or(String::new(), |r| {
+            match s.approvals.iter().rev().find(|a| &a.role == r) {
                 Some(a) => format!(", approved by {} ({r})", a.by),
                 None => format!(", {r} approval waived: all GREEN"),
-            });
+            }
+        });
         self.advance(
             s,
-            format!("all gates GREEN for {}: {} -> {} ({}%){approved}", human(green_for), phase.name, next.name, next.weight.percent()),
+            format!(
+                "all gates GREEN for {}: {} -> {} ({}%){approved}",
+                human(green_for),
+                phase.name,
+                next.name,
+                next.weight.percent()
+            ),
             now,
         )
     }
@@ -343,16 +431,27 @@ impl Core<'_> {
     }
 
     /// An operator command.
-    pub fn command(&self, s: &mut RolloutState, cmd: Command, now: DateTime<Utc>) -> Result<Outcome, CommandError> {
+    pub fn command(
+        &self,
+        s: &mut RolloutState,
+        cmd: Command,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, CommandError> {
         let changes_weights = matches!(
             cmd,
-            Command::Start | Command::Resume | Command::Promote | Command::Rollback | Command::SetWeight(_)
+            Command::Start
+                | Command::Resume
+                | Command::Promote
+                | Command::Rollback
+                | Command::SetWeight(_)
         );
         if s.frozen && changes_weights {
             return Err(CommandError::Frozen);
         }
         let conflict = |what: &str, s: &RolloutState| {
-            Err(CommandError::Conflict(format!("cannot {what} while the rollout is {:?}", s.state).to_lowercase()))
+            Err(CommandError::Conflict(
+                format!("cannot {what} while the rollout is {:?}", s.state).to_lowercase(),
+            ))
         };
         match cmd {
             Command::Start => match s.state {
@@ -392,6 +491,7 @@ impl Core<'_> {
                 (StateName::Paused, None) => {
                     s.state = StateName::Waiting;
                     s.weight_v2 = 0.0;
+                    s.manual_hold = None;
                     Ok(Outcome {
                         weights_changed: true,
                         ..self.none("resumed: waiting for start conditions".into(), now)
@@ -405,7 +505,10 @@ impl Core<'_> {
                 _ => conflict("resume", s),
             },
             Command::Promote => match (s.state, s.phase_index) {
-                (StateName::Shadow | StateName::Canary | StateName::Holding | StateName::Paused, Some(_)) => {
+                (
+                    StateName::Shadow | StateName::Canary | StateName::Holding | StateName::Paused,
+                    Some(_),
+                ) => {
                     s.manual_hold = None;
                     Ok(self.advance(s, "manual promote by operator".into(), now))
                 }
@@ -433,18 +536,28 @@ impl Core<'_> {
             }
             Command::Incident { severity, summary } => {
                 let id = s.incidents.len() as u64 + 1;
-                s.incidents.push(Incident { id, severity, summary: summary.clone(), at: now });
+                s.incidents.push(Incident {
+                    id,
+                    severity,
+                    summary: summary.clone(),
+                    at: now,
+                });
                 if !Self::active(s) {
                     return Ok(Outcome::default());
                 }
                 if severity == 1 {
-                    return Ok(self.rollback(s, Trigger::Sev1Incident, &format!("Sev-1 incident #{id}: {summary}"), now));
+                    return Ok(self.rollback(
+                        s,
+                        Trigger::Sev1Incident,
+                        &format!("Sev-1 incident #{id}: {summary}"),
+                        now,
+                    ));
                 }
                 let sev2 = s.sev_count(2);
                 if severity == 2 && sev2 >= self.cfg.sev2_hold_count as usize {
                     let reason = format!("incidents: {sev2} Sev-2 incidents, holding for a manual decision (resume, promote or rollback)");
                     s.manual_hold = Some(reason.clone());
-                    s.state = StateName::Holding;
+                    // `hold` turns `canary` into `holding`; an operator's pause stands.
                     return Ok(self.hold(s, reason, now));
                 }
                 Ok(Outcome::default())

@@ -172,7 +172,10 @@ impl RolloutState {
     }
 
     pub fn sev_count(&self, severity: u8) -> usize {
-        self.incidents.iter().filter(|i| i.severity == severity).count()
+        self.incidents
+            .iter()
+            .filter(|i| i.severity == severity)
+            .count()
     }
 }
 
@@ -223,7 +226,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     drop(f);
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
     }
     Ok(())
 }
@@ -239,10 +244,18 @@ mod tests {
         let mut s = RolloutState::new(BTreeMap::from([("EVIDENCE_BUNDLE".into(), 1)]));
         s.phase_index = Some(2);
         s.weight_v2 = 50.0;
-        s.approvals.push(Approval { role: "cfo".into(), by: "dana".into(), at: Utc::now() });
+        s.approvals.push(Approval {
+            role: "cfo".into(),
+            by: "dana".into(),
+            at: Utc::now(),
+        });
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(s));
-        std::fs::write(dir.path().join(STATE_FILE), b"{\"state\": \"canary\", \"pha").unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            b"{\"state\": \"canary\", \"pha",
+        )
+        .unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");
     }

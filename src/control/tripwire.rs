@@ -78,7 +78,8 @@ impl PaymentTrip {
             let done = self.origin.elapsed().as_nanos() as u64;
             let start = seen.duration_since(self.origin).as_nanos() as u64;
             self.tripped_ns.store(start.max(1), Ordering::Relaxed);
-            self.swapped_ns.store(done.max(start + 1), Ordering::Release);
+            self.swapped_ns
+                .store(done.max(start + 1), Ordering::Release);
             self.notify.notify_one();
         }
     }

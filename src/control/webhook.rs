@@ -28,7 +28,12 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-async fn call(client: &HttpClient, method: Method, url: &Uri, body: Bytes) -> Result<(u16, Bytes), String> {
+async fn call(
+    client: &HttpClient,
+    method: Method,
+    url: &Uri,
+    body: Bytes,
+) -> Result<(u16, Bytes), String> {
     let req = Request::builder()
         .method(method)
         .uri(url.clone())
@@ -49,7 +54,12 @@ async fn call(client: &HttpClient, method: Method, url: &Uri, body: Bytes) -> Re
 }
 
 /// Calls with retries and exponential backoff (0.5 s, 1 s, 2 s).
-async fn call_with_retry(client: &HttpClient, method: Method, url: &Uri, body: Bytes) -> Result<(u16, Bytes), String> {
+async fn call_with_retry(
+    client: &HttpClient,
+    method: Method,
+    url: &Uri,
+    body: Bytes,
+) -> Result<(u16, Bytes), String> {
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
@@ -99,12 +109,19 @@ pub fn status_text(v: &StatusView) -> String {
         .filter(|g| g.status != super::gates::GateStatus::Green)
         .max_by_key(|g| g.status)
         .map_or("all gates GREEN".to_string(), |g| {
-            format!("{} {}{}: {}", g.name, serde_json::to_string(&g.status).unwrap_or_default().trim_matches('"'), g.journey.as_deref().map_or(String::new(), |j| format!(" ({j})")), g.reason)
+            format!(
+                "{} {}{}: {}",
+                g.name,
+                g.status.word(),
+                g.journey
+                    .as_deref()
+                    .map_or(String::new(), |j| format!(" ({j})")),
+                g.reason
+            )
         });
-    let decision = v
-        .last_decision
-        .as_ref()
-        .map_or(String::new(), |d| format!(" | last decision {}: {}", d.action.report_word(), d.reason));
+    let decision = v.last_decision.as_ref().map_or(String::new(), |d| {
+        format!(" | last decision {}: {}", d.action.report_word(), d.reason)
+    });
     format!(
         "rollgate: {} {} V2 {}% | {worst}{decision}",
         v.state.as_str(),
@@ -125,7 +142,10 @@ pub fn write_baseline(state_dir: &Path, ev: &Evaluation) -> std::io::Result<(Pat
     let sha = hex::encode(Sha256::digest(&body));
     let path = state_dir.join("baseline.json");
     super::state::write_atomic(&path, &body).map_err(std::io::Error::other)?;
-    std::fs::write(state_dir.join("baseline.json.sha256"), format!("{sha}  baseline.json\n"))?;
+    std::fs::write(
+        state_dir.join("baseline.json.sha256"),
+        format!("{sha}  baseline.json\n"),
+    )?;
     Ok((path, sha))
 }
 
@@ -150,8 +170,12 @@ pub async fn round_trip_baseline(url: Uri, path: PathBuf, sha: String) -> Result
     }
     .await;
     match &result {
-        Ok(()) => tracing::info!(%url, sha256 = %sha, "golden baseline verified by the command center"),
-        Err(e) => tracing::error!(%url, error = %e, "golden baseline round trip failed (FREEZE_LOCK is set regardless)"),
+        Ok(()) => {
+            tracing::info!(%url, sha256 = %sha, "golden baseline verified by the command center")
+        }
+        Err(e) => {
+            tracing::error!(%url, error = %e, "golden baseline round trip failed (FREEZE_LOCK is set regardless)")
+        }
     }
     result
 }

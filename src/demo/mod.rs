@@ -184,11 +184,28 @@ headers = {{ x-payment-mode = "live" }}
 }
 
 fn profiles(fault: Option<Fault>) -> (Profile, Profile) {
-    let v1 = Profile::healthy("v1", Latency { median_ms: 40.0, p95_ms: 85.0 });
-    let mut v2 = Profile::healthy("v2", Latency { median_ms: 35.0, p95_ms: 75.0 });
+    let v1 = Profile::healthy(
+        "v1",
+        Latency {
+            median_ms: 40.0,
+            p95_ms: 85.0,
+        },
+    );
+    let mut v2 = Profile::healthy(
+        "v2",
+        Latency {
+            median_ms: 35.0,
+            p95_ms: 75.0,
+        },
+    );
     match fault {
         None => {}
-        Some(Fault::Latency) => v2.latency = Latency { median_ms: 150.0, p95_ms: 260.0 },
+        Some(Fault::Latency) => {
+            v2.latency = Latency {
+                median_ms: 150.0,
+                p95_ms: 260.0,
+            }
+        }
         Some(Fault::Errors) => v2.error_rate = 0.05,
         Some(Fault::Payments) => v2.payment_failure_rate = 1.0,
     }
@@ -201,8 +218,14 @@ fn worst_gate(s: &StatusView) -> String {
         .filter(|g| g.status != crate::control::gates::GateStatus::Green)
         .max_by_key(|g| g.status)
         .map_or("all GREEN".into(), |g| {
-            let status = format!("{:?}", g.status).to_uppercase();
-            format!("{status} {}{}", g.name, g.journey.as_deref().map_or(String::new(), |j| format!("/{j}")))
+            format!(
+                "{} {}{}",
+                g.status.word(),
+                g.name,
+                g.journey
+                    .as_deref()
+                    .map_or(String::new(), |j| format!("/{j}"))
+            )
         })
 }
 
@@ -210,7 +233,11 @@ fn worst_gate(s: &StatusView) -> String {
 pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     let started = Instant::now();
     let setup = |e: std::io::Error| DemoError::Setup(e.to_string());
-    let state_dir = std::env::temp_dir().join(format!("rollgate-demo-{}-{}", std::process::id(), rand::random::<u32>()));
+    let state_dir = std::env::temp_dir().join(format!(
+        "rollgate-demo-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let (stop_apps, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -218,15 +245,26 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     let (v1_profile, v2_profile) = profiles(opts.fault);
     let l1 = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
     let l2 = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
-    let (p1, p2) = (l1.local_addr().map_err(setup)?.port(), l2.local_addr().map_err(setup)?.port());
+    let (p1, p2) = (
+        l1.local_addr().map_err(setup)?.port(),
+        l2.local_addr().map_err(setup)?.port(),
+    );
     tokio::spawn(upstream::serve(l1, v1_profile, stopped(stop_rx.clone())));
     tokio::spawn(upstream::serve(l2, v2_profile, stopped(stop_rx.clone())));
 
-    let cfg = Config::parse(&config_text(p1, p2, &state_dir.display().to_string()), "demo config")
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let app = App::start_with(cfg, Options { echo_reports: opts.verbose })
-        .await
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let cfg = Config::parse(
+        &config_text(p1, p2, &state_dir.display().to_string()),
+        "demo config",
+    )
+    .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let app = App::start_with(
+        cfg,
+        Options {
+            echo_reports: opts.verbose,
+        },
+    )
+    .await
+    .map_err(|e| DemoError::Setup(e.to_string()))?;
     let say = |s: String| {
         if opts.verbose {
             println!("{s}");
@@ -274,7 +312,12 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
 
 /// Watches the rollout, playing the operator: sets the missing flag and gives
 /// the CFO approval when the controller asks for them.
-async fn drive(app: &App, opts: &DemoOptions, started: Instant, say: &impl Fn(String)) -> Result<Ending, DemoError> {
+async fn drive(
+    app: &App,
+    opts: &DemoOptions,
+    started: Instant,
+    say: &impl Fn(String),
+) -> Result<Ending, DemoError> {
     let tty = std::io::stdout().is_terminal();
     let mut flag_set = false;
     let mut approved = false;
@@ -283,15 +326,27 @@ async fn drive(app: &App, opts: &DemoOptions, started: Instant, say: &impl Fn(St
         tokio::time::sleep(Duration::from_millis(250)).await;
         let s = app.control.status();
         let reason = s.last_decision.as_ref().map_or("", |d| d.reason.as_str());
-        if !flag_set && started.elapsed() > Duration::from_secs(2) && reason.contains("EVIDENCE_BUNDLE") {
-            say("operator: evidence bundle uploaded -> PUT /api/v1/flags {\"EVIDENCE_BUNDLE\": 1}".into());
+        if !flag_set
+            && started.elapsed() > Duration::from_secs(2)
+            && reason.contains("EVIDENCE_BUNDLE")
+        {
+            say(
+                "operator: evidence bundle uploaded -> PUT /api/v1/flags {\"EVIDENCE_BUNDLE\": 1}"
+                    .into(),
+            );
             let flags = [("EVIDENCE_BUNDLE".to_string(), 1)].into();
-            let _ = app.control.command(Command::SetFlags(flags), "demo-operator").await;
+            let _ = app
+                .control
+                .command(Command::SetFlags(flags), "demo-operator")
+                .await;
             flag_set = true;
         }
         if !approved && reason.contains("role cfo") {
             say("operator: CFO signs off live payments -> POST /api/v1/approvals {\"role\": \"cfo\", \"by\": \"dana (CFO)\"}".into());
-            let cmd = Command::Approve { role: "cfo".into(), by: "dana (CFO)".into() };
+            let cmd = Command::Approve {
+                role: "cfo".into(),
+                by: "dana (CFO)".into(),
+            };
             let _ = app.control.command(cmd, "demo-operator").await;
             approved = true;
         }
@@ -325,12 +380,17 @@ async fn drive(app: &App, opts: &DemoOptions, started: Instant, say: &impl Fn(St
                 if tty {
                     println!();
                 }
-                return Ok(Ending::RolledBack(s.last_decision.as_ref().and_then(|d| d.trigger)));
+                return Ok(Ending::RolledBack(
+                    s.last_decision.as_ref().and_then(|d| d.trigger),
+                ));
             }
             _ => {}
         }
         if started.elapsed() > opts.deadline {
-            return Err(DemoError::Timeout(opts.deadline, format!("{:?} in {:?}: {reason}", s.state, s.phase)));
+            return Err(DemoError::Timeout(
+                opts.deadline,
+                format!("{:?} in {:?}: {reason}", s.state, s.phase),
+            ));
         }
     }
 }

@@ -29,14 +29,21 @@ pub struct Counters {
 }
 
 /// Runs `users` users at about `rate` requests/s in total until `stop` is set.
-pub async fn run(base: String, users: usize, rate: f64, stop: Arc<AtomicBool>, counters: Arc<Counters>) {
+pub async fn run(
+    base: String,
+    users: usize,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(users)
         .build_http();
     let think = Duration::from_secs_f64(users as f64 / rate.max(1.0));
     let mut tasks = Vec::with_capacity(users);
     for u in 0..users {
-        let (client, base, stop, counters) = (client.clone(), base.clone(), stop.clone(), counters.clone());
+        let (client, base, stop, counters) =
+            (client.clone(), base.clone(), stop.clone(), counters.clone());
         tasks.push(tokio::spawn(async move {
             // Spread the users' start over one think time.
             tokio::time::sleep(think.mul_f64(u as f64 / users as f64)).await;
@@ -55,7 +62,8 @@ pub async fn run(base: String, users: usize, rate: f64, stop: Arc<AtomicBool>, c
                     Ok(resp) => {
                         let ok = resp.status().is_success();
                         let _ = resp.into_body().collect().await;
-                        if ok { &counters.ok } else { &counters.failed }.fetch_add(1, Ordering::Relaxed);
+                        if ok { &counters.ok } else { &counters.failed }
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     Err(_) => {
                         counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -23,7 +23,10 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub const ZERO: Latency = Latency { median_ms: 0.0, p95_ms: 0.0 };
+    pub const ZERO: Latency = Latency {
+        median_ms: 0.0,
+        p95_ms: 0.0,
+    };
 
     /// One sample (Box-Muller; sigma from the P95/median ratio).
     pub fn sample(&self) -> Duration {
@@ -64,7 +67,10 @@ impl Profile {
     }
 }
 
-async fn handle(p: Arc<Profile>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    p: Arc<Profile>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let is_payment = req.method() == Method::POST && req.uri().path().starts_with("/api/payments");
     // Drain the request body so keep-alive connections can be reused.
     let _ = req.into_body().collect().await;
@@ -79,21 +85,32 @@ async fn handle(p: Arc<Profile>, req: Request<Incoming>) -> Result<Response<Full
     } else {
         StatusCode::OK
     };
-    let mut body = format!("{{\"version\":\"{}\",\"status\":{}}}", p.name, status.as_u16()).into_bytes();
+    let mut body = format!(
+        "{{\"version\":\"{}\",\"status\":{}}}",
+        p.name,
+        status.as_u16()
+    )
+    .into_bytes();
     if body.len() < p.body_bytes {
         body.resize(p.body_bytes, b' ');
     }
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r.headers_mut()
         .insert("x-app-version", HeaderValue::from_static(p.name));
     Ok(r)
 }
 
 /// Serves the profile on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, profile: Profile, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    profile: Profile,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let p = Arc::new(profile);
     server::serve(
         listener,

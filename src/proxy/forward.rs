@@ -38,7 +38,10 @@ impl Upstreams {
     }
 
     /// Sends the request; `Err` says why no usable response came back in time.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamErrorKind> {
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamErrorKind> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamErrorKind::Timeout),
             Ok(Ok(resp)) => Ok(resp),

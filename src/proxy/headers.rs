@@ -80,7 +80,8 @@ pub fn is_cache_hit(h: &HeaderMap) -> bool {
             .windows(3)
             .any(|w| w.eq_ignore_ascii_case(b"hit"))
     };
-    h.get(&X_CACHE).is_some_and(|v| v.as_bytes().len() >= 3 && v.as_bytes()[..3].eq_ignore_ascii_case(b"hit"))
+    h.get(&X_CACHE)
+        .is_some_and(|v| v.as_bytes().len() >= 3 && v.as_bytes()[..3].eq_ignore_ascii_case(b"hit"))
         || h.get_all(&CACHE_STATUS).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(';')
@@ -97,7 +98,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

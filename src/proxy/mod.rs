@@ -57,7 +57,12 @@ impl Proxy {
         Self {
             journeys: config.journeys.clone(),
             router,
-            sticky: Sticky::new(&r.salt, cookie_secret, r.sticky_header.clone(), r.sticky_cookie.clone()),
+            sticky: Sticky::new(
+                &r.salt,
+                cookie_secret,
+                r.sticky_header.clone(),
+                r.sticky_cookie.clone(),
+            ),
             telemetry,
             payment_trip,
             upstreams: Upstreams::new(&config.upstreams),
@@ -119,8 +124,7 @@ impl Proxy {
             }
         };
         if self.journeys.kind(journey) == JourneyKind::Payment {
-            self.payment_trip
-                .observe(variant, status.is_server_error());
+            self.payment_trip.observe(variant, status.is_server_error());
         }
         if self.expose_variant {
             resp.headers_mut()
@@ -141,10 +145,20 @@ impl Proxy {
     }
 
     /// Rewrites the request in place for the chosen upstream (SPEC §3).
-    fn prepare_upstream(&self, req: &mut Request<Incoming>, variant: Variant, route: &RouteTable, peer: SocketAddr) {
+    fn prepare_upstream(
+        &self,
+        req: &mut Request<Incoming>,
+        variant: Variant,
+        route: &RouteTable,
+        peer: SocketAddr,
+    ) {
         let target = &self.targets[variant as usize];
         let incoming_authority = req.uri().authority().cloned();
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| ROOT.clone());
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| ROOT.clone());
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(target.scheme.clone());
         parts.authority = Some(target.authority.clone());
@@ -184,8 +198,10 @@ fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<Proxy
     };
     let mut r = Response::new(ProxyBody::full(msg));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

@@ -189,7 +189,9 @@ mod tests {
                 "gap before bucket {idx}"
             );
         }
-        for v in [0u64, 1, 63, 64, 127, 128, 129, 1000, 99_999, 60_000_000, MAX_US] {
+        for v in [
+            0u64, 1, 63, 64, 127, 128, 129, 1000, 99_999, 60_000_000, MAX_US,
+        ] {
             let idx = bucket_index(v);
             assert!(bucket_lower(idx) <= v && v < bucket_lower(idx) + bucket_width(idx));
         }

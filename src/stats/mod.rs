@@ -474,11 +474,7 @@ impl IntervalRing {
     pub fn push_interval(&mut self, interval: Interval) {
         let horizon = interval.end_ms.saturating_sub(self.keep_ms);
         self.intervals.push_back(interval);
-        while self
-            .intervals
-            .front()
-            .is_some_and(|i| i.end_ms <= horizon)
-        {
+        while self.intervals.front().is_some_and(|i| i.end_ms <= horizon) {
             self.intervals.pop_front();
         }
     }
