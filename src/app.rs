@@ -161,6 +161,7 @@ impl App {
                 .filter(|t| !t.is_empty())
                 .or_else(|| cfg.server.admin_token.clone()),
             reports: ReportStore::new(&cfg.server.state_dir),
+            tick_ms: cfg.rollout.tick.as_millis() as u64,
         });
         if admin.token.is_none() {
             tracing::warn!("no admin token configured: every mutating admin call will be refused");

@@ -3,6 +3,12 @@
 //!
 //! Handlers parse and validate, then hand a [`Command`] to the control task;
 //! they never mutate rollout state themselves.
+//!
+//! The status page (`status.html`, compiled in) is read-only: it polls the
+//! GET endpoints and draws everything itself, so it works offline and needs
+//! no token. Actions stay on the token-protected API (or `rollgate` CLI).
+
+pub mod report_html;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -15,6 +21,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::control::history::Since;
 use crate::control::report::{markdown, ReportStore};
 use crate::control::{Command, CommandError, ControlHandle};
 use crate::journeys::Journeys;
@@ -23,6 +30,13 @@ use crate::stats::Telemetry;
 
 const MAX_BODY: usize = 64 * 1024;
 const STATUS_PAGE: &str = include_str!("status.html");
+/// The page's own inline script and styles, and fetches to this origin only.
+const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+/// Rendered reports: styles only, no script at all.
+const REPORT_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
 
 /// One admin endpoint; `mutating` ones need the bearer token.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +66,11 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/api/v1/status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/history",
         mutating: false,
     },
     Route {
@@ -123,6 +142,8 @@ pub struct Admin {
     pub journeys: Journeys,
     pub token: Option<String>,
     pub reports: ReportStore,
+    /// The controller's tick, so the page can tell how dense its chart points are.
+    pub tick_ms: u64,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -135,6 +156,27 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+fn with_csp(mut r: Resp, csp: &'static str) -> Resp {
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The value of `key` in a query string (no percent-decoding: our values are plain).
+fn query_param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 fn json_resp(status: StatusCode, v: &impl serde::Serialize) -> Resp {
@@ -209,7 +251,10 @@ impl Admin {
         let by = "admin-api";
         let query = req.uri().query().unwrap_or("").to_string();
         match (req.method().clone(), route.path) {
-            (Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+            (Method::GET, "/") => with_csp(
+                respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+                STATUS_PAGE_CSP,
+            ),
             (Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
             (Method::GET, "/metrics") => respond(
                 StatusCode::OK,
@@ -217,17 +262,62 @@ impl Admin {
                 self.metrics.render(&self.telemetry, &self.journeys),
             ),
             (Method::GET, "/api/v1/status") => json_resp(StatusCode::OK, &*self.control.status()),
+            (Method::GET, "/api/v1/history") => {
+                let since_ms = match query_param(&query, "since").map(str::parse::<i64>) {
+                    None => None,
+                    Some(Ok(ms)) => Some(ms),
+                    Some(Err(_)) => {
+                        return bad_field("since", "must be Unix milliseconds (an integer)")
+                    }
+                };
+                let view = self.control.history();
+                json_resp(
+                    StatusCode::OK,
+                    &json!({
+                        "tick_ms": self.tick_ms,
+                        "max_points": crate::control::history::MAX_POINTS,
+                        "points": Since { view: &view, since_ms },
+                    }),
+                )
+            }
             (Method::GET, "/api/v1/reports") => {
                 json_resp(StatusCode::OK, &json!({ "reports": self.reports.list() }))
             }
             (Method::GET, "/api/v1/reports/{id}") => {
                 let id = path.trim_start_matches("/api/v1/reports/");
-                match self.reports.get(id) {
-                    None => error(StatusCode::NOT_FOUND, format!("no report {id:?}")),
-                    Some(r) if query.split('&').any(|p| p == "format=md") => {
-                        respond(StatusCode::OK, "text/markdown; charset=utf-8", markdown(&r))
+                let report = match self.reports.get(id) {
+                    None => return error(StatusCode::NOT_FOUND, format!("no report {id:?}")),
+                    Some(r) => r,
+                };
+                match query_param(&query, "format") {
+                    None | Some("json") => json_resp(StatusCode::OK, &report),
+                    Some("md") => respond(
+                        StatusCode::OK,
+                        "text/markdown; charset=utf-8",
+                        markdown(&report),
+                    ),
+                    Some("html") => {
+                        let links = [
+                            ("← status page", "/".to_string()),
+                            (
+                                "Markdown",
+                                format!("/api/v1/reports/{}?format=md", report.id),
+                            ),
+                            ("JSON", format!("/api/v1/reports/{}", report.id)),
+                        ];
+                        let html = report_html::page(
+                            &format!("rollgate report {}", report.id),
+                            &markdown(&report),
+                            &links,
+                        );
+                        with_csp(
+                            respond(StatusCode::OK, "text/html; charset=utf-8", html),
+                            REPORT_CSP,
+                        )
                     }
-                    Some(r) => json_resp(StatusCode::OK, &r),
+                    Some(other) => {
+                        bad_field("format", format!("{other:?} is not one of json, md, html"))
+                    }
                 }
             }
             (_, "/api/v1/weights") => match body_json(req).await {

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod gates;
+pub mod history;
 pub mod report;
 pub mod rollout;
 pub mod state;
@@ -30,6 +31,7 @@ use crate::stats::names::*;
 use crate::stats::{IntervalRing, Telemetry};
 use audit::{AuditEntry, AuditLog};
 use gates::{Evaluation, GateContext, GateResult};
+use history::{History, HistoryPoint, HistoryView};
 use report::{Report, ReportStore, TriggerStatus};
 pub use rollout::{Command, CommandError};
 use rollout::{Core, Outcome};
@@ -82,11 +84,17 @@ pub struct Msg {
 pub struct ControlHandle {
     tx: mpsc::Sender<Msg>,
     status: Arc<ArcSwap<StatusView>>,
+    history: Arc<ArcSwap<HistoryView>>,
 }
 
 impl ControlHandle {
     pub fn status(&self) -> Arc<StatusView> {
         self.status.load_full()
+    }
+
+    /// The last hour of ticks (weights, per-journey P95), for the status page.
+    pub fn history(&self) -> Arc<HistoryView> {
+        self.history.load_full()
     }
 
     /// Runs a command through the control task; `by` is recorded in the audit log.
@@ -126,6 +134,8 @@ pub struct Controller {
     reports: ReportStore,
     audit: AuditLog,
     status: Arc<ArcSwap<StatusView>>,
+    history: History,
+    history_view: Arc<ArcSwap<HistoryView>>,
     metrics: Arc<Metrics>,
     webhook: Option<webhook::Sender>,
     origin: Instant,
@@ -182,6 +192,7 @@ impl Controller {
             phases: vec![],
             evaluation: Evaluation::default(),
         }));
+        let history_view = Arc::new(ArcSwap::from_pointee(HistoryView::default()));
         let (tx, rx) = mpsc::channel(64);
         let webhook = cfg.rollout.webhook_url.clone().map(webhook::Sender::spawn);
         let ctl = Controller {
@@ -195,6 +206,8 @@ impl Controller {
             trip,
             audit,
             status: status.clone(),
+            history: History::default(),
+            history_view: history_view.clone(),
             metrics,
             webhook,
             origin: Instant::now(),
@@ -205,7 +218,12 @@ impl Controller {
             echo_reports: false,
         };
         ctl.publish();
-        Ok((ctl, ControlHandle { tx, status }, rx))
+        let handle = ControlHandle {
+            tx,
+            status,
+            history: history_view,
+        };
+        Ok((ctl, handle, rx))
     }
 
     pub fn reports(&self) -> ReportStore {
@@ -259,6 +277,20 @@ impl Controller {
             Core { cfg: &cfg.rollout }.tick(&mut self.state, &ev, Utc::now(), Local::now().time());
         self.last_eval = ev;
         self.apply(out, "controller");
+        self.record_history();
+    }
+
+    /// One chart point per tick, after the tick's decision took effect.
+    fn record_history(&mut self) {
+        let s = &self.state;
+        self.history.push(HistoryPoint::new(
+            Utc::now(),
+            s.state,
+            s.phase_index,
+            s.weight_v2,
+            &self.last_eval,
+        ));
+        self.history_view.store(Arc::new(self.history.view()));
     }
 
     fn on_trip(&mut self) {
