@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,6 +21,7 @@ use crate::proxy::Proxy;
 use crate::routing::{RouteTable, Router};
 use crate::server::{self, Limits};
 use crate::stats::Telemetry;
+use crate::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +33,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cookie secret {path}: {source}")]
     Secret {
         path: PathBuf,
@@ -54,6 +58,10 @@ pub struct App {
     pub router: Arc<Router>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    live: Arc<ArcSwap<Live>>,
+    tls: Option<Tls>,
+    secret: Vec<u8>,
+    trip: Arc<PaymentTrip>,
 }
 
 const SECRET_FILE: &str = "cookie_secret";
@@ -101,6 +109,25 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
+/// What the request path and the admin API read, swapped whole on reload.
+pub struct Live {
+    pub config: Arc<Config>,
+    pub telemetry: Arc<Telemetry>,
+    pub proxy: Arc<Proxy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("`rollout.phases` changed ({0}); a running rollout cannot change its phase list: restart with a fresh state_dir to use it")]
+    Phases(String),
+    #[error("`server.tls` was {0}: switching TLS on or off needs a restart")]
+    TlsToggle(&'static str),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the controller is shutting down")]
+    Gone,
+}
+
 impl App {
     pub async fn start(cfg: Config) -> Result<App, StartError> {
         Self::start_with(cfg, Options::default()).await
@@ -111,6 +138,10 @@ impl App {
             path: cfg.server.state_dir.clone(),
             source,
         })?;
+        let tls = match &cfg.server.tls {
+            Some(t) => Some(Tls::new(&t.cert, &t.key)?),
+            None => None,
+        };
         let cfg = Arc::new(cfg);
         let secret = cookie_secret(&cfg)?;
         let telemetry = Arc::new(Telemetry::new(cfg.journeys.len(), cfg.server.telemetry));
@@ -140,7 +171,9 @@ impl App {
         };
         let limits = Limits {
             max_header_bytes: cfg.server.max_header_bytes,
-            ..Limits::default()
+            header_read_timeout: cfg.server.header_read_timeout,
+            drain_timeout: cfg.server.drain_timeout,
+            max_connections: cfg.server.max_connections,
         };
 
         let proxy = Arc::new(Proxy::new(
@@ -148,14 +181,18 @@ impl App {
             &secret,
             router.clone(),
             telemetry.clone(),
-            trip,
-            false,
+            trip.clone(),
+            tls.is_some(),
         ));
+        let live = Arc::new(ArcSwap::from_pointee(Live {
+            config: cfg.clone(),
+            telemetry: telemetry.clone(),
+            proxy,
+        }));
         let admin = Arc::new(Admin {
             control: control.clone(),
             metrics,
-            telemetry: telemetry.clone(),
-            journeys: cfg.journeys.clone(),
+            live: live.clone(),
             token: std::env::var("ROLLGATE_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())
@@ -167,11 +204,15 @@ impl App {
             tracing::warn!("no admin token configured: every mutating admin call will be refused");
         }
 
+        let proxy_live = live.clone();
         let tasks = vec![
-            tokio::spawn(server::serve(
+            tokio::spawn(server::serve_tls(
                 proxy_listener,
+                tls.clone(),
                 limits,
-                move |req, peer| proxy.clone().handle(req, peer),
+                // One refcount increment per request buys a consistent view of
+                // config, telemetry and upstream pool across a reload.
+                move |req, peer| proxy_live.load_full().proxy.clone().handle(req, peer),
                 stop(shutdown_rx.clone()),
             )),
             tokio::spawn(server::serve(
@@ -182,7 +223,7 @@ impl App {
             )),
             tokio::spawn(controller.run(rx, shutdown_rx)),
         ];
-        tracing::info!(%proxy_addr, %admin_addr, "rollgate started");
+        tracing::info!(%proxy_addr, %admin_addr, tls = tls.is_some(), "rollgate started");
         Ok(App {
             proxy_addr,
             admin_addr,
@@ -191,7 +232,77 @@ impl App {
             router,
             shutdown,
             tasks,
+            live,
+            tls,
+            secret,
+            trip,
         })
+    }
+
+    /// Applies a new, already validated config without dropping connections:
+    /// journeys, routing, upstreams, gate thresholds and the TLS certificate
+    /// change atomically for the next request. Listen addresses, state_dir,
+    /// workers and connection limits need a restart (logged, old values kept).
+    /// On error nothing changes.
+    pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let old = self.live.load_full();
+        let names = |c: &Config| c.rollout.phases.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        if names(&old.config) != names(&new) {
+            return Err(ReloadError::Phases(format!(
+                "{} -> {}",
+                names(&old.config).join(","),
+                names(&new).join(",")
+            )));
+        }
+        match (&self.tls, &new.server.tls) {
+            (Some(tls), Some(files)) => tls.reload(&files.cert, &files.key)?,
+            (None, None) => {}
+            (Some(_), None) => return Err(ReloadError::TlsToggle("removed")),
+            (None, Some(_)) => return Err(ReloadError::TlsToggle("added")),
+        }
+        let mut new = new;
+        let s = &old.config.server;
+        if new.server.listen != s.listen
+            || new.server.admin_listen != s.admin_listen
+            || new.server.state_dir != s.state_dir
+            || new.server.workers != s.workers
+            || new.server.max_connections != s.max_connections
+            || new.server.header_read_timeout != s.header_read_timeout
+        {
+            tracing::warn!("reload: listen addresses, state_dir, workers and connection limits only change on restart; keeping the running values");
+        }
+        new.server = s.clone();
+        new.server.tls = new.server.tls.clone();
+        // Counters survive a reload unless the journey set changed, which
+        // changes the cells' layout: then telemetry starts afresh (Prometheus
+        // sees a counter reset; the controller's window refills).
+        let telemetry = if new.journeys.names() == old.config.journeys.names() {
+            old.telemetry.clone()
+        } else {
+            tracing::warn!("reload: the journey list changed; telemetry windows restart");
+            Arc::new(Telemetry::new(new.journeys.len(), new.server.telemetry))
+        };
+        self.trip.set_limit(new.rollout.consecutive_payment_failures);
+        let config = Arc::new(new);
+        self.control
+            .reload(config.clone(), telemetry.clone())
+            .await
+            .map_err(|_| ReloadError::Gone)?;
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            &self.secret,
+            self.router.clone(),
+            telemetry.clone(),
+            self.trip.clone(),
+            self.tls.is_some(),
+        ));
+        self.live.store(Arc::new(Live {
+            config,
+            telemetry,
+            proxy,
+        }));
+        tracing::info!("configuration reloaded");
+        Ok(())
     }
 
     /// Stops accepting, drains in-flight requests, persists state.

@@ -108,6 +108,27 @@ pub struct FileServer {
     /// Worker threads of the runtime; 0 = one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Time allowed for a complete request head (slowloris guard). For
+    /// HTTP/1.1 it also bounds how long a keep-alive connection may sit idle
+    /// waiting for its next request: hyper runs one timer for both.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Open client connections per listener; at the cap accepting pauses.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+    pub tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +285,15 @@ fn default_state_dir() -> PathBuf {
 fn default_max_header_bytes() -> usize {
     DEFAULT_MAX_HEADER_BYTES
 }
+fn default_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(20))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_drain_timeout() -> Dur {
+    Dur(Duration::from_secs(15))
+}
 fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(2))
 }
@@ -351,6 +381,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub telemetry: bool,
     pub workers: usize,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -566,7 +606,20 @@ impl FileConfig {
             max_header_bytes: s.max_header_bytes,
             telemetry: s.telemetry,
             workers: s.workers,
+            header_read_timeout: s.header_read_timeout.0,
+            max_connections: s.max_connections,
+            drain_timeout: s.drain_timeout.0,
+            tls: s.tls.map(|t| TlsFiles {
+                cert: t.cert,
+                key: t.key,
+            }),
         };
+        if server.header_read_timeout.is_zero() {
+            return Err(invalid("server.header_read_timeout", "must be above zero"));
+        }
+        if server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
 
         let u = self.upstreams;
         if u.connect_timeout.0.is_zero() {

@@ -146,6 +146,11 @@ impl Journeys {
         (0..self.len() as u16).map(JourneyId)
     }
 
+    /// Names in index order, `other` last: equal lists mean equal cell layouts.
+    pub fn names(&self) -> Vec<&str> {
+        self.ids().map(|id| self.name(id)).collect()
+    }
+
     pub fn by_name(&self, name: &str) -> Option<JourneyId> {
         self.ids().find(|id| self.name(*id) == name)
     }

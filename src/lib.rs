@@ -23,3 +23,4 @@ pub mod sticky;
 
 pub use app::App;
 pub use config::Config;
+pub mod tls;

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                wait_for_signal().await;
+                serve_until_terminated(&app, &config).await;
                 tracing::info!("shutting down: draining connections");
                 app.shutdown().await;
                 ExitCode::SUCCESS
@@ -157,16 +157,32 @@ fn main() -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM/SIGINT; on SIGHUP re-reads and validates the config file
+/// and applies it, keeping the running config when the new one is invalid.
+async fn serve_until_terminated(app: &App, path: &std::path::Path) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match Config::load(path) {
+                    Err(e) => tracing::error!(error = %e, "reload refused: invalid config, keeping the running one"),
+                    Ok(cfg) => {
+                        if let Err(e) = app.reload(cfg).await {
+                            tracing::error!(error = %e, "reload refused, keeping the running config");
+                        }
+                    }
+                },
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = (app, path);
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,6 +1,7 @@
-//! Accept loop shared by the proxy and admin listeners: HTTP/1.1 and h2c on
-//! one port (hyper-util's auto builder), keep-alive, header limits, and a
-//! graceful drain when the shutdown future resolves.
+//! Accept loop shared by the proxy and admin listeners: HTTP/1.1 and HTTP/2
+//! on one port (hyper-util's auto builder; h2c by prior knowledge, or h2 by
+//! ALPN under TLS), keep-alive, header limits, a cap on open connections, and
+//! a graceful drain when the shutdown future resolves.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,6 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::tls::Tls;
 
 /// Per-connection limits.
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +29,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Open connections; at the cap, accepting pauses until one closes
+    /// (the kernel backlog holds new ones meanwhile).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +40,7 @@ impl Default for Limits {
             max_header_bytes: crate::config::DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -67,10 +75,32 @@ pub async fn serve<H, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_tls(listener, None, limits, handler, shutdown).await
+}
+
+/// [`serve`], terminating TLS first when `tls` is set.
+pub async fn serve_tls<H, Fut, B>(
+    listener: TcpListener,
+    tls: Option<Tls>,
+    limits: Limits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let builder = builder(&limits);
     let graceful = GracefulShutdown::new();
+    let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -86,12 +116,37 @@ pub async fn serve<H, Fut, B>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let svc = service_fn(move |req| handler(req, peer));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _permit = permit;
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => {
+                    let accepted =
+                        tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream))
+                            .await;
+                    let stream = match accepted {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });

@@ -24,9 +24,9 @@ use subtle::ConstantTimeEq;
 use crate::control::history::Since;
 use crate::control::report::{markdown, ReportStore};
 use crate::control::{Command, CommandError, ControlHandle};
-use crate::journeys::Journeys;
+use crate::app::Live;
+use arc_swap::ArcSwap;
 use crate::metrics::Metrics;
-use crate::stats::Telemetry;
 
 const MAX_BODY: usize = 64 * 1024;
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -138,8 +138,9 @@ pub const ROUTES: &[Route] = &[
 pub struct Admin {
     pub control: ControlHandle,
     pub metrics: Arc<Metrics>,
-    pub telemetry: Arc<Telemetry>,
-    pub journeys: Journeys,
+    /// Current config and telemetry (swapped on reload).
+    pub live: Arc<ArcSwap<Live>>,
+    /// From ROLLGATE_ADMIN_TOKEN or the config at start; changes need a restart.
     pub token: Option<String>,
     pub reports: ReportStore,
     /// The controller's tick, so the page can tell how dense its chart points are.
@@ -259,7 +260,10 @@ impl Admin {
             (Method::GET, "/metrics") => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(&self.telemetry, &self.journeys),
+                {
+                    let live = self.live.load();
+                    self.metrics.render(&live.telemetry, &live.config.journeys)
+                },
             ),
             (Method::GET, "/api/v1/status") => json_resp(StatusCode::OK, &*self.control.status()),
             (Method::GET, "/api/v1/history") => {

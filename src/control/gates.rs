@@ -150,17 +150,22 @@ enum Bound {
 }
 
 fn judge(value: f64, threshold: f64, bound: Bound, was_green: bool) -> GateStatus {
-    let ok = match (bound, was_green) {
-        (Bound::Max, true) => value <= threshold,
-        (Bound::Max, false) => value <= threshold * (1.0 - RECOVER_BAND),
-        (Bound::Min, true) => value >= threshold,
-        // For a success rate the band applies to the allowed failure share.
-        (Bound::Min, false) => 1.0 - value <= (1.0 - threshold) * (1.0 - RECOVER_BAND),
+    let inside = match bound {
+        Bound::Max => value <= threshold,
+        Bound::Min => value >= threshold,
     };
-    if ok {
-        GateStatus::Green
-    } else {
-        GateStatus::Red
+    let inside_band = match bound {
+        Bound::Max => value <= threshold * (1.0 - RECOVER_BAND),
+        // For a success rate the band applies to the allowed failure share.
+        Bound::Min => 1.0 - value <= (1.0 - threshold) * (1.0 - RECOVER_BAND),
+    };
+    match (inside, inside_band || was_green) {
+        (true, true) => GateStatus::Green,
+        // Inside the threshold but not yet back inside the band: not a
+        // breach (so it never counts towards a sustained-RED rollback), but
+        // not a pass either (so it holds the promotion).
+        (true, false) => GateStatus::Yellow,
+        (false, _) => GateStatus::Red,
     }
 }
 
@@ -221,7 +226,7 @@ impl GateContext<'_> {
                 };
                 g.reason = match g.status {
                     GateStatus::Green => format!("{what} {} {rel} {}", fmt(v), fmt(threshold)),
-                    _ if judge(v, threshold, bound, true) == GateStatus::Green => {
+                    GateStatus::Yellow => {
                         format!(
                             "{what} {} recovering: not yet inside the {:.0}% band",
                             fmt(v),
@@ -463,9 +468,10 @@ mod tests {
             }
         });
         let was_red = BTreeMap::from([("latency_p95/search".to_string(), GateStatus::Red)]);
+        // Inside the threshold but not the band: recovering, YELLOW (not a breach).
         assert_eq!(
             status(&eval(&cfg, &w, &was_red), "latency_p95/search"),
-            GateStatus::Red
+            GateStatus::Yellow
         );
         assert_eq!(
             status(&eval(&cfg, &w, &BTreeMap::new()), "latency_p95/search"),

@@ -73,10 +73,23 @@ pub struct PhaseView {
     pub approval: Option<String>,
 }
 
-pub struct Msg {
+pub struct CommandMsg {
     cmd: Command,
     by: String,
     reply: oneshot::Sender<Result<Arc<StatusView>, CommandError>>,
+}
+
+/// New config and telemetry after a validated reload.
+pub struct ReloadMsg {
+    cfg: Arc<Config>,
+    telemetry: Arc<Telemetry>,
+    reply: oneshot::Sender<()>,
+}
+
+/// What the control task receives besides its tick.
+pub enum Msg {
+    Command(CommandMsg),
+    Reload(ReloadMsg),
 }
 
 /// What the admin API holds: a way to send commands and the latest status.
@@ -88,6 +101,14 @@ pub struct ControlHandle {
 }
 
 impl ControlHandle {
+    /// Hands a reloaded config (and possibly fresh telemetry) to the controller.
+    pub async fn reload(&self, cfg: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<(), ()> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Reload(ReloadMsg { cfg, telemetry, reply });
+        self.tx.send(msg).await.map_err(|_| ())?;
+        rx.await.map_err(|_| ())
+    }
+
     pub fn status(&self) -> Arc<StatusView> {
         self.status.load_full()
     }
@@ -100,11 +121,11 @@ impl ControlHandle {
     /// Runs a command through the control task; `by` is recorded in the audit log.
     pub async fn command(&self, cmd: Command, by: &str) -> Result<Arc<StatusView>, CommandError> {
         let (reply, rx) = oneshot::channel();
-        let msg = Msg {
+        let msg = Msg::Command(CommandMsg {
             cmd,
             by: by.to_string(),
             reply,
-        };
+        });
         let gone = || CommandError::Conflict("the controller is shutting down".into());
         self.tx.send(msg).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -235,10 +256,19 @@ impl Controller {
         let mut interval = tokio::time::interval(self.cfg.rollout.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let trip = self.trip.clone();
+        let mut tick = self.cfg.rollout.tick;
         loop {
+            if self.cfg.rollout.tick != tick {
+                tick = self.cfg.rollout.tick;
+                interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             tokio::select! {
                 _ = interval.tick() => self.on_tick(),
-                Some(msg) = rx.recv() => self.on_command(msg),
+                Some(msg) = rx.recv() => match msg {
+                    Msg::Command(c) => self.on_command(c),
+                    Msg::Reload(r) => self.on_reload(r),
+                },
                 () = trip.notify.notified() => self.on_trip(),
                 _ = shutdown.changed() => break,
             }
@@ -307,7 +337,26 @@ impl Controller {
         self.apply(out, "request-path");
     }
 
-    fn on_command(&mut self, msg: Msg) {
+    fn on_reload(&mut self, r: ReloadMsg) {
+        if !Arc::ptr_eq(&r.telemetry, &self.telemetry) {
+            // New cell layout: old interval deltas no longer line up.
+            self.ring = IntervalRing::new(r.cfg.rollout.window + r.cfg.rollout.tick * 2);
+            self.telemetry = r.telemetry;
+        }
+        self.cfg = r.cfg;
+        let entry = AuditEntry {
+            at: Utc::now(),
+            kind: "admin".into(),
+            action: "reload".into(),
+            detail: serde_json::json!({"journeys": self.cfg.journeys.len() - 1}),
+        };
+        self.audit_append(&entry);
+        self.router.store(route_table(&self.cfg, &self.state));
+        self.publish();
+        let _ = r.reply.send(());
+    }
+
+    fn on_command(&mut self, msg: CommandMsg) {
         let name = msg.cmd.name();
         let detail = command_detail(&msg.cmd);
         let cfg = self.cfg.clone();

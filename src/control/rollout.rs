@@ -143,16 +143,20 @@ impl Core<'_> {
             s.state = StateName::Holding;
         }
         // One report when a hold starts or its cause changes, not every tick.
-        // The same cause again after more than a window without a HOLD (e.g.
-        // GREEN ticks in between) is a new hold; a flicker within one is not.
+        // The cause is the text before the first ':' (for gates, the gate's
+        // identity, not its colour). The same cause again after more than a
+        // window without a HOLD (e.g. GREEN ticks in between) is a new hold; a
+        // flicker within one is not. Within one hold, the first escalation to
+        // RED is reported too, so YELLOW "insufficient data" turning into a
+        // breach is on record, while a gate flickering RED/YELLOW is not spammed.
         let key = |r: &str| r.split(':').next().unwrap_or("").to_string();
+        let red = reason.split(':').nth(1).is_some_and(|r| r.trim_start().starts_with("RED"));
         let window = chrono::TimeDelta::from_std(self.cfg.window).unwrap_or(chrono::TimeDelta::MAX);
-        let report = match &s.last_decision {
-            Some(d) => {
-                d.action != Action::Hold || key(&d.reason) != key(&reason) || now - d.at > window
-            }
-            None => true,
-        };
+        let same_hold = s.last_decision.as_ref().is_some_and(|d| {
+            d.action == Action::Hold && key(&d.reason) == key(&reason) && now - d.at <= window
+        });
+        let report = !same_hold || (red && !s.hold_red_reported);
+        s.hold_red_reported = if same_hold { s.hold_red_reported || red } else { red };
         let d = decision(Action::Hold, reason, now);
         s.last_decision = Some(d.clone());
         Outcome {
@@ -336,7 +340,10 @@ impl Core<'_> {
                 .journey
                 .as_deref()
                 .map_or(String::new(), |j| format!(" ({j})"));
-            let reason = format!("gate {}{what} {}: {}", g.name, g.status.word(), g.reason);
+            // The hold's cause (for report de-duplication) is the text before
+            // the first ':': the gate's identity, not its colour, so a gate
+            // flickering RED/YELLOW is one hold, reported once.
+            let reason = format!("gate {}{what}: {} {}", g.name, g.status.word(), g.reason);
             return self.hold(s, reason, now);
         }
         let since = *s.green_since.get_or_insert(now);

@@ -144,6 +144,9 @@ pub struct RolloutState {
     pub frozen: bool,
     pub last_decision: Option<Decision>,
     pub next_report: u64,
+    /// The current hold already reported its escalation to RED.
+    #[serde(default)]
+    pub hold_red_reported: bool,
 }
 
 impl RolloutState {
@@ -164,6 +167,7 @@ impl RolloutState {
             frozen: false,
             last_decision: None,
             next_report: 1,
+            hold_red_reported: false,
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::routing::{Router, Variant};
 
 pub struct PaymentTrip {
-    limit: u32,
+    limit: AtomicU32,
     consecutive: AtomicU32,
     /// Only a live rollout can be rolled back; the controller arms and disarms it.
     armed: AtomicBool,
@@ -38,7 +38,7 @@ pub struct Trip {
 impl PaymentTrip {
     pub fn new(limit: u32, router: Arc<Router>) -> Self {
         Self {
-            limit,
+            limit: AtomicU32::new(limit),
             consecutive: AtomicU32::new(0),
             armed: AtomicBool::new(false),
             router,
@@ -47,6 +47,11 @@ impl PaymentTrip {
             swapped_ns: AtomicU64::new(0),
             notify: Notify::new(),
         }
+    }
+
+    /// Changes the limit (config reload).
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Arms or disarms; a change of state starts the failure run from zero.
@@ -73,7 +78,7 @@ impl PaymentTrip {
         let seen = Instant::now();
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         // `swap` makes exactly one request perform the rollback.
-        if n > self.limit && self.armed.swap(false, Ordering::AcqRel) {
+        if n > self.limit.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
             self.router.rollback();
             let done = self.origin.elapsed().as_nanos() as u64;
             let start = seen.duration_since(self.origin).as_nanos() as u64;
