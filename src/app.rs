@@ -246,7 +246,13 @@ impl App {
     /// On error nothing changes.
     pub async fn reload(&self, new: Config) -> Result<(), ReloadError> {
         let old = self.live.load_full();
-        let names = |c: &Config| c.rollout.phases.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        let names = |c: &Config| {
+            c.rollout
+                .phases
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        };
         if names(&old.config) != names(&new) {
             return Err(ReloadError::Phases(format!(
                 "{} -> {}",
@@ -282,7 +288,8 @@ impl App {
             tracing::warn!("reload: the journey list changed; telemetry windows restart");
             Arc::new(Telemetry::new(new.journeys.len(), new.server.telemetry))
         };
-        self.trip.set_limit(new.rollout.consecutive_payment_failures);
+        self.trip
+            .set_limit(new.rollout.consecutive_payment_failures);
         let config = Arc::new(new);
         self.control
             .reload(config.clone(), telemetry.clone())

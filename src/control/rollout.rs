@@ -150,13 +150,20 @@ impl Core<'_> {
         // RED is reported too, so YELLOW "insufficient data" turning into a
         // breach is on record, while a gate flickering RED/YELLOW is not spammed.
         let key = |r: &str| r.split(':').next().unwrap_or("").to_string();
-        let red = reason.split(':').nth(1).is_some_and(|r| r.trim_start().starts_with("RED"));
+        let red = reason
+            .split(':')
+            .nth(1)
+            .is_some_and(|r| r.trim_start().starts_with("RED"));
         let window = chrono::TimeDelta::from_std(self.cfg.window).unwrap_or(chrono::TimeDelta::MAX);
         let same_hold = s.last_decision.as_ref().is_some_and(|d| {
             d.action == Action::Hold && key(&d.reason) == key(&reason) && now - d.at <= window
         });
         let report = !same_hold || (red && !s.hold_red_reported);
-        s.hold_red_reported = if same_hold { s.hold_red_reported || red } else { red };
+        s.hold_red_reported = if same_hold {
+            s.hold_red_reported || red
+        } else {
+            red
+        };
         let d = decision(Action::Hold, reason, now);
         s.last_decision = Some(d.clone());
         Outcome {
