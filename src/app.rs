@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, RuntimeMode};
 use crate::control::report::ReportStore;
 use crate::control::state::StateError;
 use crate::control::tripwire::PaymentTrip;
@@ -62,6 +62,8 @@ pub struct App {
     tls: Option<Tls>,
     secret: Vec<u8>,
     trip: Arc<PaymentTrip>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    workers: usize,
 }
 
 const SECRET_FILE: &str = "cookie_secret";
@@ -113,7 +115,32 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
 pub struct Live {
     pub config: Arc<Config>,
     pub telemetry: Arc<Telemetry>,
-    pub proxy: Arc<Proxy>,
+    /// One per proxy worker, so each worker keeps its own upstream pool.
+    pub proxies: Vec<Arc<Proxy>>,
+}
+
+/// Proxy workers: one per core in `per_core` mode, one in `shared` mode.
+fn worker_count(cfg: &Config) -> usize {
+    match cfg.server.runtime {
+        RuntimeMode::Shared => 1,
+        RuntimeMode::PerCore if cfg.server.workers > 0 => cfg.server.workers,
+        RuntimeMode::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// A listening socket with SO_REUSEPORT, so every worker can bind the same
+/// port and the kernel spreads connections over them.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +187,19 @@ impl App {
         )?;
         controller.echo_reports = opts.echo_reports;
 
-        let proxy_listener = bind("server.listen", cfg.server.listen).await?;
+        let workers = worker_count(&cfg);
+        let proxy_std =
+            reuseport_listener(cfg.server.listen).map_err(|source| StartError::Bind {
+                key: "server.listen",
+                addr: cfg.server.listen,
+                source,
+            })?;
+        let proxy_listener =
+            TcpListener::from_std(proxy_std).map_err(|source| StartError::Bind {
+                key: "server.listen",
+                addr: cfg.server.listen,
+                source,
+            })?;
         let admin_listener = bind("server.admin_listen", cfg.server.admin_listen).await?;
         let proxy_addr = proxy_listener.local_addr().expect("bound");
         let admin_addr = admin_listener.local_addr().expect("bound");
@@ -176,18 +215,22 @@ impl App {
             max_connections: cfg.server.max_connections,
         };
 
-        let proxy = Arc::new(Proxy::new(
-            &cfg,
-            &secret,
-            router.clone(),
-            telemetry.clone(),
-            trip.clone(),
-            tls.is_some(),
-        ));
+        let proxies = (0..workers)
+            .map(|_| {
+                Arc::new(Proxy::new(
+                    &cfg,
+                    &secret,
+                    router.clone(),
+                    telemetry.clone(),
+                    trip.clone(),
+                    tls.is_some(),
+                ))
+            })
+            .collect();
         let live = Arc::new(ArcSwap::from_pointee(Live {
             config: cfg.clone(),
             telemetry: telemetry.clone(),
-            proxy,
+            proxies,
         }));
         let admin = Arc::new(Admin {
             control: control.clone(),
@@ -204,15 +247,50 @@ impl App {
             tracing::warn!("no admin token configured: every mutating admin call will be refused");
         }
 
-        let proxy_live = live.clone();
+        // Workers 1.. each get a thread with a current-thread runtime and their
+        // own SO_REUSEPORT listener on the same port; worker 0 runs here, beside
+        // the admin server and the controller.
+        let mut threads = Vec::new();
+        for i in 1..workers {
+            let std_listener =
+                reuseport_listener(proxy_addr).map_err(|source| StartError::Bind {
+                    key: "server.listen",
+                    addr: proxy_addr,
+                    source,
+                })?;
+            let (live, tls, rx) = (live.clone(), tls.clone(), shutdown_rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("rollgate-proxy-{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("worker runtime");
+                    rt.block_on(async move {
+                        let listener = TcpListener::from_std(std_listener)
+                            .expect("listener joins the runtime");
+                        let handler =
+                            move |req, peer| live.load_full().proxies[i].clone().handle(req, peer);
+                        server::serve_tls(listener, tls, limits, handler, stop(rx)).await;
+                    });
+                })
+                .map_err(|source| StartError::Bind {
+                    key: "server.workers",
+                    addr: proxy_addr,
+                    source,
+                })?;
+            threads.push(thread);
+        }
+        // One refcount increment per request buys a consistent view of config,
+        // telemetry and upstream pool across a reload.
+        let live0 = live.clone();
+        let handler = move |req, peer| live0.load_full().proxies[0].clone().handle(req, peer);
         let tasks = vec![
             tokio::spawn(server::serve_tls(
                 proxy_listener,
                 tls.clone(),
                 limits,
-                // One refcount increment per request buys a consistent view of
-                // config, telemetry and upstream pool across a reload.
-                move |req, peer| proxy_live.load_full().proxy.clone().handle(req, peer),
+                handler,
                 stop(shutdown_rx.clone()),
             )),
             tokio::spawn(server::serve(
@@ -236,6 +314,8 @@ impl App {
             tls,
             secret,
             trip,
+            threads,
+            workers,
         })
     }
 
@@ -295,18 +375,22 @@ impl App {
             .reload(config.clone(), telemetry.clone())
             .await
             .map_err(|_| ReloadError::Gone)?;
-        let proxy = Arc::new(Proxy::new(
-            &config,
-            &self.secret,
-            self.router.clone(),
-            telemetry.clone(),
-            self.trip.clone(),
-            self.tls.is_some(),
-        ));
+        let proxies = (0..self.workers)
+            .map(|_| {
+                Arc::new(Proxy::new(
+                    &config,
+                    &self.secret,
+                    self.router.clone(),
+                    telemetry.clone(),
+                    self.trip.clone(),
+                    self.tls.is_some(),
+                ))
+            })
+            .collect();
         self.live.store(Arc::new(Live {
             config,
             telemetry,
-            proxy,
+            proxies,
         }));
         tracing::info!("configuration reloaded");
         Ok(())
@@ -317,6 +401,9 @@ impl App {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 }

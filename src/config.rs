@@ -105,9 +105,15 @@ pub struct FileServer {
     /// Only for the load test's overhead comparison: `false` skips recording.
     #[serde(default = "yes")]
     pub telemetry: bool,
-    /// Worker threads of the runtime; 0 = one per core.
+    /// Proxy workers; 0 = one per core.
     #[serde(default)]
     pub workers: usize,
+    /// `per_core`: each worker is a thread with its own single-threaded
+    /// runtime, listener (SO_REUSEPORT) and upstream pool, like nginx's worker
+    /// processes. `shared`: one multi-threaded runtime with `workers` threads
+    /// and one listener.
+    #[serde(default)]
+    pub runtime: RuntimeMode,
     /// Time allowed for a complete request head (slowloris guard). For
     /// HTTP/1.1 it also bounds how long a keep-alive connection may sit idle
     /// waiting for its next request: hyper runs one timer for both.
@@ -120,6 +126,14 @@ pub struct FileServer {
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
     pub tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeMode {
+    #[default]
+    PerCore,
+    Shared,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +395,7 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub telemetry: bool,
     pub workers: usize,
+    pub runtime: RuntimeMode,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub drain_timeout: Duration,
@@ -606,6 +621,7 @@ impl FileConfig {
             max_header_bytes: s.max_header_bytes,
             telemetry: s.telemetry,
             workers: s.workers,
+            runtime: s.runtime,
             header_read_timeout: s.header_read_timeout.0,
             max_connections: s.max_connections,
             drain_timeout: s.drain_timeout.0,

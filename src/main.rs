@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use rollgate::config::RuntimeMode;
 use rollgate::{App, Config};
 
 #[derive(Parser)]
@@ -63,9 +64,15 @@ fn init_logs(format: LogFormat, default_level: &str) {
     }
 }
 
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+/// The main runtime. In `per_core` mode it is single-threaded: it hosts proxy
+/// worker 0, the admin API and the controller, and the other workers bring
+/// their own threads.
+fn runtime(mode: RuntimeMode, workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = match mode {
+        RuntimeMode::PerCore => tokio::runtime::Builder::new_current_thread(),
+        RuntimeMode::Shared => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if mode == RuntimeMode::Shared && workers > 0 {
         b.worker_threads(workers);
     }
     b.enable_all().build()
@@ -101,7 +108,7 @@ fn main() -> ExitCode {
             users,
             rate,
         } => {
-            let rt = match runtime(0) {
+            let rt = match runtime(RuntimeMode::Shared, 0) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
@@ -133,7 +140,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match runtime(cfg.server.workers) {
+            let rt = match runtime(cfg.server.runtime, cfg.server.workers) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
