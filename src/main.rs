@@ -50,6 +50,9 @@ enum Cmd {
         #[arg(long, default_value_t = 700.0)]
         rate: f64,
     },
+    /// Admin API commands (status, weights, approve, pause, ...): see src/cli.rs.
+    #[command(flatten)]
+    Admin(rollgate::cli::AdminCmd),
 }
 
 fn init_logs(format: LogFormat, default_level: &str) {
@@ -81,13 +84,14 @@ fn runtime(mode: RuntimeMode, workers: usize) -> std::io::Result<tokio::runtime:
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story on stdout; keep the logs for problems.
-    let level = if matches!(cli.cmd, Cmd::Demo { .. }) {
+    let level = if matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Admin(_)) {
         "warn"
     } else {
         "info"
     };
     init_logs(cli.log_format, level);
     match cli.cmd {
+        Cmd::Admin(cmd) => ExitCode::from(rollgate::cli::run(cmd)),
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

@@ -21,12 +21,12 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::app::Live;
 use crate::control::history::Since;
 use crate::control::report::{markdown, ReportStore};
 use crate::control::{Command, CommandError, ControlHandle};
-use crate::app::Live;
-use arc_swap::ArcSwap;
 use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
 
 const MAX_BODY: usize = 64 * 1024;
 const STATUS_PAGE: &str = include_str!("status.html");

@@ -104,7 +104,11 @@ impl ControlHandle {
     /// Hands a reloaded config (and possibly fresh telemetry) to the controller.
     pub async fn reload(&self, cfg: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<(), ()> {
         let (reply, rx) = oneshot::channel();
-        let msg = Msg::Reload(ReloadMsg { cfg, telemetry, reply });
+        let msg = Msg::Reload(ReloadMsg {
+            cfg,
+            telemetry,
+            reply,
+        });
         self.tx.send(msg).await.map_err(|_| ())?;
         rx.await.map_err(|_| ())
     }

@@ -463,9 +463,10 @@ impl Core<'_> {
             return Err(CommandError::Frozen);
         }
         let conflict = |what: &str, s: &RolloutState| {
-            Err(CommandError::Conflict(
-                format!("cannot {what} while the rollout is {:?}", s.state).to_lowercase(),
-            ))
+            Err(CommandError::Conflict(format!(
+                "cannot {what} while the rollout is {}",
+                s.state.as_str()
+            )))
         };
         match cmd {
             Command::Start => match s.state {

@@ -69,7 +69,8 @@ p95_ms = 200
     )
 }
 
-/// A rollout that never moves by itself: one long phase, not auto-started.
+/// A rollout that only moves when told to: not auto-started, holds of an
+/// hour, and automatic triggers out of reach of a loaded test machine.
 pub fn manual_rollout() -> String {
     r#"
 [rollout]
@@ -77,6 +78,8 @@ tick = "250ms"
 window = "3s"
 min_samples = 5
 auto_start = false
+p95_rollback_ms = 5000
+red_rollback_after = "1h"
 
 [rollout.flags]
 SHADOW_PASS_24H = 1
@@ -87,19 +90,19 @@ EVIDENCE_BUNDLE = 1
 name = "canary-5"
 weight = 5
 hold = "1h"
-p95_ms = 130
+p95_ms = 1000
 
 [[rollout.phases]]
 name = "canary-25"
 weight = 25
 hold = "1h"
-p95_ms = 130
+p95_ms = 1000
 approval = "cfo"
 
 [[rollout.phases]]
 name = "full"
 weight = 100
-p95_ms = 120
+p95_ms = 1000
 "#
     .to_string()
 }
