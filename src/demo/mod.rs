@@ -136,12 +136,12 @@ kind = "payment"
 
 [rollout]
 tick = "250ms"
-window = "3s"
-min_samples = 15
+window = "4s"
+min_samples = 20
 error_rate_max = 0.005
 error_rate_margin = 0.002
 p95_rollback_ms = 160
-red_rollback_after = "3s"
+red_rollback_after = "4s"
 consecutive_payment_failures = 5
 full_sustain = "5s"
 
