@@ -126,6 +126,12 @@ pub struct FileServer {
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
     pub tls: Option<FileTls>,
+    /// One log line per request (method, journey, variant, status, latency; no path or query).
+    #[serde(default)]
+    pub access_log: bool,
+    /// Share of requests the access log keeps, in (0, 1].
+    #[serde(default = "default_access_log_sample")]
+    pub access_log_sample: f64,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -320,6 +326,9 @@ fn default_pool_idle() -> Dur {
 fn default_pool_max_idle() -> usize {
     256
 }
+fn default_access_log_sample() -> f64 {
+    1.0
+}
 fn default_salt() -> String {
     "rollgate".into()
 }
@@ -400,6 +409,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
+    pub access_log: bool,
+    pub access_log_sample: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -613,7 +624,15 @@ impl FileConfig {
         if s.max_header_bytes < 1024 {
             return Err(invalid("server.max_header_bytes", "must be at least 1024"));
         }
+        if !(s.access_log_sample > 0.0 && s.access_log_sample <= 1.0) {
+            return Err(invalid(
+                "server.access_log_sample",
+                format!("{} must be above 0 and at most 1", s.access_log_sample),
+            ));
+        }
         let server = ServerConfig {
+            access_log: s.access_log,
+            access_log_sample: s.access_log_sample,
             listen: socket_addr("server.listen", &s.listen)?,
             admin_listen: socket_addr("server.admin_listen", &s.admin_listen)?,
             admin_token: s.admin_token.filter(|t| !t.is_empty()),

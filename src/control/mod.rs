@@ -413,7 +413,7 @@ impl Controller {
                     }),
                 };
                 self.audit_append(&entry);
-                tracing::info!(action = ?d.action, reason = %d.reason, phase = ?self.phase_name(), weight_v2 = self.state.weight_v2, "decision");
+                tracing::info!(action = %format!("{:?}", d.action).to_uppercase(), reason = %d.reason, phase = ?self.phase_name(), weight_v2 = self.state.weight_v2, "decision");
                 self.metrics
                     .counter(
                         DECISIONS_TOTAL,

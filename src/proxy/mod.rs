@@ -4,6 +4,7 @@
 //! never fails: upstream problems become 502/504 responses here, malformed
 //! requests were already answered 400/431 by hyper before reaching it.
 
+pub mod access_log;
 pub mod body;
 pub mod forward;
 pub mod headers;
@@ -23,6 +24,7 @@ use crate::journeys::{JourneyKind, Journeys};
 use crate::routing::{RouteTable, Router, Variant};
 use crate::stats::{Telemetry, UpstreamErrorKind};
 use crate::sticky::{Source, Sticky};
+use access_log::AccessLog;
 use body::ProxyBody;
 use forward::Upstreams;
 use headers::*;
@@ -38,6 +40,7 @@ pub struct Proxy {
     targets: [Upstream; 2],
     expose_variant: bool,
     allow_override: bool,
+    access_log: AccessLog,
     /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
     tls: bool,
 }
@@ -69,6 +72,7 @@ impl Proxy {
             targets: [config.upstreams.v1.clone(), config.upstreams.v2.clone()],
             expose_variant: r.expose_variant_header,
             allow_override: r.allow_override_header,
+            access_log: AccessLog::new(config),
             tls,
         }
     }
@@ -88,6 +92,7 @@ impl Proxy {
             .override_variant(&req)
             .unwrap_or_else(|| route.v2.pick(sticky.bucket));
         let inflight = self.telemetry.inflight(journey, variant);
+        let log_method = self.access_log.method(req.method());
 
         // Forward.
         self.prepare_upstream(&mut req, variant, &route, peer);
@@ -125,6 +130,10 @@ impl Proxy {
         };
         if self.journeys.kind(journey) == JourneyKind::Payment {
             self.payment_trip.observe(variant, status.is_server_error());
+        }
+        if let Some(m) = log_method {
+            self.access_log
+                .log(&m, self.journeys.name(journey), variant, status, latency);
         }
         if self.expose_variant {
             resp.headers_mut()

@@ -263,6 +263,25 @@ impl Running {
     }
 }
 
+/// Sends `method url` with `headers` and an empty body; returns (status, body).
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).expect("valid request"))
+        .await
+        .expect("the server answers");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// GET `url` and return (status, body).
 pub async fn get(url: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Empty};
