@@ -605,6 +605,18 @@ fn status_color(status: &str) -> &'static str {
     }
 }
 
+/// RFC 3339 with nanoseconds -> "2026-11-23 16:07:38Z"; anything else as is.
+fn short_time(s: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(s).map_or_else(
+        |_| s.to_string(),
+        |t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%SZ")
+                .to_string()
+        },
+    )
+}
+
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("-")
 }
@@ -645,7 +657,7 @@ fn last_decision(v: &Value) -> Option<String> {
     };
     Some(format!(
         "{action} at {}: {}",
-        str_of(d, "at"),
+        short_time(str_of(d, "at")),
         str_of(d, "reason")
     ))
 }
@@ -695,7 +707,11 @@ pub fn render_status(v: &Value, color: bool) -> String {
     if let Some(d) = last_decision(v) {
         let _ = writeln!(out, "last decision: {d}");
     }
-    if let Some(detail) = v["detail"].as_str().filter(|d| !d.is_empty()) {
+    let reason = v["last_decision"]["reason"].as_str();
+    if let Some(detail) = v["detail"]
+        .as_str()
+        .filter(|d| !d.is_empty() && Some(*d) != reason)
+    {
         let _ = writeln!(out, "now: {detail}");
     }
     if let Some(phases) = v["phases"].as_array().filter(|p| !p.is_empty()) {
@@ -772,7 +788,14 @@ pub fn render_status(v: &Value, color: bool) -> String {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|a| format!("{} by {}", str_of(a, "role"), str_of(a, "by")))
+                .map(|a| {
+                    format!(
+                        "{} by {} at {}",
+                        str_of(a, "role"),
+                        str_of(a, "by"),
+                        short_time(str_of(a, "at"))
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -826,7 +849,7 @@ pub fn render_report_list(v: &Value) -> String {
         .map(|r| {
             vec![
                 (str_of(r, "id").to_string(), None),
-                (str_of(r, "at").to_string(), None),
+                (short_time(str_of(r, "at")), None),
                 (str_of(r, "decision").to_string(), None),
                 (r["phase"].as_str().unwrap_or("-").to_string(), None),
             ]
@@ -851,7 +874,7 @@ pub fn render_report(v: &Value, color: bool) -> String {
         paint(color, "1", action),
         v["phase"].as_str().unwrap_or("-"),
         fmt_pct(v["weight_v2"].as_f64().unwrap_or(0.0)),
-        str_of(v, "at"),
+        short_time(str_of(v, "at")),
         str_of(d, "reason"),
     );
     if let Some(gates) = v["gates"].as_array().filter(|g| !g.is_empty()) {
@@ -930,7 +953,14 @@ mod tests {
         );
         assert!(s.contains("GREEN   error_rate   all"), "{s}");
         assert!(s.contains("YELLOW  latency_p95  search   -"), "{s}");
-        assert!(s.contains("approvals: cfo by dana"), "{s}");
+        assert!(
+            s.contains("approvals: cfo by dana at 2025-01-01 00:00:00Z"),
+            "{s}"
+        );
+        assert!(
+            s.contains("last decision: NO-GO at 2025-01-01 00:00:00Z: gate"),
+            "{s}"
+        );
         assert!(s.contains("freeze lock: off"), "{s}");
         assert!(!s.contains('\x1b'), "no colour unless asked");
         assert!(render_status(&status(), true).contains("\x1b[1;32mGREEN\x1b[0m"));

@@ -243,7 +243,7 @@ async fn every_admin_command() {
     }
     assert!(status.contains("STATUS  GATE"), "a gate table: {status}");
     assert!(status.contains("latency_p95"), "{status}");
-    assert!(status.contains("approvals: cfo by dana"), "{status}");
+    assert!(status.contains("approvals: cfo by dana at 20"), "{status}");
     assert!(
         status.contains("incidents: #1 Sev-2 support queue is long"),
         "{status}"
