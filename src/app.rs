@@ -31,6 +31,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("`server.state_dir` {path}: cannot create or open the directory: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -161,7 +166,7 @@ impl App {
     }
 
     pub async fn start_with(cfg: Config, opts: Options) -> Result<App, StartError> {
-        std::fs::create_dir_all(&cfg.server.state_dir).map_err(|source| StateError::Io {
+        std::fs::create_dir_all(&cfg.server.state_dir).map_err(|source| StartError::StateDir {
             path: cfg.server.state_dir.clone(),
             source,
         })?;

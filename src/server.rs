@@ -15,6 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -124,6 +125,17 @@ pub async fn serve_tls<H, Fut, B>(
             let _permit = permit;
             let result = match tls {
                 None => {
+                    // hyper's header timer starts only once the auto builder
+                    // has seen the first bytes: a client that connects and
+                    // sends nothing would hold its slot forever.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            tracing::debug!(%peer, "no request bytes in time: closed");
+                            return;
+                        }
+                    }
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     watcher.watch(conn.into_owned()).await
                 }
@@ -142,6 +154,16 @@ pub async fn serve_tls<H, Fut, B>(
                             return;
                         }
                     };
+                    // As above, after the handshake: wait for the first
+                    // plaintext bytes (kept in the buffer) within the limit.
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    match tokio::time::timeout(handshake_timeout, stream.fill_buf()).await {
+                        Ok(Ok(b)) if !b.is_empty() => {}
+                        _ => {
+                            tracing::debug!(%peer, "no request bytes in time after TLS: closed");
+                            return;
+                        }
+                    }
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     watcher.watch(conn.into_owned()).await
                 }

@@ -16,9 +16,9 @@ use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("TLS certificate {path}: {reason}")]
+    #[error("TLS certificate {path} (`server.tls.cert`): {reason}")]
     Cert { path: PathBuf, reason: String },
-    #[error("TLS key {path}: {reason}")]
+    #[error("TLS key {path} (`server.tls.key`): {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("TLS key {key} does not match certificate {cert}: {reason}")]
     Mismatch {
