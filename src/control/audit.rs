@@ -39,7 +39,36 @@ impl AuditLog {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Self { path, file })
+        let mut log = Self { path, file };
+        // A crash mid-append leaves a torn last line with no newline: end it,
+        // or the next entry would be glued to it and lost with it.
+        if log.torn_tail().map_err(|source| StateError::Io {
+            path: log.path.clone(),
+            source,
+        })? {
+            tracing::warn!(path = %log.path.display(), "audit log: ending a torn last line");
+            log.file
+                .write_all(b"\n")
+                .and_then(|()| log.file.sync_data())
+                .map_err(|source| StateError::Io {
+                    path: log.path.clone(),
+                    source,
+                })?;
+        }
+        Ok(log)
+    }
+
+    /// Whether the file is non-empty and does not end with a newline.
+    fn torn_tail(&self) -> std::io::Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.file.metadata()?.len() == 0 {
+            return Ok(false);
+        }
+        let mut f = std::fs::File::open(&self.path)?;
+        f.seek(SeekFrom::End(-1))?;
+        let mut last = [0u8; 1];
+        f.read_exact(&mut last)?;
+        Ok(last[0] != b'\n')
     }
 
     pub fn append(&mut self, entry: &AuditEntry) -> Result<(), StateError> {
@@ -104,6 +133,20 @@ mod tests {
         let (entries, skipped) = read(dir.path()).unwrap();
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].action, "a2");
+        assert_eq!(skipped, 1);
+
+        // Reopened after the crash: the next entry is not glued to the torn line.
+        let mut log = AuditLog::open(dir.path()).unwrap();
+        log.append(&AuditEntry {
+            at: Utc::now(),
+            kind: "admin".into(),
+            action: "after".into(),
+            detail: serde_json::json!({}),
+        })
+        .unwrap();
+        let (entries, skipped) = read(dir.path()).unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[3].action, "after");
         assert_eq!(skipped, 1);
     }
 }

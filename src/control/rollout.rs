@@ -185,12 +185,18 @@ impl Core<'_> {
         let idx = s.phase_index.expect("advance needs a phase");
         if idx + 1 == self.cfg.phases.len() {
             s.state = StateName::Promoted;
+            // Promoting out of a manual pause must not freeze the operator's
+            // interim weight as the promoted one: the last phase's weight holds.
+            let full = self.cfg.phases[idx].weight.percent();
+            let weights_changed = s.weight_v2 != full;
+            s.weight_v2 = full;
             let d = decision(Action::Promote, reason, now);
             s.last_decision = Some(d.clone());
             return Outcome {
                 decision: Some(d),
                 report: true,
                 promoted: true,
+                weights_changed,
                 ..Default::default()
             };
         }

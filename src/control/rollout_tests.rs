@@ -1301,10 +1301,14 @@ fn manual_promote_steps_up_and_promotes_at_the_end() {
     assert_eq!(r.s.weight_v2, 50.0);
     r.cmd(Command::Promote).unwrap();
     assert_eq!(r.phase(), Some("full"));
+    // A manual weight at the last phase, then promote: promoted at 100 %,
+    // not at the operator's interim weight.
+    r.cmd(Command::SetWeight(49.0)).unwrap();
     let out = r.cmd(Command::Promote).unwrap();
     assert_eq!(action(&out), Action::Promote);
-    assert!(out.promoted);
+    assert!(out.promoted && out.weights_changed);
     assert_eq!(r.s.state, StateName::Promoted);
+    assert_eq!(r.s.weight_v2, 100.0);
 }
 
 #[test]
