@@ -121,7 +121,11 @@ impl Sticky {
     /// Returns the id part of a well-formed, correctly signed cookie value.
     pub fn verify<'a>(&self, value: &'a str) -> Option<&'a str> {
         let (id, mac) = value.split_once('.')?;
-        if id.len() != 16 || mac.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // Lower-case hex only, as `cookie_value` writes it: exactly one
+        // spelling of each signed value is accepted.
+        let hex =
+            |s: &str| s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex(id) || !hex(mac) {
             return None;
         }
         let mut got = [0u8; 8];
@@ -253,6 +257,13 @@ mod tests {
             "zz00000000000000.0000000000000000",
         ] {
             assert_eq!(s.verify(bad), None, "{bad:?}");
+        }
+        // Another spelling of a signed value (upper-case hex) is not the signed value.
+        for bad in [good.to_ascii_uppercase(), {
+            let (id, mac) = good.split_once('.').unwrap();
+            format!("{id}.{}", mac.to_ascii_uppercase())
+        }] {
+            assert_eq!(s.verify(&bad), None, "{bad:?}");
         }
         // Signed with another secret.
         let other = Sticky::new("rollout-1", b"other", None, None);
