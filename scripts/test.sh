@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The single test command (README and CI): installs what the tests need when it
+# is missing, then runs the whole test suite.
+#
+#   scripts/test.sh            # unit + integration + doc tests, then a bench smoke run
+#   scripts/test.sh NAME       # extra arguments go to `cargo test` (no bench smoke run then)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Non-interactive everywhere (CI has no stdin).
+export DEBIAN_FRONTEND=noninteractive
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-auto}"
+
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck source=/dev/null
+    . "$HOME/.cargo/env"
+fi
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo -n "$@"
+    fi
+}
+
+# promtool validates the /metrics exposition in the integration tests.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "test.sh: installing promtool (Debian package prometheus)" >&2
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends prometheus </dev/null
+fi
+
+# The status page browser test (tests/status_page.rs) drives Debian's chromium
+# through playwright-core, pinned in tests/browser/package-lock.json. It fails
+# rather than skips without them, so install both here.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "test.sh: installing chromium (Debian package chromium)" >&2
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq chromium </dev/null
+fi
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
+    echo "test.sh: npm ci --prefix tests/browser (playwright-core)" >&2
+    npm ci --prefix tests/browser --no-audit --no-fund </dev/null
+fi
+
+# lib, bins, integration tests and doc tests of every workspace crate (rollgate
+# and the loadtest generator). Criterion benches are not part of plain
+# `cargo test`.
+cargo test --workspace "$@"
+
+# Bench smoke test: builds the benches with the test profile and runs every
+# benchmark body once (criterion's test mode), in seconds, so a broken bench
+# fails CI without CI paying for measurements.
+if [ "$#" -eq 0 ]; then
+    cargo test --benches
+fi
