@@ -120,6 +120,7 @@ async fn oversize_heads_are_431_on_http1_and_refused_on_h2() {
     ] {
         let answer = raw_exchange(addr, req.as_bytes()).await;
         let status = raw_status(&answer);
+        println!("{what}: {status}");
         // hyper answers 431 for a head over the buffer; a request target that
         // alone overflows it is "URI too long" in some hyper versions.
         assert!(
