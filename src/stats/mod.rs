@@ -13,6 +13,7 @@
 
 pub mod histogram;
 pub mod names;
+pub mod significance;
 
 use std::cell::Cell as StdCell;
 use std::collections::VecDeque;
