@@ -236,6 +236,63 @@ fn signed(d: f64, worse: Worse) -> f64 {
     }
 }
 
+/// One-sided test that the true share of bad outcomes exceeds `p0`, having
+/// seen `k` bad of `n` (absolute gates: 5xx share above the ceiling, failed
+/// payments above 1 - 99.5 %, requests slower than the P95 threshold above
+/// 5 %). Exact binomial tail when the variance is small (n p0 (1 - p0) < 25,
+/// where the normal approximation is poor), else normal with continuity
+/// correction. `None` when `n` is 0 or `k > n`.
+pub fn binomial_exceeds(k: u64, n: u64, p0: f64) -> Option<ZTest> {
+    if n == 0 || k > n || !(0.0..=1.0).contains(&p0) {
+        return None;
+    }
+    let (kf, nf) = (k as f64, n as f64);
+    let var = nf * p0 * (1.0 - p0);
+    if var == 0.0 {
+        // p0 is 0 or 1: any bad outcome above a 0 share is certain evidence.
+        let beyond = kf > nf * p0;
+        return Some(if beyond {
+            ZTest {
+                z: f64::INFINITY,
+                p_value: 0.0,
+            }
+        } else {
+            ZTest::NO_EVIDENCE
+        });
+    }
+    let z = (kf - nf * p0 - 0.5) / var.sqrt();
+    if k == 0 {
+        return Some(ZTest { z, p_value: 1.0 });
+    }
+    let p_value = if var >= 25.0 {
+        normal_sf(z)
+    } else if p0 <= 0.5 {
+        // P(X >= k) = 1 - P(X <= k - 1).
+        (1.0 - binomial_cdf(k - 1, n, p0)).max(0.0)
+    } else {
+        // Mirror so the recursion starts from a pmf that does not underflow:
+        // P(X >= k) = P(Y <= n - k) with Y ~ Bin(n, 1 - p0).
+        binomial_cdf(n - k, n, 1.0 - p0).min(1.0)
+    };
+    Some(ZTest { z, p_value })
+}
+
+/// P(Y <= m) for Y ~ Binomial(n, q), by the pmf recursion from (1 - q)^n.
+/// Only used where n q (1 - q) < 25 and q <= 0.5, so (1 - q)^n >= e^-50ish.
+fn binomial_cdf(m: u64, n: u64, q: f64) -> f64 {
+    let mut pmf = (1.0 - q).powf(n as f64);
+    let mut cdf = pmf;
+    let ratio = q / (1.0 - q);
+    for j in 0..m.min(n) {
+        pmf *= (n - j) as f64 / (j + 1) as f64 * ratio;
+        cdf += pmf;
+        if cdf >= 1.0 {
+            return 1.0;
+        }
+    }
+    cdf
+}
+
 /// Two-sided test of an observed share `x / n` against an expected share `p`
 /// (the split-skew gate: the V2 share of users against the target weight).
 pub fn share_vs_expected(x: u64, n: u64, p: f64) -> Option<ZTest> {
@@ -324,6 +381,13 @@ mod tests {
     // print("R1", pois(120, 10000, 20, 1000))
     // print("R2", pois(300, 1000, 40, 100))
     // print("N", [float(norm.sf(z)) for z in (-3.0, -1.0, 0.0, 0.5, 1.0, 1.6448536269514722, 2.326, 3.0, 5.0, 8.0, 10.0)])
+    // from scipy.stats import binom
+    // def exceeds(k, n, p0):
+    //     var = n * p0 * (1 - p0)
+    //     if var < 25: return float(binom.sf(k - 1, n, p0))  # exact
+    //     return float(norm.sf((k - n * p0 - 0.5) / np.sqrt(var)))
+    // print("B", [exceeds(*c) for c in ((2, 200, 0.005), (10, 1000, 0.005), (15, 1000, 0.005),
+    //             (9, 100, 0.05), (60, 1000, 0.05), (130, 2000, 0.05), (990, 1000, 0.99))])
     // print("S", [float(2 * norm.sf((abs(x - n * p) - 0.5) / np.sqrt(n * p * (1 - p))))
     //             for x, n, p in ((70, 1000, 0.05), (480, 10000, 0.05))])
     // ```
@@ -471,6 +535,28 @@ mod tests {
             poisson_rate(0, 10, 0, 10, Worse::Lower).unwrap().p_value,
             1.0
         );
+    }
+
+    #[test]
+    fn binomial_exceeds_matches_scipy() {
+        let cases = [
+            ((2, 200, 0.005), 0.264_240_347_393_262_1),
+            ((10, 1_000, 0.005), 0.031_465_238_511_291_69),
+            ((15, 1_000, 0.005), 0.000_215_803_363_484_817_94),
+            ((9, 100, 0.05), 0.063_089_590_627_448_76),
+            ((60, 1_000, 0.05), 0.084_039_159_517_485_14),
+            ((130, 2_000, 0.05), 0.001_236_457_178_458_690_4),
+            ((990, 1_000, 0.99), 0.583_040_803_301_097_2),
+        ];
+        for ((k, n, p0), want) in cases {
+            let got = binomial_exceeds(k, n, p0).unwrap().p_value;
+            close(got, want, 1e-9);
+        }
+        assert_eq!(binomial_exceeds(0, 100, 0.01).unwrap().p_value, 1.0);
+        assert_eq!(binomial_exceeds(1_000, 1_000, 0.05).unwrap().p_value, 0.0);
+        assert_eq!(binomial_exceeds(1, 10, 0.0).unwrap().p_value, 0.0);
+        assert!(binomial_exceeds(1, 0, 0.5).is_none());
+        assert!(binomial_exceeds(2, 1, 0.5).is_none());
     }
 
     #[test]
