@@ -91,6 +91,17 @@ pub struct FileConfig {
     pub rollout: FileRollout,
     #[serde(default)]
     pub gates: FileGates,
+    #[serde(default)]
+    pub beacons: FileBeacons,
+}
+
+/// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBeacons {
+    /// Accepted event names; any other name rejects the batch (bounded labels).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,6 +398,24 @@ pub struct Config {
     pub journey_limits: Vec<JourneyLimits>,
     pub rollout: RolloutConfig,
     pub gates: GatesConfig,
+    pub beacons: BeaconsConfig,
+}
+
+/// The configured beacon event names; an event's name is its index here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BeaconsConfig {
+    pub names: Vec<String>,
+}
+
+impl BeaconsConfig {
+    /// Index of a configured name (a handful of names: a scan beats hashing).
+    #[inline]
+    pub fn index(&self, name: &str) -> Option<u16> {
+        self.names
+            .iter()
+            .position(|n| n.as_str() == name)
+            .map(|i| i as u16)
+    }
 }
 
 /// How gates judge (see `control::gates` for the bands and the cooldown).
@@ -769,6 +798,7 @@ impl FileConfig {
 
         let rollout = validate_rollout(self.rollout)?;
         let gates = validate_gates(self.gates)?;
+        let beacons = validate_beacons(self.beacons)?;
         Ok(Config {
             server,
             upstreams,
@@ -777,8 +807,27 @@ impl FileConfig {
             journey_limits,
             rollout,
             gates,
+            beacons,
         })
     }
+}
+
+fn validate_beacons(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
+    use crate::stats::beacons::MAX_BEACON_NAMES;
+    if b.names.len() > MAX_BEACON_NAMES {
+        return Err(invalid(
+            "beacons.names",
+            format!("at most {MAX_BEACON_NAMES} names (they are metric labels)"),
+        ));
+    }
+    for (i, n) in b.names.iter().enumerate() {
+        let key = format!("beacons.names[{i}]");
+        label_name(&key, n)?;
+        if b.names[..i].contains(n) {
+            return Err(invalid(key, format!("{n:?} is listed twice")));
+        }
+    }
+    Ok(BeaconsConfig { names: b.names })
 }
 
 fn validate_gates(g: FileGates) -> Result<GatesConfig, Invalid> {

@@ -121,6 +121,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub telemetry: Arc<Telemetry>,
     pub journeys: Journeys,
+    pub beacon_names: Vec<String>,
     pub token: Option<String>,
     pub reports: ReportStore,
 }
@@ -214,7 +215,8 @@ impl Admin {
             (Method::GET, "/metrics") => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(&self.telemetry, &self.journeys),
+                self.metrics
+                    .render(&self.telemetry, &self.journeys, &self.beacon_names),
             ),
             (Method::GET, "/api/v1/status") => json_resp(StatusCode::OK, &*self.control.status()),
             (Method::GET, "/api/v1/reports") => {
