@@ -206,7 +206,7 @@ fn real_main() -> anyhow::Result<()> {
             let report = rollgate_load::run(cfg)?;
             print!("{}", report.render());
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                std::fs::write(&path, serde_json::to_vec(&report)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())

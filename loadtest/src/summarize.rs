@@ -39,6 +39,43 @@ pub struct Wrk {
     pub errors: u64,
 }
 
+impl Wrk {
+    /// The same numbers from a closed-loop rollgate-load report (quick mode
+    /// runs without wrk).
+    pub fn from_report(r: &Report) -> Wrk {
+        Wrk {
+            rps: r.achieved_rate,
+            p50_us: r.latency.p50_us as f64,
+            p99_us: r.latency.p99_us as f64,
+            p999_us: r.latency.p999_us as f64,
+            max_us: r.latency.max_us as f64,
+            errors: r.errors.values().sum::<u64>()
+                + r.status
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with('2') && !k.starts_with('3'))
+                    .map(|(_, v)| v)
+                    .sum::<u64>(),
+        }
+    }
+}
+
+/// `wrk` numbers, or a rollgate-load report to take them from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Measured {
+    Wrk { wrk: Wrk },
+    Report { report: Box<Report> },
+}
+
+impl Measured {
+    fn wrk(self) -> Wrk {
+        match self {
+            Measured::Wrk { wrk } => wrk,
+            Measured::Report { report } => Wrk::from_report(&report),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Line {
@@ -49,7 +86,8 @@ pub enum Line {
         conns: u32,
         #[serde(default)]
         rss_kb: u64,
-        wrk: Wrk,
+        #[serde(flatten)]
+        measured: Measured,
     },
     FixedRate {
         proxy: String,
@@ -62,7 +100,8 @@ pub enum Line {
     Sweep {
         proxy: String,
         conns: u32,
-        wrk: Wrk,
+        #[serde(flatten)]
+        measured: Measured,
     },
     Idle {
         proxy: String,
@@ -140,8 +179,9 @@ pub fn load(path: &Path) -> anyhow::Result<Results> {
                 pinned,
                 conns,
                 rss_kb,
-                wrk,
+                measured,
             } => {
+                let wrk = measured.wrk();
                 r.conns = conns;
                 raw_t
                     .entry(((workers, pinned), proxy))
@@ -158,7 +198,12 @@ pub fn load(path: &Path) -> anyhow::Result<Results> {
                 .entry(((workers, pinned), proxy))
                 .or_default()
                 .push((*report, rss_kb)),
-            Line::Sweep { proxy, conns, wrk } => {
+            Line::Sweep {
+                proxy,
+                conns,
+                measured,
+            } => {
+                let wrk = measured.wrk();
                 r.sweep
                     .entry(conns)
                     .or_default()

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Instructions per proxied request under callgrind, for rollgate (telemetry
+# on and off), nginx and HAProxy with one worker each, plus rollgate's
+# hottest functions. Instruction counts do not depend on how busy the
+# machine is, so this works where wall-clock benchmarks are noisy.
+# (perf's hardware counters are not available on this machine: `perf stat -e
+# instructions true` says <not supported>.) See loadtest/PROFILE.md.
+#
+#   loadtest/profile.sh [--requests N] [--out DIR]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+N=20000
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --requests) N=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+OUT=${OUT:-$(mktemp -d /tmp/rollgate-profile.XXXXXX)}
+mkdir -p "$OUT"
+PATH="$PATH:/usr/sbin:/sbin"
+export ROLLGATE_ADMIN_TOKEN=bench ROLLGATE_LOG=warn
+
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v haproxy >/dev/null || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+(cd "$ROOT" && cargo build -q --release -p rollgate -p rollgate-load)
+RG="$TARGET_DIR/release/rollgate"
+LOAD="$TARGET_DIR/release/rollgate-load"
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+trap cleanup EXIT
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing on port $1" >&2; return 1
+}
+
+# Backend: a plain nginx `return 200` on V1/V2 (not profiled).
+mkdir -p "$OUT/backend"
+cat > "$OUT/backend/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $OUT/backend/nginx.pid; error_log $OUT/backend/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:18001; listen 127.0.0.1:18002; location / { return 200 "ok\n"; } } }
+EOF
+nginx -e "$OUT/backend/error.log" -p "$OUT/backend" -c "$OUT/backend/nginx.conf" </dev/null >/dev/null &
+PIDS+=($!)
+wait_port 18001
+
+# Profiled proxies, each alone under callgrind (collection off until the warm-up is done).
+mkdir -p "$OUT/nginx/tmp"
+cat > "$OUT/nginx/nginx.conf" <<EOF
+worker_processes 1; master_process off; daemon off; pid $OUT/nginx/nginx.pid; error_log $OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000; client_body_temp_path $OUT/nginx/tmp; proxy_temp_path $OUT/nginx/tmp;
+  upstream v1 { server 127.0.0.1:18001; keepalive 64; }
+  upstream v2 { server 127.0.0.1:18002; keepalive 64; }
+  split_clients "\${http_x_user_id}bench" \$variant { 50% v1; * v2; }
+  server { listen 127.0.0.1:18081;
+    location / { proxy_pass http://\$variant; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Rollgate-Variant \$variant;
+      add_header X-Rollgate-Variant \$variant; } } }
+EOF
+cat > "$OUT/haproxy.cfg" <<EOF
+global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:18082
+    default_backend be
+backend be
+    balance roundrobin
+    cookie rgsrv insert indirect nocache
+    option forwardfor
+    server v1 127.0.0.1:18001 weight 50 cookie v1
+    server v2 127.0.0.1:18002 weight 50 cookie v2
+    http-request set-header X-Rollgate-Variant %[srv_name]
+    http-response set-header X-Rollgate-Variant %[srv_name]
+EOF
+rg_conf() { # port telemetry
+    mkdir -p "$OUT/rg-$1/state"
+    cat > "$OUT/rg-$1/rollgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "127.0.0.1:$(( $1 + 1000 ))"
+admin_token = "bench"
+state_dir = "$OUT/rg-$1/state"
+workers = 1
+telemetry = $2
+header_read_timeout = "300s"
+[upstreams]
+v1 = "http://127.0.0.1:18001"
+v2 = "http://127.0.0.1:18002"
+timeout = "60s"
+[routing]
+sticky_header = "x-user-id"
+[rollout]
+auto_start = false
+tick = "1h"
+[[journeys]]
+name = "search"
+path_prefix = "/search"
+[[journeys]]
+name = "scholarship_detail"
+path_prefix = "/scholarships"
+[[journeys]]
+name = "application_start"
+path_prefix = "/api/applications/start"
+methods = ["POST"]
+[[journeys]]
+name = "application_submit"
+path_pattern = "/api/applications/*/submit"
+methods = ["POST"]
+[[journeys]]
+name = "payments"
+path_prefix = "/api/payments"
+methods = ["POST"]
+kind = "payment"
+EOF
+}
+
+VG=(valgrind --tool=callgrind --collect-atstart=no --dump-line=no)
+profile() { # name port command...
+    local name=$1 port=$2; shift 2
+    "${VG[@]}" --callgrind-out-file="$OUT/callgrind.$name" "$@" </dev/null >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    local pid=$!
+    PIDS+=($pid)
+    wait_port "$port"
+    case $name in rollgate*) "$RG" weights 50 --admin "http://127.0.0.1:$(( port + 1000 ))" --token bench >/dev/null ;; esac
+    "$LOAD" run --target "http://127.0.0.1:$port" --closed -c 8 --requests 2000 -d 120s -q >/dev/null
+    callgrind_control -i on "$pid" >/dev/null
+    "$LOAD" run --target "http://127.0.0.1:$port" --closed -c 8 --requests "$N" -d 600s -q > "$OUT/$name.load"
+    callgrind_control -i off "$pid" >/dev/null
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    local f; f=$(ls -t "$OUT"/callgrind."$name"* | head -1)
+    local ir; ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    local done; done=$(awk '/completed/ {print $6}' "$OUT/$name.load")
+    printf '%-22s %14s Ir  %8s requests  %10.0f Ir/request\n' "$name" "$ir" "$done" "$(awk -v a="$ir" -v b="$done" 'BEGIN {print a / b}')" | tee -a "$OUT/summary.txt"
+}
+
+: > "$OUT/summary.txt"
+rg_conf 18083 true
+rg_conf 18084 false
+profile rollgate-telemetry-on 18083 "$RG" run --config "$OUT/rg-18083/rollgate.toml"
+profile rollgate-telemetry-off 18084 "$RG" run --config "$OUT/rg-18084/rollgate.toml"
+profile nginx 18081 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
+profile haproxy 18082 haproxy -db -f "$OUT/haproxy.cfg"
+
+echo
+echo "rollgate (telemetry on): top functions by inclusive instructions"
+callgrind_annotate --inclusive=yes "$(ls -t "$OUT"/callgrind.rollgate-telemetry-on* | head -1)" 2>/dev/null | head -60 | tee "$OUT/rollgate-top.txt"
+echo "raw files in $OUT"
