@@ -321,6 +321,11 @@ async fn smuggling_attempts_are_400_or_one_well_defined_request() {
                 // At most one request, with a body framing the upstream cannot
                 // misread: never both a length and chunked.
                 assert!(new.len() <= 1, "{what}: {new:?}");
+                assert!(
+                    status == 200 || status == 400,
+                    "{what}: a client's framing is never a gateway error: {}",
+                    head(&answer)
+                );
                 for s in &new {
                     assert!(
                         !(s.content_length.is_some() && s.transfer_encoding.is_some()),
@@ -1057,5 +1062,71 @@ async fn third_connection_waits_while_two_are_open_under_max_connections_2() {
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
     rg.assert_serving("a queue at max_connections").await;
+    rg.shutdown().await;
+}
+
+// ===== 11. a broken request body is the client's fault =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_request_bodies_are_not_counted_against_the_upstream() {
+    let (_v1, v2, rg) = rig("").await;
+    // Everyone on V2, so a wrongly attributed failure would hit the canary's gates.
+    let r = rg
+        .call(Method::PUT, "/api/v1/weights", r#"{"v2": 100}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cases: [(&str, &[u8]); 3] = [
+        (
+            "bad chunk size",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk longer than announced",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "body cut short (client closes)",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a few bytes",
+        ),
+    ];
+    for (what, req) in cases {
+        let mut s = TcpStream::connect(rg.app.proxy_addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        // Half-close: the proxy sees the end of the body stream.
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+            .await
+            .expect("closed within the deadline");
+        let answer = String::from_utf8_lossy(&out).into_owned();
+        println!("{what}: {:?}", head(&answer).lines().next());
+        if !answer.is_empty() {
+            let status = raw_status(&answer);
+            assert!(
+                status == 400 || status == 408,
+                "{what}: a client error must not be a gateway error: {}",
+                head(&answer)
+            );
+        }
+        rg.assert_serving(what).await;
+    }
+    let m = rg.metrics().await;
+    let upstream_errors: f64 = common::parse_samples(&m)
+        .into_iter()
+        .filter(|s| s.name == "rollgate_upstream_errors_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        upstream_errors, 0.0,
+        "client faults counted as upstream errors:\n{m}"
+    );
+    let v2_5xx = common::metric(
+        &m,
+        "rollgate_requests_total",
+        &[("journey", "other"), ("variant", "v2"), ("class", "5xx")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(v2_5xx, 0.0, "client faults counted as V2 5xx:\n{m}");
+    println!("upstream saw {} request(s)", v2.seen().len());
     rg.shutdown().await;
 }

@@ -38,30 +38,43 @@ impl Upstreams {
     }
 
     /// Sends the request; `Err` says why no usable response came back in time.
-    pub async fn send(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamErrorKind> {
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamErrorKind::Timeout),
+            Err(_) => Err(SendError::Upstream(UpstreamErrorKind::Timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e)),
         }
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+/// Why a forwarded request got no usable response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The upstream failed: counted against its variant, answered 502/504.
+    Upstream(UpstreamErrorKind),
+    /// The client's own request body broke while being forwarded (a bad
+    /// chunk, a body cut short): answered 400 and never counted against the
+    /// upstream, or any client could push a canary's error gates to RED.
+    ClientBody,
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> SendError {
     if e.is_connect() {
-        return UpstreamErrorKind::Connect;
+        return SendError::Upstream(UpstreamErrorKind::Connect);
     }
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() {
-                return UpstreamErrorKind::Protocol;
+                return SendError::Upstream(UpstreamErrorKind::Protocol);
+            }
+            // A "user" error of the client connection: the body we were
+            // streaming from our own client failed.
+            if h.is_user() {
+                return SendError::ClientBody;
             }
         }
         source = s.source();
     }
-    UpstreamErrorKind::Reset
+    SendError::Upstream(UpstreamErrorKind::Reset)
 }

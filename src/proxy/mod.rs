@@ -28,7 +28,7 @@ use crate::stats::{Telemetry, UpstreamErrorKind};
 use crate::sticky::{Source, Sticky};
 use access_log::AccessLog;
 use body::ProxyBody;
-use forward::Upstreams;
+use forward::{SendError, Upstreams};
 use headers::*;
 
 /// Everything the request path reads; built once, shared by all connections.
@@ -124,7 +124,15 @@ impl Proxy {
                 );
                 (resp.status(), resp)
             }
-            Err(kind) => {
+            Err(SendError::ClientBody) => {
+                let status = StatusCode::BAD_REQUEST;
+                self.telemetry
+                    .record(journey, variant, latency, status.as_u16(), false);
+                let mut r = Response::new(ProxyBody::full("rollgate: malformed request body\n"));
+                *r.status_mut() = status;
+                (status, r)
+            }
+            Err(SendError::Upstream(kind)) => {
                 let status = match kind {
                     UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
