@@ -215,8 +215,12 @@ impl Bench {
                 journeys: &self.cfg.journeys,
                 limits: &self.cfg.journey_limits,
                 rollout: &self.cfg.rollout,
+                gates: &self.cfg.gates,
                 phase_p95_ms: phase.p95_ms,
+                comparative: self.state.weight_v2 < 100.0,
+                now: self.clock(),
                 previous: &self.state.gate_status,
+                clear_since: &self.state.gate_clear_since,
             },
         )
     }

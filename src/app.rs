@@ -176,7 +176,11 @@ impl App {
         };
         let cfg = Arc::new(cfg);
         let secret = cookie_secret(&cfg)?;
-        let telemetry = Arc::new(Telemetry::new(cfg.journeys.len(), cfg.server.telemetry));
+        let telemetry = Arc::new(Telemetry::with_beacons(
+            cfg.journeys.len(),
+            cfg.beacons.names.len(),
+            cfg.server.telemetry,
+        ));
         let router = Arc::new(Router::new(RouteTable::default()));
         let trip = Arc::new(PaymentTrip::new(
             cfg.rollout.consecutive_payment_failures,

@@ -89,6 +89,19 @@ pub struct FileConfig {
     pub journeys: Vec<FileJourney>,
     #[serde(default)]
     pub rollout: FileRollout,
+    #[serde(default)]
+    pub gates: FileGates,
+    #[serde(default)]
+    pub beacons: FileBeacons,
+}
+
+/// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBeacons {
+    /// Accepted event names; any other name rejects the batch (bounded labels).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +300,35 @@ pub struct FileRollout {
     pub update_every: Dur,
 }
 
+/// `[gates]`: how the gates judge, beyond the thresholds of `[rollout]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGates {
+    /// Significance level of the comparative gates (per gate and evaluation).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// A gate that is not GREEN turns GREEN only inside its threshold by this share...
+    #[serde(default = "default_band")]
+    pub promote_band: f64,
+    /// ...and turns RED only beyond its threshold by this share.
+    #[serde(default = "default_band")]
+    pub rollback_band: f64,
+    /// How long a non-GREEN gate must stay inside the promote band before it is GREEN again.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Dur,
+    /// `latency_vs_control`: V2's median may exceed V1's by this share (plus the slack).
+    #[serde(default = "default_latency_vs_control_max")]
+    pub latency_vs_control_max: f64,
+    #[serde(default = "default_latency_vs_control_slack_ms")]
+    pub latency_vs_control_slack_ms: f64,
+}
+
+impl Default for FileGates {
+    fn default() -> Self {
+        toml::from_str("").expect("every gates key has a default")
+    }
+}
+
 impl Default for FileRollout {
     fn default() -> Self {
         toml::from_str("").expect("every rollout key has a default")
@@ -377,6 +419,21 @@ fn default_required_flags() -> Vec<String> {
 fn default_p95_ms() -> f64 {
     130.0
 }
+fn default_alpha() -> f64 {
+    crate::stats::significance::DEFAULT_ALPHA
+}
+fn default_band() -> f64 {
+    0.05
+}
+fn default_cooldown() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_latency_vs_control_max() -> f64 {
+    0.10
+}
+fn default_latency_vs_control_slack_ms() -> f64 {
+    1.0
+}
 fn default_update_every() -> Dur {
     Dur(Duration::from_secs(15 * 60))
 }
@@ -393,6 +450,42 @@ pub struct Config {
     /// Per journey index (incl. `other`): threshold overrides.
     pub journey_limits: Vec<JourneyLimits>,
     pub rollout: RolloutConfig,
+    pub gates: GatesConfig,
+    pub beacons: BeaconsConfig,
+}
+
+/// The configured beacon event names; an event's name is its index here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BeaconsConfig {
+    pub names: Vec<String>,
+}
+
+impl BeaconsConfig {
+    /// Index of a configured name (a handful of names: a scan beats hashing).
+    #[inline]
+    pub fn index(&self, name: &str) -> Option<u16> {
+        self.names
+            .iter()
+            .position(|n| n.as_str() == name)
+            .map(|i| i as u16)
+    }
+}
+
+/// How gates judge (see `control::gates` for the bands and the cooldown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatesConfig {
+    pub alpha: f64,
+    pub promote_band: f64,
+    pub rollback_band: f64,
+    pub cooldown: Duration,
+    pub latency_vs_control_max: f64,
+    pub latency_vs_control_slack_ms: f64,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        validate_gates(FileGates::default()).expect("the defaults are valid")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -792,6 +885,8 @@ impl FileConfig {
         let journeys = Journeys::new(list);
 
         let rollout = validate_rollout(self.rollout)?;
+        let gates = validate_gates(self.gates)?;
+        let beacons = validate_beacons(self.beacons)?;
         Ok(Config {
             server,
             upstreams,
@@ -799,8 +894,68 @@ impl FileConfig {
             journeys,
             journey_limits,
             rollout,
+            gates,
+            beacons,
         })
     }
+}
+
+fn validate_beacons(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
+    use crate::stats::beacons::MAX_BEACON_NAMES;
+    if b.names.len() > MAX_BEACON_NAMES {
+        return Err(invalid(
+            "beacons.names",
+            format!("at most {MAX_BEACON_NAMES} names (they are metric labels)"),
+        ));
+    }
+    for (i, n) in b.names.iter().enumerate() {
+        let key = format!("beacons.names[{i}]");
+        label_name(&key, n)?;
+        if b.names[..i].contains(n) {
+            return Err(invalid(key, format!("{n:?} is listed twice")));
+        }
+    }
+    Ok(BeaconsConfig { names: b.names })
+}
+
+fn validate_gates(g: FileGates) -> Result<GatesConfig, Invalid> {
+    if !(g.alpha > 0.0 && g.alpha <= 0.5) {
+        return Err(invalid(
+            "gates.alpha",
+            format!("{} must be above 0 and at most 0.5", g.alpha),
+        ));
+    }
+    let band = |key: &str, v: f64| {
+        if (0.0..=0.5).contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(
+                key,
+                format!("{v} must be a share between 0 and 0.5"),
+            ))
+        }
+    };
+    let non_negative = |key: &str, v: f64| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(invalid(key, format!("{v} must be a number >= 0")))
+        }
+    };
+    Ok(GatesConfig {
+        alpha: g.alpha,
+        promote_band: band("gates.promote_band", g.promote_band)?,
+        rollback_band: band("gates.rollback_band", g.rollback_band)?,
+        cooldown: g.cooldown.0,
+        latency_vs_control_max: non_negative(
+            "gates.latency_vs_control_max",
+            g.latency_vs_control_max,
+        )?,
+        latency_vs_control_slack_ms: non_negative(
+            "gates.latency_vs_control_slack_ms",
+            g.latency_vs_control_slack_ms,
+        )?,
+    })
 }
 
 fn validate_rollout(r: FileRollout) -> Result<RolloutConfig, Invalid> {

@@ -1,7 +1,7 @@
 //! `/metrics`: the Prometheus text exposition.
 //!
 //! Two sources, one page. Control-plane series (weights, phase, gates,
-//! rollbacks, beacon rejects) change a few times per tick and go through the
+//! rollbacks, decisions) change a few times per tick and go through the
 //! `metrics` crate into a `metrics-exporter-prometheus` recorder owned by this
 //! struct (not the global one, so several instances can live in one test
 //! process). The request-path families are rendered here straight from the
@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::journeys::Journeys;
 use crate::routing::Variant;
+use crate::stats::beacons::{BeaconReject, BeaconType};
 use crate::stats::names::*;
 use crate::stats::{StatusClass, Telemetry, UpstreamErrorKind};
 
@@ -60,11 +61,6 @@ impl Metrics {
             None,
             "Controller decisions by action.".into(),
         );
-        m.recorder.describe_counter(
-            BEACON_REJECTED_TOTAL.into(),
-            None,
-            "Client beacons rejected, by reason.".into(),
-        );
         m
     }
 
@@ -92,12 +88,18 @@ impl Metrics {
     }
 
     /// The whole page: control-plane series, then the request-path families.
-    pub fn render(&self, telemetry: &Telemetry, journeys: &Journeys) -> String {
+    pub fn render(
+        &self,
+        telemetry: &Telemetry,
+        journeys: &Journeys,
+        beacon_names: &[String],
+    ) -> String {
         let mut out = self.handle.render();
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
         render_telemetry(&mut out, telemetry, journeys);
+        render_beacons(&mut out, telemetry, beacon_names);
         out
     }
 }
@@ -230,6 +232,47 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
             "{SHED_REQUESTS_TOTAL}{{variant=\"{}\"}} {}",
             v.label(),
             telemetry.shed(v)
+        );
+    }
+}
+
+/// Beacon families: accepted events by type, name and variant; refusals by reason.
+pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String]) {
+    let counts = telemetry.beacons.snapshot();
+    family(
+        out,
+        BEACON_EVENTS_TOTAL,
+        "counter",
+        "Client beacon events accepted, by type, configured name and variant.",
+    );
+    for (i, name) in names.iter().enumerate() {
+        for v in Variant::ALL {
+            let Some(c) = counts.get(i * 2 + v as usize) else {
+                continue;
+            };
+            for t in BeaconType::ALL {
+                let _ = writeln!(
+                    out,
+                    "{BEACON_EVENTS_TOTAL}{{type=\"{}\",name=\"{name}\",variant=\"{}\"}} {}",
+                    t.label(),
+                    v.label(),
+                    c.counts[t as usize]
+                );
+            }
+        }
+    }
+    family(
+        out,
+        BEACON_REJECTED_TOTAL,
+        "counter",
+        "Client beacon batches refused with 400, by reason.",
+    );
+    for r in BeaconReject::ALL {
+        let _ = writeln!(
+            out,
+            "{BEACON_REJECTED_TOTAL}{{reason=\"{}\"}} {}",
+            r.label(),
+            telemetry.beacons.rejected(r)
         );
     }
 }

@@ -271,3 +271,31 @@ fn resolving_a_user_key_and_loading_the_route_allocate_nothing() {
     });
     assert_eq!(t.inflight_of(Variant::V1) + t.inflight_of(Variant::V2), 0);
 }
+
+#[test]
+fn beacon_parse_and_record_allocate_nothing() {
+    use rollgate::config::BeaconsConfig;
+    use rollgate::proxy::beacon::{parse, Batch};
+    let names = BeaconsConfig {
+        names: ["page_view", "js_error", "first_result_ms"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let t = Telemetry::with_beacons(3, names.names.len(), true);
+    let event = r#"{"type":"timing","name":"first_result_ms","value":123.4,"url":"/x"},{"type":"funnel","name":"page_view"},{"type":"js_error","name":"js_error","message":"TypeError: x is undefined"}"#;
+    let body = format!("[{}]", vec![event; 33].join(","));
+    let mut batch = Batch::default();
+    // Warm up thread-locals (stripe index) outside the measurement.
+    parse(body.as_bytes(), &names, &mut batch).unwrap();
+    batch.record(&t.beacons, Variant::V1);
+    let n = allocations(|| {
+        for _ in 0..100 {
+            parse(body.as_bytes(), &names, &mut batch).unwrap();
+            batch.record(&t.beacons, Variant::V2);
+        }
+    });
+    assert_eq!(n, 0, "allocations while ingesting 9,900 events");
+    assert_eq!(batch.events().len(), 99);
+    let snap = t.beacons.snapshot();
+    assert_eq!(snap[2 * 2 + 1].counts[2], 3_300); // first_result_ms timings on V2
+}

@@ -262,7 +262,11 @@ impl Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 {
                     let live = self.live.load();
-                    self.metrics.render(&live.telemetry, &live.config.journeys)
+                    self.metrics.render(
+                        &live.telemetry,
+                        &live.config.journeys,
+                        &live.config.beacons.names,
+                    )
                 },
             ),
             (Method::GET, "/api/v1/status") => json_resp(StatusCode::OK, &*self.control.status()),

@@ -1,22 +1,72 @@
-//! Gate evaluation: a pure function of one window of counts and the config.
+//! Gate evaluation: a pure function of one window of counts, the config and
+//! the gates' memory of the previous tick (their statuses and cooldown clocks).
 //!
 //! Each gate is GREEN / YELLOW / RED with its value, threshold and sample
-//! count. Too few samples is YELLOW "insufficient data", never GREEN. A gate
-//! that was not GREEN on the previous tick only turns GREEN again once its
-//! value is back inside the threshold by `RECOVER_BAND`, so a value hovering
-//! at the threshold cannot alternate GREEN/RED on every tick.
+//! count. Too few samples is YELLOW "insufficient data", never GREEN.
+//!
+//! ## Evidence: a breach is RED only when it is significant
+//!
+//! Absolute gates compare V2 with a fixed threshold (`latency_p95`,
+//! `payment_success`, `success_rate`, the `error_rate` ceiling). Comparative
+//! gates compare V2 with V1 in the same window (`latency_vs_control`, the
+//! `error_rate` margin over V1): their threshold is derived from V1's value,
+//! and both variants need `min_samples`.
+//!
+//! Either way a breach is RED only when a one-sided test of "V2 is worse
+//! than allowed" is significant at `gates.alpha` ([`crate::stats::significance`]):
+//! Mann-Whitney U on the latency buckets against V1, the two-proportion z
+//! against V1's rate, and for absolute gates a binomial test of the bad share
+//! against the share the threshold allows (5xx share above the ceiling,
+//! failed payments above 1 - 99.5 %, requests slower than the P95 threshold
+//! above 5 %). Without that, 2 errors in 200 requests of a canary whose true
+//! rate is 0.3 % would turn a 0.5 % ceiling RED in about 12 % of windows. A
+//! breach that is not (yet) significant is YELLOW: the rollout holds and
+//! gathers data, but the sustained-RED rollback clock does not run. The
+//! request-path and tick triggers (`p95_hard`, `payment_failures`) stay
+//! absolute on purpose: they are the emergency brake.
+//!
+//! At 100 % there is no control to compare with, so comparative gates are
+//! not evaluated (`GateContext::comparative`).
+//!
+//! ## Zones, bands and cooldown: why a gate near its threshold cannot flap
+//!
+//! With threshold T, promote band `pb` and rollback band `rb` (both 5 % by
+//! default), a value falls in one of four zones (for "at most" gates; "at
+//! least" gates mirror them, and success rates apply the bands to the failure
+//! share 1 - value so that 99.5 % does not need 104 % to recover):
+//!
+//! ```text
+//!   Clear   v <= T(1-pb)        Inside  T(1-pb) < v <= T
+//!   Near    T < v <= T(1+rb)    Beyond  v > T(1+rb)
+//! ```
+//!
+//! | previous \ zone | Clear                     | Inside            | Near          | Beyond       |
+//! |-----------------|---------------------------|-------------------|---------------|--------------|
+//! | GREEN (or new)  | GREEN                     | GREEN             | YELLOW        | RED*         |
+//! | YELLOW          | GREEN after the cooldown  | YELLOW recovering | YELLOW        | RED*         |
+//! | RED             | GREEN after the cooldown  | YELLOW recovering | RED* (stays)  | RED*         |
+//!
+//! `*` comparative gates: only when significant, else YELLOW.
+//!
+//! So a GREEN gate needs a clear breach (beyond the rollback band) to turn
+//! RED, a RED gate stays RED until it is back inside its threshold (the RED
+//! timer that leads to `gate_red_sustained` is not reset by a value dancing
+//! on the edge of the band), and a gate that was not GREEN must come back
+//! inside the promote band and *stay* there for `gates.cooldown` before it is
+//! GREEN again. A value oscillating around T therefore gives a steady YELLOW
+//! (HOLD), never GREEN/RED alternation; on top of that the controller needs
+//! every gate GREEN for the whole phase hold before any step-up.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{JourneyLimits, RolloutConfig};
+use crate::config::{GatesConfig, JourneyLimits, RolloutConfig};
 use crate::journeys::{JourneyKind, Journeys};
 use crate::routing::Variant;
+use crate::stats::significance::{binomial_exceeds, mann_whitney, two_proportion, Worse, ZTest};
 use crate::stats::{CellCounts, UpstreamErrorKind, Window};
-
-/// Share of the threshold by which a non-GREEN gate must clear it to be GREEN again.
-pub const RECOVER_BAND: f64 = 0.05;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -50,15 +100,26 @@ pub struct GateResult {
     pub threshold: f64,
     pub samples: u64,
     pub reason: String,
+    /// Comparative gates: one-sided p-value of "V2 is worse than V1".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// A gate that is not GREEN: since when its value is back inside the
+    /// promote band (the cooldown clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_since: Option<DateTime<Utc>>,
 }
 
 impl GateResult {
     /// Stable key for the per-gate memory (hysteresis, RED timers).
     pub fn key(&self) -> String {
-        match &self.journey {
-            Some(j) => format!("{}/{j}", self.name),
-            None => self.name.clone(),
-        }
+        gate_key(&self.name, self.journey.as_deref())
+    }
+}
+
+fn gate_key(name: &str, journey: Option<&str>) -> String {
+    match journey {
+        Some(j) => format!("{name}/{j}"),
+        None => name.to_string(),
     }
 }
 
@@ -141,41 +202,106 @@ impl Evaluation {
 }
 
 /// Direction of a threshold.
-#[derive(Clone, Copy)]
-enum Bound {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
     /// GREEN while value <= threshold.
     Max,
-    /// GREEN while value >= threshold.
+    /// GREEN while value >= threshold; bands scale the threshold.
     Min,
+    /// A share in 0..=1 that must stay >= threshold (success rates): the
+    /// bands scale the allowed failure share 1 - threshold.
+    MinShare,
 }
 
-fn judge(value: f64, threshold: f64, bound: Bound, was_green: bool) -> GateStatus {
-    let inside = match bound {
-        Bound::Max => value <= threshold,
-        Bound::Min => value >= threshold,
-    };
-    let inside_band = match bound {
-        Bound::Max => value <= threshold * (1.0 - RECOVER_BAND),
-        // For a success rate the band applies to the allowed failure share.
-        Bound::Min => 1.0 - value <= (1.0 - threshold) * (1.0 - RECOVER_BAND),
-    };
-    match (inside, inside_band || was_green) {
-        (true, true) => GateStatus::Green,
-        // Inside the threshold but not yet back inside the band: not a
-        // breach (so it never counts towards a sustained-RED rollback), but
-        // not a pass either (so it holds the promotion).
-        (true, false) => GateStatus::Yellow,
-        (false, _) => GateStatus::Red,
+impl Bound {
+    fn rel(self) -> &'static str {
+        match self {
+            Bound::Max => "<=",
+            Bound::Min | Bound::MinShare => ">=",
+        }
     }
 }
 
-/// What a gate measures, apart from the numbers.
-struct Spec<'a> {
-    name: &'static str,
-    journey: Option<&'a str>,
-    bound: Bound,
-    /// Describes the value in the reason text.
-    what: &'static str,
+/// Where a value lies relative to its threshold and bands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zone {
+    /// Inside the threshold by at least the promote band.
+    Clear,
+    /// Inside the threshold, not by the promote band.
+    Inside,
+    /// Beyond the threshold, within the rollback band.
+    Near,
+    /// Beyond the threshold by more than the rollback band.
+    Beyond,
+}
+
+/// Classifies `value` against `threshold` with the configured bands.
+pub fn zone(value: f64, threshold: f64, bound: Bound, g: &GatesConfig) -> Zone {
+    // Turn every bound into "badness <= limit".
+    let (bad, limit, flip) = match bound {
+        Bound::Max => (value, threshold, false),
+        Bound::Min => (value, threshold, true),
+        Bound::MinShare => (1.0 - value, 1.0 - threshold, false),
+    };
+    let (pb, rb) = (g.promote_band, g.rollback_band);
+    if flip {
+        if bad >= limit * (1.0 + pb) {
+            Zone::Clear
+        } else if bad >= limit {
+            Zone::Inside
+        } else if bad >= limit * (1.0 - rb) {
+            Zone::Near
+        } else {
+            Zone::Beyond
+        }
+    } else if bad <= limit * (1.0 - pb) {
+        Zone::Clear
+    } else if bad <= limit {
+        Zone::Inside
+    } else if bad <= limit * (1.0 + rb) {
+        Zone::Near
+    } else {
+        Zone::Beyond
+    }
+}
+
+/// What one gate measured, before judging it.
+pub struct Measure<'a> {
+    pub name: &'a str,
+    pub journey: Option<&'a str>,
+    pub bound: Bound,
+    /// Describes the value in the reason text ("V2 P95 ms").
+    pub what: &'a str,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    /// V2's samples.
+    pub samples: u64,
+    pub min_samples: u64,
+    /// Comparative gates: V1's samples (fewer than `min_samples` is
+    /// "insufficient data" as well).
+    pub control_samples: Option<u64>,
+    pub evidence: Evidence,
+}
+
+/// What it takes for a breach to count as RED.
+#[derive(Clone, Copy, Debug)]
+pub enum Evidence {
+    /// The value alone (no test applies: budget, concurrency).
+    Value,
+    /// A one-sided test of "V2 is worse than allowed" (than V1, or than the
+    /// threshold itself) must be significant; `None` counts as not significant.
+    Test(Option<ZTest>),
+}
+
+impl Evidence {
+    /// The stronger of two tests of the same gate (the smaller p-value).
+    pub fn either(a: Option<ZTest>, b: Option<ZTest>) -> Evidence {
+        Evidence::Test(match (a, b) {
+            (Some(a), Some(b)) if b.p_value < a.p_value => Some(b),
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        })
+    }
 }
 
 /// Inputs that do not change within a tick.
@@ -183,65 +309,126 @@ pub struct GateContext<'a> {
     pub journeys: &'a Journeys,
     pub limits: &'a [JourneyLimits],
     pub rollout: &'a RolloutConfig,
+    pub gates: &'a GatesConfig,
     /// The current phase's P95 gate in ms.
     pub phase_p95_ms: f64,
+    /// V1 takes traffic (V2 below 100 %): comparative gates are evaluated.
+    pub comparative: bool,
+    /// Time of this evaluation (cooldown clocks).
+    pub now: DateTime<Utc>,
     /// Gate statuses of the previous tick, by [`GateResult::key`].
     pub previous: &'a BTreeMap<String, GateStatus>,
+    /// Cooldown clocks of the previous tick, by [`GateResult::key`].
+    pub clear_since: &'a BTreeMap<String, DateTime<Utc>>,
 }
 
 impl GateContext<'_> {
-    fn was_green(&self, key: &str) -> bool {
-        self.previous
-            .get(key)
-            .is_none_or(|s| *s == GateStatus::Green)
-    }
-
-    fn gate(&self, spec: Spec<'_>, value: Option<f64>, threshold: f64, samples: u64) -> GateResult {
-        let Spec {
-            name,
-            journey,
-            bound,
-            what,
-        } = spec;
+    /// Judges one measure: insufficient data, zone, significance, memory.
+    pub fn gate(&self, m: Measure<'_>) -> GateResult {
+        let key = gate_key(m.name, m.journey);
         let mut g = GateResult {
-            name: name.into(),
-            journey: journey.map(String::from),
+            name: m.name.into(),
+            journey: m.journey.map(String::from),
             status: GateStatus::Yellow,
-            value,
-            threshold,
-            samples,
+            value: m.value,
+            threshold: m.threshold,
+            samples: m.samples,
             reason: String::new(),
+            p_value: match m.evidence {
+                Evidence::Test(t) => t.map(|t| t.p_value),
+                Evidence::Value => None,
+            },
+            clear_since: None,
         };
-        let min = self.rollout.min_samples;
-        match value {
-            Some(_) if samples < min => {
-                g.reason = format!("insufficient data: {samples} of {min} samples");
+        let min = m.min_samples;
+        let v = match m.value {
+            None => {
+                g.reason = "insufficient data: no samples".into();
+                return g;
             }
-            None => g.reason = "insufficient data: no samples".into(),
-            Some(v) => {
-                g.status = judge(v, threshold, bound, self.was_green(&g.key()));
-                let rel = match bound {
-                    Bound::Max => "<=",
-                    Bound::Min => ">=",
-                };
-                g.reason = match g.status {
-                    GateStatus::Green => format!("{what} {} {rel} {}", fmt(v), fmt(threshold)),
-                    GateStatus::Yellow => {
+            Some(_) if m.samples < min => {
+                g.reason = format!("insufficient data: {} of {min} samples", m.samples);
+                return g;
+            }
+            Some(_) if m.control_samples.is_some_and(|n| n < min) => {
+                let n = m.control_samples.unwrap_or(0);
+                g.reason = format!("insufficient data: V1 {n} of {min} samples");
+                return g;
+            }
+            Some(v) => v,
+        };
+        let prev = self.previous.get(&key).copied();
+        let z = zone(v, m.threshold, m.bound, self.gates);
+        let significant = match m.evidence {
+            Evidence::Value => true,
+            Evidence::Test(t) => t.is_some_and(|t| t.significant(self.gates.alpha)),
+        };
+        let (what, rel, t) = (m.what, m.bound.rel(), fmt(m.threshold));
+        let p = g
+            .p_value
+            .map_or(String::new(), |p| format!(" (p = {})", fmt_p(p)));
+        let not_significant = || {
+            format!(
+                "{what} {} beyond {rel} {t} but not significant{p}, alpha {}",
+                fmt(v),
+                self.gates.alpha
+            )
+        };
+        let (status, reason) = match (z, prev) {
+            (Zone::Beyond, _) | (Zone::Near, Some(GateStatus::Red)) if significant => (
+                GateStatus::Red,
+                format!("{what} {} breaches {rel} {t}{p}", fmt(v)),
+            ),
+            (Zone::Beyond, _) | (Zone::Near, Some(GateStatus::Red)) => {
+                (GateStatus::Yellow, not_significant())
+            }
+            (Zone::Near, _) => (
+                GateStatus::Yellow,
+                format!(
+                    "{what} {} beyond {rel} {t}, inside the {:.0}% rollback band",
+                    fmt(v),
+                    self.gates.rollback_band * 100.0
+                ),
+            ),
+            (Zone::Clear | Zone::Inside, None | Some(GateStatus::Green)) => {
+                (GateStatus::Green, format!("{what} {} {rel} {t}", fmt(v)))
+            }
+            (Zone::Inside, _) => (
+                GateStatus::Yellow,
+                format!(
+                    "{what} {} recovering: not yet inside the {:.0}% promote band",
+                    fmt(v),
+                    self.gates.promote_band * 100.0
+                ),
+            ),
+            (Zone::Clear, _) => {
+                let since = self.clear_since.get(&key).copied().unwrap_or(self.now);
+                let cooled = self.now - since;
+                let need = chrono::TimeDelta::from_std(self.gates.cooldown)
+                    .unwrap_or(chrono::TimeDelta::MAX);
+                if cooled >= need {
+                    (GateStatus::Green, format!("{what} {} {rel} {t}", fmt(v)))
+                } else {
+                    g.clear_since = Some(since);
+                    (
+                        GateStatus::Yellow,
                         format!(
-                            "{what} {} recovering: not yet inside the {:.0}% band",
+                            "{what} {} back inside the promote band, cooling down ({}s of {}s)",
                             fmt(v),
-                            RECOVER_BAND * 100.0
-                        )
-                    }
-                    _ => format!("{what} {} breaches {rel} {}", fmt(v), fmt(threshold)),
-                };
+                            cooled.num_seconds(),
+                            need.num_seconds()
+                        ),
+                    )
+                }
             }
-        }
+        };
+        g.status = status;
+        g.reason = reason;
         g
     }
 }
 
-fn fmt(v: f64) -> String {
+pub(crate) fn fmt(v: f64) -> String {
     if v.abs() >= 1.0 {
         format!("{v:.1}")
     } else {
@@ -249,7 +436,15 @@ fn fmt(v: f64) -> String {
     }
 }
 
-/// Evaluates every gate of this issue's scope over one window.
+fn fmt_p(p: f64) -> String {
+    if p < 0.0001 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+/// Evaluates every gate over one window.
 pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
     let mut ev = Evaluation {
         window_ms: window.duration_ms,
@@ -258,24 +453,53 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         ..Default::default()
     };
     let cfg = ctx.rollout;
+    let min_samples = cfg.min_samples;
     for id in ctx.journeys.ids() {
         let name = ctx.journeys.name(id);
         let kind = ctx.journeys.kind(id);
-        let v1 = VariantKpi::of(window.cell(id, Variant::V1));
-        let v2 = VariantKpi::of(window.cell(id, Variant::V2));
+        let (c1, c2) = (window.cell(id, Variant::V1), window.cell(id, Variant::V2));
+        let v1 = VariantKpi::of(c1);
+        let v2 = VariantKpi::of(c2);
         let limits = ctx.limits.get(id.index()).cloned().unwrap_or_default();
         // A journey nobody used in the window has nothing to judge; one with
         // some traffic but too little on V2 is YELLOW below.
         if v1.requests + v2.requests > 0 {
             let threshold = limits.p95_ms.unwrap_or(ctx.phase_p95_ms);
-            let spec = Spec {
+            // More than 5 % of V2's requests slower than the threshold, significantly.
+            let n = c2.latency.count();
+            let slower = n - c2.latency.count_le(threshold * 1000.0);
+            ev.gates.push(ctx.gate(Measure {
                 name: "latency_p95",
                 journey: Some(name),
                 bound: Bound::Max,
                 what: "V2 P95 ms",
-            };
-            ev.gates
-                .push(ctx.gate(spec, v2.p95_ms, threshold, v2.requests));
+                value: v2.p95_ms,
+                threshold,
+                samples: v2.requests,
+                min_samples,
+                control_samples: None,
+                evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
+            }));
+            if ctx.comparative {
+                let g = ctx.gates;
+                let threshold = v1.p50_ms.map_or(0.0, |m| {
+                    m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
+                });
+                ev.gates.push(ctx.gate(Measure {
+                    name: "latency_vs_control",
+                    journey: Some(name),
+                    bound: Bound::Max,
+                    what: "V2 P50 ms vs V1",
+                    value: v2.p50_ms,
+                    threshold,
+                    samples: v2.requests,
+                    min_samples,
+                    control_samples: Some(v1.requests),
+                    evidence: Evidence::Test(
+                        mann_whitney(&c1.latency.counts, &c2.latency.counts).map(|m| m.test),
+                    ),
+                }));
+            }
             let success_min = match kind {
                 JourneyKind::Payment => Some(limits.success_min.unwrap_or(cfg.payment_success_min)),
                 JourneyKind::Normal => limits.success_min,
@@ -286,14 +510,22 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
                 } else {
                     "success_rate"
                 };
-                let value = v2.error_rate.map(|e| 1.0 - e);
-                let spec = Spec {
+                ev.gates.push(ctx.gate(Measure {
                     name: gate,
                     journey: Some(name),
-                    bound: Bound::Min,
+                    bound: Bound::MinShare,
                     what: "V2 success",
-                };
-                ev.gates.push(ctx.gate(spec, value, min, v2.requests));
+                    value: v2.error_rate.map(|e| 1.0 - e),
+                    threshold: min,
+                    samples: v2.requests,
+                    min_samples,
+                    control_samples: None,
+                    evidence: Evidence::Test(binomial_exceeds(
+                        v2.server_errors,
+                        v2.requests,
+                        1.0 - min,
+                    )),
+                }));
             }
         }
         ev.journeys.push(JourneyKpi {
@@ -303,16 +535,48 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
             v2,
         });
     }
-    // 5xx rate: absolute ceiling, and no worse than V1 beyond the margin.
+    ev.gates.insert(0, error_rate_gate(&ev, ctx));
+    ev
+}
+
+/// 5xx rate: an absolute ceiling, and no worse than V1 beyond the margin.
+/// Evidence is the stronger of the binomial test against the ceiling and
+/// the two-proportion test against V1 (each one's alternative implies a
+/// breach of the combined threshold).
+fn error_rate_gate(ev: &Evaluation, ctx: &GateContext<'_>) -> GateResult {
+    let cfg = ctx.rollout;
+    let comparative = ctx.comparative && ev.v1.requests > 0;
     let v1_rate = ev.v1.error_rate.unwrap_or(0.0);
-    let threshold = cfg.error_rate_max.min(v1_rate + cfg.error_rate_margin);
-    let spec = Spec {
+    let threshold = if comparative {
+        cfg.error_rate_max.min(v1_rate + cfg.error_rate_margin)
+    } else {
+        cfg.error_rate_max
+    };
+    let (v1, v2) = (&ev.v1, &ev.v2);
+    let ceiling = binomial_exceeds(v2.server_errors, v2.requests, cfg.error_rate_max);
+    let vs_v1 = comparative
+        .then(|| {
+            two_proportion(
+                v1.server_errors,
+                v1.requests,
+                v2.server_errors,
+                v2.requests,
+                Worse::Higher,
+            )
+        })
+        .flatten();
+    let mut g = ctx.gate(Measure {
         name: "error_rate",
         journey: None,
         bound: Bound::Max,
         what: "V2 5xx rate",
-    };
-    let mut g = ctx.gate(spec, ev.v2.error_rate, threshold, ev.v2.requests);
+        value: v2.error_rate,
+        threshold,
+        samples: v2.requests,
+        min_samples: cfg.min_samples,
+        control_samples: comparative.then_some(v1.requests),
+        evidence: Evidence::either(ceiling, vs_v1),
+    });
     if g.status != GateStatus::Green && threshold < cfg.error_rate_max {
         g.reason.push_str(&format!(
             " (V1 {} + margin {})",
@@ -320,8 +584,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
             fmt(cfg.error_rate_margin)
         ));
     }
-    ev.gates.insert(0, g);
-    ev
+    g
 }
 
 #[cfg(test)]
@@ -329,7 +592,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::journeys::JourneyId;
-    use std::time::Duration;
 
     pub(crate) const CONFIG: &str = r#"
         [server]
@@ -365,17 +627,51 @@ mod tests {
         c.classes[4] += errors;
     }
 
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_750_000_000, 0).unwrap()
+    }
+
     fn eval(cfg: &Config, w: &Window, prev: &BTreeMap<String, GateStatus>) -> Evaluation {
-        evaluate(
-            w,
-            &GateContext {
-                journeys: &cfg.journeys,
-                limits: &cfg.journey_limits,
-                rollout: &cfg.rollout,
-                phase_p95_ms: 130.0,
-                previous: prev,
-            },
-        )
+        Memory {
+            status: prev.clone(),
+            ..Default::default()
+        }
+        .eval(cfg, w, t0())
+    }
+
+    /// The gates' memory between ticks, as `rollout::Core` keeps it.
+    #[derive(Default)]
+    struct Memory {
+        status: BTreeMap<String, GateStatus>,
+        clear_since: BTreeMap<String, DateTime<Utc>>,
+    }
+
+    impl Memory {
+        fn eval(&self, cfg: &Config, w: &Window, now: DateTime<Utc>) -> Evaluation {
+            evaluate(
+                w,
+                &GateContext {
+                    journeys: &cfg.journeys,
+                    limits: &cfg.journey_limits,
+                    rollout: &cfg.rollout,
+                    gates: &cfg.gates,
+                    phase_p95_ms: 130.0,
+                    comparative: true,
+                    now,
+                    previous: &self.status,
+                    clear_since: &self.clear_since,
+                },
+            )
+        }
+
+        fn remember(&mut self, ev: &Evaluation) {
+            self.status = ev.gates.iter().map(|g| (g.key(), g.status)).collect();
+            self.clear_since = ev
+                .gates
+                .iter()
+                .filter_map(|g| g.clear_since.map(|t| (g.key(), t)))
+                .collect();
+        }
     }
 
     fn status(ev: &Evaluation, key: &str) -> GateStatus {
@@ -401,7 +697,8 @@ mod tests {
             .gates
             .iter()
             .all(|g| g.journey.as_deref() != Some("other")));
-        assert_eq!(ev.gates.len(), 1 + 2 + 1);
+        // error_rate, latency_p95 and latency_vs_control per journey, payment_success.
+        assert_eq!(ev.gates.len(), 1 + 2 * 2 + 1);
         let p = ev
             .gates
             .iter()
@@ -437,16 +734,16 @@ mod tests {
         let cfg = Config::parse(CONFIG, "t").unwrap();
         let w = window(&cfg, |id, v, c| match (id.index(), v) {
             (0, Variant::V2) => cell(c, 1000, 140, 0),
-            (1, Variant::V2) => cell(c, 1000, 20, 10),
+            (1, Variant::V2) => cell(c, 1000, 20, 15),
             (0 | 1, Variant::V1) => cell(c, 1000, 20, 0),
             _ => {}
         });
         let ev = eval(&cfg, &w, &BTreeMap::new());
         assert_eq!(status(&ev, "latency_p95/search"), GateStatus::Red);
         assert_eq!(status(&ev, "latency_p95/payments"), GateStatus::Green);
-        // 10 of 1000 payments failed: 99.0 % < 99.5 %.
+        // 15 of 1000 payments failed: 98.5 % < 99.5 %, and significantly so.
         assert_eq!(status(&ev, "payment_success/payments"), GateStatus::Red);
-        // 10 of 2000 = 0.5 % overall, but V1 had 0 %: worse than V1 + 0.1 %.
+        // 15 of 2000 = 0.75 % overall, but V1 had 0 %: worse than V1 + 0.1 %.
         let e = ev.gates.iter().find(|g| g.name == "error_rate").unwrap();
         assert_eq!(e.status, GateStatus::Red);
         assert!((e.threshold - 0.001).abs() < 1e-12);
@@ -458,34 +755,257 @@ mod tests {
         assert!(ev.p95_breaches(160.0, 50).is_empty());
     }
 
+    fn search_at(cfg: &Config, ms: u64) -> Window {
+        window(cfg, |id, v, c| {
+            if id.index() == 0 {
+                // V1 as fast as V2: only the absolute P95 gate moves.
+                cell(c, 500, if v == Variant::V2 { ms } else { 60 }, 0)
+            }
+        })
+    }
+
     #[test]
-    fn recovery_needs_the_band() {
+    fn recovery_needs_the_promote_band_and_the_cooldown() {
         let cfg = Config::parse(CONFIG, "t").unwrap();
+        let key = "latency_p95/search";
+        let was_red = BTreeMap::from([(key.to_string(), GateStatus::Red)]);
         // 128 ms: inside 130 but not inside 130 * 0.95 = 123.5.
-        let w = window(&cfg, |id, _, c| {
-            if id.index() == 0 {
-                cell(c, 500, 128, 0)
-            }
-        });
-        let was_red = BTreeMap::from([("latency_p95/search".to_string(), GateStatus::Red)]);
-        // Inside the threshold but not the band: recovering, YELLOW (not a breach).
+        let ev = eval(&cfg, &search_at(&cfg, 128), &was_red);
+        let g = ev.gates.iter().find(|g| g.key() == key).unwrap();
+        assert_eq!(g.status, GateStatus::Yellow);
+        assert!(g.reason.contains("recovering"), "{}", g.reason);
+        // A gate that was GREEN stays GREEN there.
         assert_eq!(
-            status(&eval(&cfg, &w, &was_red), "latency_p95/search"),
-            GateStatus::Yellow
-        );
-        assert_eq!(
-            status(&eval(&cfg, &w, &BTreeMap::new()), "latency_p95/search"),
+            status(&eval(&cfg, &search_at(&cfg, 128), &BTreeMap::new()), key),
             GateStatus::Green
         );
-        let w = window(&cfg, |id, _, c| {
+        // 120 ms is inside the band: GREEN only after the cooldown (1m).
+        let mut mem = Memory {
+            status: was_red,
+            ..Default::default()
+        };
+        let good = search_at(&cfg, 120);
+        let mut seen = Vec::new();
+        for tick in 0..6 {
+            let ev = mem.eval(&cfg, &good, t0() + chrono::TimeDelta::seconds(15 * tick));
+            seen.push(status(&ev, key));
+            mem.remember(&ev);
+        }
+        use GateStatus::{Green, Yellow};
+        assert_eq!(seen, [Yellow, Yellow, Yellow, Yellow, Green, Green]);
+    }
+
+    #[test]
+    fn red_needs_the_rollback_band_and_stays_red_inside_it() {
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let key = "latency_p95/search";
+        // 134 ms: beyond 130, inside 130 * 1.05 = 136.5.
+        let near = search_at(&cfg, 134);
+        let ev = eval(&cfg, &near, &BTreeMap::new());
+        let g = ev.gates.iter().find(|g| g.key() == key).unwrap();
+        assert_eq!(g.status, GateStatus::Yellow);
+        assert!(g.reason.contains("rollback band"), "{}", g.reason);
+        let was_red = BTreeMap::from([(key.to_string(), GateStatus::Red)]);
+        assert_eq!(status(&eval(&cfg, &near, &was_red), key), GateStatus::Red);
+        assert_eq!(
+            status(&eval(&cfg, &search_at(&cfg, 140), &BTreeMap::new()), key),
+            GateStatus::Red
+        );
+    }
+
+    /// The anti-flap property: a value dancing around its threshold gives a
+    /// steady non-GREEN status (the controller holds), never RED, never a
+    /// GREEN/non-GREEN alternation, and GREEN again only after the cooldown.
+    #[test]
+    fn a_value_hovering_at_the_threshold_never_flaps() {
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let key = "latency_p95/search";
+        let mut mem = Memory::default();
+        let mut now = t0();
+        let mut seen = Vec::new();
+        for ms in [129, 131, 127, 134, 128, 133, 126, 135, 129, 131, 128, 134] {
+            let ev = mem.eval(&cfg, &search_at(&cfg, ms), now);
+            seen.push(status(&ev, key));
+            mem.remember(&ev);
+            now += chrono::TimeDelta::seconds(15);
+        }
+        use GateStatus::{Green, Yellow};
+        assert_eq!(seen[0], Green);
+        assert!(seen[1..].iter().all(|s| *s == Yellow), "{seen:?}");
+        // Steady in the band for the cooldown: GREEN again.
+        for _ in 0..5 {
+            let ev = mem.eval(&cfg, &search_at(&cfg, 110), now);
+            seen.push(status(&ev, key));
+            mem.remember(&ev);
+            now += chrono::TimeDelta::seconds(15);
+        }
+        assert_eq!(seen[seen.len() - 1], Green, "{seen:?}");
+        let changes = seen.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(changes, 2, "{seen:?}");
+    }
+
+    #[test]
+    fn latency_vs_control_needs_the_threshold_and_significance() {
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let key = "latency_vs_control/search";
+        // GREEN: V2 as fast as V1.
+        let same = window(&cfg, |id, _, c| {
             if id.index() == 0 {
-                cell(c, 500, 120, 0)
+                cell(c, 400, 40, 0);
+                cell(c, 400, 55, 0);
             }
         });
         assert_eq!(
-            status(&eval(&cfg, &w, &was_red), "latency_p95/search"),
+            status(&eval(&cfg, &same, &BTreeMap::new()), key),
             GateStatus::Green
         );
-        let _ = Duration::ZERO;
+        // RED: V2's median 60 ms vs V1's 40 ms (threshold 40 * 1.1 + 1 = 45), clearly shifted.
+        let slower = window(&cfg, |id, v, c| match (id.index(), v) {
+            (0, Variant::V1) => {
+                cell(c, 500, 40, 0);
+                cell(c, 500, 55, 0);
+            }
+            (0, Variant::V2) => cell(c, 100, 60, 0),
+            _ => {}
+        });
+        let ev = eval(&cfg, &slower, &BTreeMap::new());
+        let g = ev.gates.iter().find(|g| g.key() == key).unwrap();
+        assert_eq!(g.status, GateStatus::Red, "{g:?}");
+        assert!((g.threshold - 45.0).abs() < 0.5, "{g:?}");
+        assert!(g.p_value.unwrap() < 1e-6, "{g:?}");
+        // YELLOW: the median is beyond the threshold but the sample is split
+        // (28 faster than every V1 request, 32 slower): not significant.
+        let split = window(&cfg, |id, v, c| match (id.index(), v) {
+            (0, Variant::V1) => {
+                cell(c, 500, 40, 0);
+                cell(c, 500, 55, 0);
+            }
+            (0, Variant::V2) => {
+                cell(c, 28, 10, 0);
+                cell(c, 32, 60, 0);
+            }
+            _ => {}
+        });
+        let ev = eval(&cfg, &split, &BTreeMap::new());
+        let g = ev.gates.iter().find(|g| g.key() == key).unwrap();
+        assert_eq!(g.status, GateStatus::Yellow, "{g:?}");
+        assert!(g.reason.contains("not significant"), "{}", g.reason);
+        assert!(g.p_value.unwrap() > 0.1, "{g:?}");
+        // YELLOW: too few V1 samples to compare with.
+        let thin = window(&cfg, |id, v, c| {
+            if id.index() == 0 {
+                cell(c, if v == Variant::V1 { 20 } else { 500 }, 40, 0)
+            }
+        });
+        let ev = eval(&cfg, &thin, &BTreeMap::new());
+        let g = ev.gates.iter().find(|g| g.key() == key).unwrap();
+        assert_eq!(g.status, GateStatus::Yellow);
+        assert_eq!(g.reason, "insufficient data: V1 20 of 50 samples");
+    }
+
+    #[test]
+    fn comparative_gates_are_skipped_without_a_control() {
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let w = window(&cfg, |id, v, c| {
+            if id.index() == 0 && v == Variant::V2 {
+                cell(c, 500, 40, 1)
+            }
+        });
+        let mem = Memory::default();
+        let ev = evaluate(
+            &w,
+            &GateContext {
+                journeys: &cfg.journeys,
+                limits: &cfg.journey_limits,
+                rollout: &cfg.rollout,
+                gates: &cfg.gates,
+                phase_p95_ms: 130.0,
+                comparative: false,
+                now: t0(),
+                previous: &mem.status,
+                clear_since: &mem.clear_since,
+            },
+        );
+        assert!(ev.gates.iter().all(|g| g.name != "latency_vs_control"));
+        // Only the absolute ceiling: 1 of 500 = 0.2 % <= 0.5 %.
+        let e = ev.gates.iter().find(|g| g.name == "error_rate").unwrap();
+        assert_eq!(e.status, GateStatus::Green, "{e:?}");
+        assert_eq!(e.threshold, cfg.rollout.error_rate_max);
+    }
+
+    #[test]
+    fn error_rate_margin_breach_needs_significance() {
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        // V1 0.1 %, V2 0.4 %: beyond V1 + 0.1 % but under the 0.5 % ceiling,
+        // and 2 errors in 500 is no evidence.
+        let w = window(&cfg, |id, v, c| {
+            if id.index() == 0 {
+                match v {
+                    Variant::V1 => cell(c, 1000, 40, 1),
+                    Variant::V2 => cell(c, 500, 40, 2),
+                }
+            }
+        });
+        let ev = eval(&cfg, &w, &BTreeMap::new());
+        let e = ev.gates.iter().find(|g| g.name == "error_rate").unwrap();
+        assert_eq!(e.status, GateStatus::Yellow, "{e:?}");
+        assert!(e.reason.contains("not significant"), "{}", e.reason);
+        // V1 is worse still (3 %), but V2's 2.4 % is significantly above the
+        // 0.5 % ceiling: RED on the ceiling's own test.
+        let w = window(&cfg, |id, v, c| {
+            if id.index() == 0 {
+                match v {
+                    Variant::V1 => cell(c, 1000, 40, 30),
+                    Variant::V2 => cell(c, 500, 40, 12),
+                }
+            }
+        });
+        let e = eval(&cfg, &w, &BTreeMap::new()).gates[0].clone();
+        assert_eq!(e.name, "error_rate");
+        assert_eq!(e.status, GateStatus::Red, "{e:?}");
+    }
+
+    /// The designed false-positive rate through the real gates: 1,000 equal
+    /// canaries (V2 drawn from V1's distributions, seeded RNG), one window
+    /// each, judged with fresh memory. Each comparative gate is RED in fewer
+    /// than alpha of them (see `stats::significance` for the design).
+    #[test]
+    fn equal_canaries_through_the_real_gates_are_rarely_red() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let mut rng = SmallRng::seed_from_u64(0x0dd_ba11);
+        let lognormal_us = |rng: &mut SmallRng| {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (45_000.0 * (0.5 * z).exp()) as u64
+        };
+        let mut red: BTreeMap<String, u32> = BTreeMap::new();
+        let runs = 1_000;
+        for _ in 0..runs {
+            let mut w = Window::empty(cfg.journeys.len());
+            for j in 0..2 {
+                for (v, n) in [(Variant::V1, 1_000), (Variant::V2, 100)] {
+                    let c = &mut w.cells[j * 2 + v as usize];
+                    for _ in 0..n {
+                        let us = lognormal_us(&mut rng);
+                        c.latency.record(us, 1);
+                        // 0.3 % 5xx on both variants.
+                        let class = if rng.random::<f64>() < 0.003 { 4 } else { 1 };
+                        c.classes[class] += 1;
+                    }
+                }
+            }
+            let ev = eval(&cfg, &w, &BTreeMap::new());
+            for g in ev.gates.iter().filter(|g| g.status == GateStatus::Red) {
+                *red.entry(g.key()).or_default() += 1;
+            }
+        }
+        for (key, n) in &red {
+            assert!(
+                (*n as f64) < runs as f64 * cfg.gates.alpha,
+                "{key} RED for {n} of {runs} equal canaries"
+            );
+        }
     }
 }

@@ -98,6 +98,7 @@ impl Core<'_> {
         s.green_since = None;
         s.red_since.clear();
         s.gate_status.clear();
+        s.gate_clear_since.clear();
         s.state = match phase.mode {
             PhaseMode::Shadow => StateName::Shadow,
             PhaseMode::Live => StateName::Canary,
@@ -219,8 +220,12 @@ impl Core<'_> {
     fn remember_gates(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>) {
         let mut red_since = BTreeMap::new();
         let mut status = BTreeMap::new();
+        let mut clear_since = BTreeMap::new();
         for g in &ev.gates {
             let key = g.key();
+            if let Some(t) = g.clear_since {
+                clear_since.insert(key.clone(), t);
+            }
             if g.status == GateStatus::Red {
                 let since = s.red_since.get(&key).copied().unwrap_or(now);
                 red_since.insert(key.clone(), since);
@@ -229,6 +234,7 @@ impl Core<'_> {
         }
         s.red_since = red_since;
         s.gate_status = status;
+        s.gate_clear_since = clear_since;
     }
 
     /// Automatic rollback triggers evaluated on the tick.

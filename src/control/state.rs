@@ -136,6 +136,9 @@ pub struct RolloutState {
     pub gate_status: BTreeMap<String, GateStatus>,
     /// Since when each currently RED gate has been RED.
     pub red_since: BTreeMap<String, DateTime<Utc>>,
+    /// Cooldown clocks: since when each recovering gate is inside its promote band.
+    #[serde(default)]
+    pub gate_clear_since: BTreeMap<String, DateTime<Utc>>,
     pub flags: BTreeMap<String, i64>,
     pub approvals: Vec<Approval>,
     pub incidents: Vec<Incident>,
@@ -160,6 +163,7 @@ impl RolloutState {
             green_since: None,
             gate_status: BTreeMap::new(),
             red_since: BTreeMap::new(),
+            gate_clear_since: BTreeMap::new(),
             flags,
             approvals: Vec::new(),
             incidents: Vec::new(),

@@ -145,6 +145,9 @@ red_rollback_after = "4s"
 consecutive_payment_failures = 5
 full_sustain = "5s"
 
+[gates]
+cooldown = "1s"
+
 [rollout.flags]
 SHADOW_PASS_24H = 1
 A2_V26_COMPLIANT = 1

@@ -5,6 +5,7 @@
 //! requests were already answered 400/431 by hyper before reaching it.
 
 pub mod access_log;
+pub mod beacon;
 pub mod body;
 pub mod forward;
 pub mod headers;
@@ -18,10 +19,11 @@ use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::config::{Config, Upstream};
+use crate::config::{BeaconsConfig, Config, Upstream};
 use crate::control::tripwire::PaymentTrip;
 use crate::journeys::{JourneyKind, Journeys};
 use crate::routing::{RouteTable, Router, Variant};
+use crate::stats::beacons::BeaconReject;
 use crate::stats::{Telemetry, UpstreamErrorKind};
 use crate::sticky::{Source, Sticky};
 use access_log::AccessLog;
@@ -41,6 +43,7 @@ pub struct Proxy {
     expose_variant: bool,
     allow_override: bool,
     access_log: AccessLog,
+    beacons: BeaconsConfig,
     /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
     tls: bool,
 }
@@ -73,6 +76,7 @@ impl Proxy {
             expose_variant: r.expose_variant_header,
             allow_override: r.allow_override_header,
             access_log: AccessLog::new(config),
+            beacons: config.beacons.clone(),
             tls,
         }
     }
@@ -82,6 +86,9 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if req.uri().path() == beacon::BEACON_PATH {
+            return Ok(self.beacon(req).await);
+        }
         let start = Instant::now();
 
         // Classify and pick.
@@ -154,6 +161,80 @@ impl Proxy {
         Ok(resp)
     }
 
+    /// `POST /_rollgate/beacon`, answered here and never forwarded. The
+    /// variant is picked exactly as for a proxied request (sticky key, override
+    /// header, weights), never read from the body; a client without any key
+    /// gets its `rg_bucket` cookie like on any request.
+    async fn beacon(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let sticky = self.sticky.resolve(req.headers());
+        let variant = self
+            .override_variant(&req)
+            .unwrap_or_else(|| self.router.load().v2.pick(sticky.bucket));
+        let mut resp = if req.method() != Method::POST {
+            let mut r = text_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "rollgate: beacons are POSTed\n",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        } else {
+            match self.ingest_beacon(req, variant).await {
+                Ok(()) => {
+                    let mut r = Response::new(ProxyBody::empty());
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                Err(why) => {
+                    self.telemetry.beacons.reject(why);
+                    text_response(StatusCode::BAD_REQUEST, reject_body(why))
+                }
+            }
+        };
+        if self.expose_variant {
+            resp.headers_mut()
+                .insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
+        }
+        if let Source::New(id) = sticky.source {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, self.sticky.set_cookie(id, self.tls));
+        }
+        resp
+    }
+
+    async fn ingest_beacon(
+        &self,
+        req: Request<Incoming>,
+        variant: Variant,
+    ) -> Result<(), BeaconReject> {
+        use http_body_util::{BodyExt, LengthLimitError, Limited};
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > beacon::MAX_BODY as u64) {
+            drain(req.into_body()).await;
+            return Err(BeaconReject::TooLarge);
+        }
+        let body = match Limited::new(req.into_body(), beacon::MAX_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(BeaconReject::TooLarge)
+            }
+            // The client went away mid-body: nothing usable arrived.
+            Err(_) => return Err(BeaconReject::NotJson),
+        };
+        let mut batch = beacon::Batch::default();
+        beacon::parse(&body, &self.beacons, &mut batch)?;
+        if self.telemetry.enabled() {
+            batch.record(&self.telemetry.beacons, variant);
+        }
+        Ok(())
+    }
+
     fn override_variant(&self, req: &Request<Incoming>) -> Option<Variant> {
         if !self.allow_override {
             return None;
@@ -206,6 +287,28 @@ impl Proxy {
     }
 }
 
+fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(msg));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The body of a refused beacon: its reason label.
+fn reject_body(why: BeaconReject) -> &'static str {
+    match why {
+        BeaconReject::NotJson => "not_json\n",
+        BeaconReject::TooLarge => "too_large\n",
+        BeaconReject::TooMany => "too_many\n",
+        BeaconReject::UnknownName => "unknown_name\n",
+        BeaconReject::UnknownType => "unknown_type\n",
+        BeaconReject::BadValue => "bad_value\n",
+    }
+}
+
 fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<ProxyBody> {
     let msg: &'static str = match kind {
         UpstreamErrorKind::Connect => "rollgate: upstream connect failed\n",
@@ -225,4 +328,20 @@ fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<Proxy
 /// Whether a method is safe to mirror or retry.
 pub fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD)
+}
+
+/// Reads and discards a rejected body up to `DRAIN_LIMIT`, so a client that is
+/// still sending gets its 400 on a clean connection instead of a reset (closing
+/// a socket with unread data makes the kernel send RST). Larger bodies are not
+/// worth reading: hyper closes the connection after the answer.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    const DRAIN_LIMIT: usize = 1 << 20;
+    let mut seen = 0;
+    while seen <= DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
 }

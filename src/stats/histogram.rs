@@ -164,6 +164,10 @@ pub struct SparseHistogram {
 }
 
 impl SparseHistogram {
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|(_, n)| n).sum()
     }

@@ -11,8 +11,10 @@
 //! deltas between successive snapshots so the controller can ask for "the last
 //! N seconds" (see [`IntervalRing::window`]).
 
+pub mod beacons;
 pub mod histogram;
 pub mod names;
+pub mod significance;
 
 use std::cell::Cell as StdCell;
 use std::collections::VecDeque;
@@ -20,13 +22,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use beacons::{BeaconCells, BeaconCounts, SparseBeacon};
 use histogram::{bucket_index, Histogram, SparseHistogram, BUCKETS, MAX_US};
 
 use crate::journeys::JourneyId;
 use crate::routing::Variant;
 
 /// Copies of each cell; a thread writes to `thread_index % STRIPES`.
-const STRIPES: usize = 4;
+pub(crate) const STRIPES: usize = 4;
 
 /// Response status class, as a label and an index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +192,8 @@ impl SparseCounts {
 pub struct Snapshot {
     pub journeys: usize,
     pub cells: Vec<CellCounts>,
+    /// Beacon counts, indexed by `name * 2 + variant`.
+    pub beacons: Vec<BeaconCounts>,
 }
 
 impl Snapshot {
@@ -208,7 +213,7 @@ thread_local! {
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
 #[inline]
-fn stripe_index() -> usize {
+pub(crate) fn stripe_index() -> usize {
     STRIPE.with(|s| {
         let mut i = s.get();
         if i == usize::MAX {
@@ -225,6 +230,8 @@ pub struct Telemetry {
     cells: Box<[Cell]>,
     /// Requests refused with 503 because V2 was over its reserved capacity.
     shed: [AtomicU64; 2],
+    /// Client beacons by configured name and variant.
+    pub beacons: BeaconCells,
     /// `false` only for the overhead comparison of the load test: recording is skipped.
     enabled: bool,
 }
@@ -234,6 +241,11 @@ pub struct Telemetry {
 impl Telemetry {
     /// `journeys` counts every journey including `other`.
     pub fn new(journeys: usize, enabled: bool) -> Self {
+        Self::with_beacons(journeys, 0, enabled)
+    }
+
+    /// With counters for `beacon_names` configured beacon event names.
+    pub fn with_beacons(journeys: usize, beacon_names: usize, enabled: bool) -> Self {
         let cells = (0..journeys * 2)
             .map(|_| Cell {
                 stripes: (0..STRIPES).map(|_| Stripe::new()).collect(),
@@ -243,6 +255,7 @@ impl Telemetry {
             journeys,
             cells,
             shed: Default::default(),
+            beacons: BeaconCells::new(beacon_names),
             enabled,
         }
     }
@@ -353,6 +366,7 @@ impl Telemetry {
         Snapshot {
             journeys: self.journeys,
             cells,
+            beacons: self.beacons.snapshot(),
         }
     }
 }
@@ -389,6 +403,9 @@ pub struct Interval {
     pub duration_ms: u64,
     /// Indexed by `journey * 2 + variant`.
     pub cells: Vec<SparseCounts>,
+    /// Beacon deltas, indexed by `name * 2 + variant`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub beacons: Vec<SparseBeacon>,
 }
 
 /// Counts merged over a window of intervals, ready for the gates.
@@ -397,6 +414,8 @@ pub struct Window {
     pub duration_ms: u64,
     pub intervals: usize,
     pub cells: Vec<CellCounts>,
+    /// Indexed by `name * 2 + variant`.
+    pub beacons: Vec<BeaconCounts>,
 }
 
 impl Window {
@@ -404,12 +423,23 @@ impl Window {
         &self.cells[cell_index(journey, variant)]
     }
 
+    /// Beacon counts of one configured name; `None` past the configured names.
+    pub fn beacon(&self, name: usize, variant: Variant) -> Option<&BeaconCounts> {
+        self.beacons.get(name * 2 + variant as usize)
+    }
+
     /// A window over no interval at all.
     pub fn empty(journeys: usize) -> Self {
+        Self::empty_with(journeys, 0)
+    }
+
+    /// A window over no interval, with room for `beacon_names` beacon names.
+    pub fn empty_with(journeys: usize, beacon_names: usize) -> Self {
         Window {
             duration_ms: 0,
             intervals: 0,
             cells: vec![CellCounts::default(); journeys * 2],
+            beacons: vec![BeaconCounts::default(); beacon_names * 2],
         }
     }
 
@@ -463,6 +493,12 @@ impl IntervalRing {
                 .zip(prev.cells.iter())
                 .map(|(now, before)| now.delta(before).to_sparse())
                 .collect(),
+            beacons: snapshot
+                .beacons
+                .iter()
+                .zip(prev.beacons.iter())
+                .map(|(now, before)| now.delta(before).to_sparse())
+                .collect(),
         });
         self.last = Some((now_ms, snapshot));
         let interval = interval?;
@@ -486,12 +522,16 @@ impl IntervalRing {
     /// Merges the intervals that ended within the last `span` before `now_ms`.
     pub fn window(&self, journeys: usize, now_ms: u64, span: Duration) -> Window {
         let from = now_ms.saturating_sub(span.as_millis() as u64);
-        let mut w = Window::empty(journeys);
+        let names = self.intervals.back().map_or(0, |i| i.beacons.len() / 2);
+        let mut w = Window::empty_with(journeys, names);
         for interval in self.intervals.iter().filter(|i| i.end_ms > from) {
             w.intervals += 1;
             w.duration_ms += interval.duration_ms;
             for (acc, c) in w.cells.iter_mut().zip(interval.cells.iter()) {
                 c.add_to(acc);
+            }
+            for (acc, b) in w.beacons.iter_mut().zip(interval.beacons.iter()) {
+                b.add_to(acc);
             }
         }
         w
