@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             name: format!("j{i}"),
             path: match w.strip_prefix('~') {
                 Some(p) => PathMatch::Pattern(
-                    p.trim_start_matches('/').split('/').map(String::from).collect(),
+                    p.trim_start_matches('/')
+                        .split('/')
+                        .map(String::from)
+                        .collect(),
                 ),
                 None => PathMatch::Prefix(w.to_string()),
             },
