@@ -239,12 +239,16 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
 /// Beacon families: accepted events by type, name and variant; refusals by reason.
 pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String]) {
     let counts = telemetry.beacons.snapshot();
-    family(
-        out,
-        BEACON_EVENTS_TOTAL,
-        "counter",
-        "Client beacon events accepted, by type, configured name and variant.",
-    );
+    // With no beacon names configured the family can have no series; a
+    // header without samples would only confuse scrapers and dashboards.
+    if !names.is_empty() {
+        family(
+            out,
+            BEACON_EVENTS_TOTAL,
+            "counter",
+            "Client beacon events accepted, by type, configured name and variant.",
+        );
+    }
     for (i, name) in names.iter().enumerate() {
         for v in Variant::ALL {
             let Some(c) = counts.get(i * 2 + v as usize) else {
