@@ -65,6 +65,10 @@ p95_ms = 200
 name = "full"
 weight = 100
 p95_ms = 200
+
+# Holds of seconds need a cooldown of seconds (the default is a minute).
+[gates]
+cooldown = "1s"
 "#
     )
 }
