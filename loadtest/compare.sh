@@ -217,7 +217,6 @@ backend be
     option forwardfor
     server v1 127.0.0.1:$P_V1 weight 50 cookie v1
     server v2 127.0.0.1:$P_V2 weight 50 cookie v2
-    http-request set-header X-Rollgate-Variant %[srv_name]
     http-response set-header X-Rollgate-Variant %[srv_name]
 EOF
 }

@@ -98,7 +98,6 @@ backend be
     option forwardfor
     server v1 127.0.0.1:18001 weight 50 cookie v1
     server v2 127.0.0.1:18002 weight 50 cookie v2
-    http-request set-header X-Rollgate-Variant %[srv_name]
     http-response set-header X-Rollgate-Variant %[srv_name]
 EOF
 rg_conf() { # port telemetry
@@ -121,6 +120,7 @@ sticky_header = "x-user-id"
 [rollout]
 auto_start = false
 tick = "1h"
+window = "1h"
 [[journeys]]
 name = "search"
 path_prefix = "/search"
@@ -143,7 +143,7 @@ kind = "payment"
 EOF
 }
 
-VG=(valgrind --tool=callgrind --collect-atstart=no --dump-line=no)
+VG=(valgrind --tool=callgrind --instr-atstart=no --dump-line=no)
 profile() { # name port command...
     local name=$1 port=$2; shift 2
     "${VG[@]}" --callgrind-out-file="$OUT/callgrind.$name" "$@" </dev/null >"$OUT/$name.out" 2>"$OUT/$name.err" &
@@ -156,8 +156,8 @@ profile() { # name port command...
     "$LOAD" run --target "http://127.0.0.1:$port" --closed -c 8 --requests "$N" -d 600s -q > "$OUT/$name.load"
     callgrind_control -i off "$pid" >/dev/null
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    local f; f=$(ls -t "$OUT"/callgrind."$name"* | head -1)
-    local ir; ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    local f="$OUT/callgrind.$name"
+    local ir; ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}')
     local done; done=$(awk '/completed/ {print $6}' "$OUT/$name.load")
     printf '%-22s %14s Ir  %8s requests  %10.0f Ir/request\n' "$name" "$ir" "$done" "$(awk -v a="$ir" -v b="$done" 'BEGIN {print a / b}')" | tee -a "$OUT/summary.txt"
 }
@@ -172,5 +172,6 @@ profile haproxy 18082 haproxy -db -f "$OUT/haproxy.cfg"
 
 echo
 echo "rollgate (telemetry on): top functions by inclusive instructions"
-callgrind_annotate --inclusive=yes "$(ls -t "$OUT"/callgrind.rollgate-telemetry-on* | head -1)" 2>/dev/null | head -60 | tee "$OUT/rollgate-top.txt"
+callgrind_annotate --inclusive=yes "$OUT/callgrind.rollgate-telemetry-on" > "$OUT/rollgate-top.txt" 2>/dev/null || true
+sed -n '1,70p' "$OUT/rollgate-top.txt"
 echo "raw files in $OUT"
