@@ -113,9 +113,10 @@ impl App {
         })?;
         let cfg = Arc::new(cfg);
         let secret = cookie_secret(&cfg)?;
-        let telemetry = Arc::new(Telemetry::with_beacons(
+        let telemetry = Arc::new(Telemetry::with_layout(
             cfg.journeys.len(),
             cfg.beacons.names.len(),
+            cfg.routing.region_labels.len(),
             cfg.server.telemetry,
         ));
         let router = Arc::new(Router::new(RouteTable::default()));

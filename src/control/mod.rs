@@ -230,7 +230,22 @@ impl Controller {
 
     fn evaluate(&mut self) -> Evaluation {
         let now_ms = self.origin.elapsed().as_millis() as u64;
-        self.ring.push(now_ms, self.telemetry.snapshot());
+        let mut snapshot = self.telemetry.snapshot();
+        snapshot.users = self.telemetry.take_users();
+        // The weight in force since the last tick: the interval was routed with it.
+        snapshot.weight_v2_bp = self.router.load().v2.bp();
+        if let Some(interval) = self.ring.push(now_ms, snapshot) {
+            if Core::active(&self.state) {
+                let bad: u64 = interval
+                    .cells
+                    .iter()
+                    .skip(crate::routing::Variant::V2 as usize)
+                    .step_by(2)
+                    .map(|c| c.classes[crate::stats::StatusClass::ServerError as usize])
+                    .sum();
+                self.state.v2_bad_requests += bad;
+            }
+        }
         let window = self
             .ring
             .window(self.cfg.journeys.len(), now_ms, self.cfg.rollout.window);
@@ -243,12 +258,11 @@ impl Controller {
         gates::evaluate(
             &window,
             &GateContext {
-                journeys: &self.cfg.journeys,
-                limits: &self.cfg.journey_limits,
-                rollout: &self.cfg.rollout,
-                gates: &self.cfg.gates,
+                cfg: &self.cfg,
                 phase_p95_ms,
                 comparative: self.state.weight_v2 < 100.0,
+                weight_v2: self.state.weight_v2,
+                v2_bad_since_start: self.state.v2_bad_requests,
                 now: Utc::now(),
                 previous: &self.state.gate_status,
                 clear_since: &self.state.gate_clear_since,

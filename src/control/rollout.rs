@@ -299,6 +299,8 @@ impl Core<'_> {
             return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
         }
         self.enter_phase(s, 0, now);
+        // A rollout starts: its error budget account starts empty.
+        s.v2_bad_requests = 0;
         let d = decision(
             Action::Go,
             format!("start conditions met: entering {}", first.name),

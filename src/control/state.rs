@@ -139,6 +139,9 @@ pub struct RolloutState {
     /// Cooldown clocks: since when each recovering gate is inside its promote band.
     #[serde(default)]
     pub gate_clear_since: BTreeMap<String, DateTime<Utc>>,
+    /// V2's 5xx responses since this rollout started (the error budget gate).
+    #[serde(default)]
+    pub v2_bad_requests: u64,
     pub flags: BTreeMap<String, i64>,
     pub approvals: Vec<Approval>,
     pub incidents: Vec<Incident>,
@@ -161,6 +164,7 @@ impl RolloutState {
             gate_status: BTreeMap::new(),
             red_since: BTreeMap::new(),
             gate_clear_since: BTreeMap::new(),
+            v2_bad_requests: 0,
             flags,
             approvals: Vec::new(),
             incidents: Vec::new(),

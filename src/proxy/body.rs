@@ -17,6 +17,8 @@ pub enum ProxyBody {
     Upstream {
         inner: Incoming,
         guard: InflightGuard,
+        /// A unit of V2's reserved capacity, released with the body.
+        permit: Option<super::Permit>,
     },
     Full(Option<Bytes>),
 }
@@ -40,7 +42,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { inner, guard } => {
+            ProxyBody::Upstream { inner, guard, .. } => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 if let Poll::Ready(Some(Err(_))) = &polled {
                     // The upstream died mid-body: the client sees a truncated

@@ -11,6 +11,7 @@ pub mod headers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,13 +19,13 @@ use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::config::{BeaconsConfig, Config, Upstream};
+use crate::config::{BeaconsConfig, Config, RoutingConfig, Upstream};
 use crate::control::tripwire::PaymentTrip;
 use crate::journeys::{JourneyKind, Journeys};
 use crate::routing::{RouteTable, Router, Variant};
 use crate::stats::beacons::BeaconReject;
 use crate::stats::{Telemetry, UpstreamErrorKind};
-use crate::sticky::{Source, Sticky};
+use crate::sticky::{Resolved, Source, Sticky};
 use body::ProxyBody;
 use forward::Upstreams;
 use headers::*;
@@ -41,6 +42,10 @@ pub struct Proxy {
     expose_variant: bool,
     allow_override: bool,
     beacons: BeaconsConfig,
+    /// Region header and labels (split skew per region).
+    routing: RoutingConfig,
+    /// V2's reserved capacity.
+    capacity: Arc<Capacity>,
     /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
     tls: bool,
 }
@@ -73,6 +78,11 @@ impl Proxy {
             expose_variant: r.expose_variant_header,
             allow_override: r.allow_override_header,
             beacons: config.beacons.clone(),
+            routing: config.routing.clone(),
+            capacity: Arc::new(Capacity {
+                limit: config.upstreams.reserved_capacity,
+                inflight: AtomicU32::new(0),
+            }),
             tls,
         }
     }
@@ -94,6 +104,21 @@ impl Proxy {
         let variant = self
             .override_variant(&req)
             .unwrap_or_else(|| route.v2.pick(sticky.bucket));
+        if !beacon::opted_out(req.headers()) {
+            let region = self.routing.region_of(req.headers());
+            self.telemetry.record_user(region, variant, sticky.bucket);
+        }
+        // V2's reserved capacity: the excess is shed here, before V2 sees it.
+        let permit = match variant {
+            Variant::V1 => None,
+            Variant::V2 => match self.capacity.admit() {
+                Ok(p) => p,
+                Err(Shed) => {
+                    self.telemetry.record_shed(Variant::V2);
+                    return Ok(self.finish(shed_response(), variant, sticky));
+                }
+            },
+        };
         let inflight = self.telemetry.inflight(journey, variant);
 
         // Forward.
@@ -103,7 +128,7 @@ impl Proxy {
         let latency = start.elapsed();
 
         // Record and answer.
-        let (status, mut resp) = match result {
+        let (status, resp) = match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 let cache_hit = is_cache_hit(&parts.headers);
@@ -115,6 +140,7 @@ impl Proxy {
                     ProxyBody::Upstream {
                         inner: body,
                         guard: inflight,
+                        permit,
                     },
                 );
                 (resp.status(), resp)
@@ -133,6 +159,16 @@ impl Proxy {
         if self.journeys.kind(journey) == JourneyKind::Payment {
             self.payment_trip.observe(variant, status.is_server_error());
         }
+        Ok(self.finish(resp, variant, sticky))
+    }
+
+    /// Response headers every answer gets: the variant and a new `rg_bucket`.
+    fn finish(
+        &self,
+        mut resp: Response<ProxyBody>,
+        variant: Variant,
+        sticky: Resolved,
+    ) -> Response<ProxyBody> {
         if self.expose_variant {
             resp.headers_mut()
                 .insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
@@ -141,7 +177,7 @@ impl Proxy {
             resp.headers_mut()
                 .append(header::SET_COOKIE, self.sticky.set_cookie(id, self.tls));
         }
-        Ok(resp)
+        resp
     }
 
     /// `POST /_rollgate/beacon`, answered here and never forwarded. The
@@ -153,7 +189,7 @@ impl Proxy {
         let variant = self
             .override_variant(&req)
             .unwrap_or_else(|| self.router.load().v2.pick(sticky.bucket));
-        let mut resp = if req.method() != Method::POST {
+        let resp = if req.method() != Method::POST {
             let mut r = text_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "rollgate: beacons are POSTed\n",
@@ -174,15 +210,7 @@ impl Proxy {
                 }
             }
         };
-        if self.expose_variant {
-            resp.headers_mut()
-                .insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
-        }
-        if let Source::New(id) = sticky.source {
-            resp.headers_mut()
-                .append(header::SET_COOKIE, self.sticky.set_cookie(id, self.tls));
-        }
-        resp
+        self.finish(resp, variant, sticky)
     }
 
     async fn ingest_beacon(
@@ -267,6 +295,50 @@ impl Proxy {
             h.insert(name.clone(), value.clone());
         }
     }
+}
+
+/// V2's in-flight admission counter (`upstreams.reserved_capacity`).
+pub struct Capacity {
+    /// 0 = no cap.
+    limit: u32,
+    inflight: AtomicU32,
+}
+
+/// The request was over V2's reserved capacity.
+pub struct Shed;
+
+/// Holds one unit of V2's capacity until the response body is done.
+pub struct Permit(Arc<Capacity>);
+
+impl Capacity {
+    /// `Ok(None)` when there is no cap; a permit when under it.
+    #[inline]
+    fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
+        if self.limit == 0 {
+            return Ok(None);
+        }
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Shed);
+        }
+        Ok(Some(Permit(Arc::clone(self))))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn shed_response() -> Response<ProxyBody> {
+    let mut r = text_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rollgate: the canary is at its reserved capacity, retry shortly\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
