@@ -265,7 +265,7 @@ impl Controller {
                 v2_bad_since_start: self.state.v2_bad_requests,
                 now: Utc::now(),
                 previous: &self.state.gate_status,
-                clear_since: &self.state.gate_clear_since,
+                recovery: &self.state.gate_recovery,
             },
         )
     }

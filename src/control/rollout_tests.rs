@@ -113,7 +113,7 @@ fn gate(name: &str, journey: Option<&str>, status: GateStatus) -> GateResult {
         },
         reason,
         p_value: None,
-        clear_since: None,
+        recovery: None,
     }
 }
 
@@ -1518,7 +1518,7 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
             v2_bad_since_start: s.v2_bad_requests,
             now,
             previous: &s.gate_status,
-            clear_since: &s.gate_clear_since,
+            recovery: &s.gate_recovery,
         },
     )
 }

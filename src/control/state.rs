@@ -136,9 +136,9 @@ pub struct RolloutState {
     pub gate_status: BTreeMap<String, GateStatus>,
     /// Since when each currently RED gate has been RED.
     pub red_since: BTreeMap<String, DateTime<Utc>>,
-    /// Cooldown clocks: since when each recovering gate is inside its promote band.
+    /// Gates recovering from a breach, with their cooldown clocks.
     #[serde(default)]
-    pub gate_clear_since: BTreeMap<String, DateTime<Utc>>,
+    pub gate_recovery: BTreeMap<String, super::gates::Recovery>,
     /// V2's 5xx responses since this rollout started (the error budget gate).
     #[serde(default)]
     pub v2_bad_requests: u64,
@@ -163,7 +163,7 @@ impl RolloutState {
             green_since: None,
             gate_status: BTreeMap::new(),
             red_since: BTreeMap::new(),
-            gate_clear_since: BTreeMap::new(),
+            gate_recovery: BTreeMap::new(),
             v2_bad_requests: 0,
             flags,
             approvals: Vec::new(),
