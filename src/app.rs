@@ -54,6 +54,7 @@ pub struct App {
     pub router: Arc<Router>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    shadow_task: Option<JoinHandle<()>>,
 }
 
 const SECRET_FILE: &str = "cookie_secret";
@@ -148,12 +149,18 @@ impl App {
             ..Limits::default()
         };
 
+        let (shadow, shadow_worker) =
+            match crate::proxy::shadow::Shadow::new(&cfg, telemetry.clone()) {
+                Some((s, w)) => (Some(s), Some(w)),
+                None => (None, None),
+            };
         let proxy = Arc::new(Proxy::new(
             &cfg,
             &secret,
             router.clone(),
             telemetry.clone(),
             trip,
+            shadow,
             false,
         ));
         let admin = Arc::new(Admin {
@@ -187,6 +194,9 @@ impl App {
             )),
             tokio::spawn(controller.run(rx, shutdown_rx)),
         ];
+        // Mirrors in flight are not drained at shutdown: their answers are
+        // discarded anyway, and a slow V2 must not delay the exit.
+        let shadow_task = shadow_worker.map(|w| tokio::spawn(w.run()));
         tracing::info!(%proxy_addr, %admin_addr, "rollgate started");
         Ok(App {
             proxy_addr,
@@ -196,6 +206,7 @@ impl App {
             router,
             shutdown,
             tasks,
+            shadow_task,
         })
     }
 
@@ -204,6 +215,9 @@ impl App {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(t) = self.shadow_task {
+            t.abort();
         }
     }
 }

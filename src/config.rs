@@ -93,6 +93,44 @@ pub struct FileConfig {
     pub gates: FileGates,
     #[serde(default)]
     pub beacons: FileBeacons,
+    #[serde(default)]
+    pub shadow: FileShadow,
+}
+
+/// `[shadow]`: mirroring during `mode = "shadow"` phases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShadow {
+    /// Mirrors waiting for a slot; when full, a mirror is dropped (counted).
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+    /// Mirrors in flight to V2 at most.
+    #[serde(default = "default_shadow_concurrency")]
+    pub concurrency: usize,
+    /// A mirror without V2's response headers by then counts as `error`.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout: Dur,
+    /// Journeys never mirrored (payment journeys never are).
+    #[serde(default)]
+    pub exclude_journeys: Vec<String>,
+    /// JSON keys left out of the body fingerprint (timestamps, ids...).
+    #[serde(default)]
+    pub ignore_keys: Vec<String>,
+    /// Compare the body length bucket (powers of two).
+    #[serde(default = "yes")]
+    pub compare_length: bool,
+    /// Bodies fingerprinted up to this size; beyond, only type and length count.
+    #[serde(default = "default_shadow_max_body")]
+    pub max_body: usize,
+    /// The `shadow_diff` gate: share of compared answers that differ.
+    #[serde(default = "default_shadow_diff_rate_max")]
+    pub diff_rate_max: f64,
+}
+
+impl Default for FileShadow {
+    fn default() -> Self {
+        toml::from_str("").expect("every shadow key has a default")
+    }
 }
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
@@ -463,6 +501,21 @@ fn default_funnel_max_drop() -> f64 {
 fn default_timing_max_increase() -> f64 {
     0.05
 }
+fn default_shadow_queue() -> usize {
+    1024
+}
+fn default_shadow_concurrency() -> usize {
+    64
+}
+fn default_shadow_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_shadow_max_body() -> usize {
+    256 * 1024
+}
+fn default_shadow_diff_rate_max() -> f64 {
+    0.01
+}
 fn default_update_every() -> Dur {
     Dur(Duration::from_secs(15 * 60))
 }
@@ -481,6 +534,20 @@ pub struct Config {
     pub rollout: RolloutConfig,
     pub gates: GatesConfig,
     pub beacons: BeaconsConfig,
+    pub shadow: ShadowConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    pub queue: usize,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    /// Per journey index (incl. `other`): mirrored in shadow phases (GET/HEAD only).
+    pub mirrored: Vec<bool>,
+    pub ignore_keys: Vec<String>,
+    pub compare_length: bool,
+    pub max_body: usize,
+    pub diff_rate_max: f64,
 }
 
 /// The configured beacon event names; an event's name is its index here.
@@ -989,6 +1056,7 @@ impl FileConfig {
         let rollout = validate_rollout(self.rollout)?;
         let beacons = validate_beacons(self.beacons)?;
         let gates = validate_gates(self.gates, &journeys, &beacons)?;
+        let shadow = validate_shadow(self.shadow, &journeys)?;
         Ok(Config {
             server,
             upstreams,
@@ -998,8 +1066,44 @@ impl FileConfig {
             rollout,
             gates,
             beacons,
+            shadow,
         })
     }
+}
+
+fn validate_shadow(s: FileShadow, journeys: &Journeys) -> Result<ShadowConfig, Invalid> {
+    if s.queue == 0 {
+        return Err(invalid("shadow.queue", "must be at least 1"));
+    }
+    if s.concurrency == 0 {
+        return Err(invalid("shadow.concurrency", "must be at least 1"));
+    }
+    if s.timeout.0.is_zero() {
+        return Err(invalid("shadow.timeout", "must be above zero"));
+    }
+    let mut mirrored: Vec<bool> = journeys
+        .ids()
+        .map(|id| journeys.kind(id) != JourneyKind::Payment)
+        .collect();
+    for (i, name) in s.exclude_journeys.iter().enumerate() {
+        let id = journeys.by_name(name).ok_or_else(|| {
+            invalid(
+                format!("shadow.exclude_journeys[{i}]"),
+                format!("no journey named {name:?}"),
+            )
+        })?;
+        mirrored[id.index()] = false;
+    }
+    Ok(ShadowConfig {
+        queue: s.queue,
+        concurrency: s.concurrency,
+        timeout: s.timeout.0,
+        mirrored,
+        ignore_keys: s.ignore_keys,
+        compare_length: s.compare_length,
+        max_body: s.max_body,
+        diff_rate_max: fraction("shadow.diff_rate_max", s.diff_rate_max)?,
+    })
 }
 
 fn validate_beacons(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
@@ -1413,5 +1517,26 @@ mod tests {
             end: t(6, 0),
         };
         assert!(night.contains(t(23, 0)) && night.contains(t(1, 0)) && !night.contains(t(12, 0)));
+    }
+
+    #[test]
+    fn shadow_keys_are_checked() {
+        let base = format!(
+            "{MINIMAL}\n[[journeys]]\nname = \"pay\"\npath_prefix = \"/pay\"\nkind = \"payment\"\n[[journeys]]\nname = \"search\"\npath_prefix = \"/search\"\n"
+        );
+        let c = Config::parse(&base, "t").unwrap();
+        assert_eq!(c.shadow.mirrored, vec![false, true, true]);
+        let c = Config::parse(
+            &format!("{base}[shadow]\nexclude_journeys = [\"other\"]"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.shadow.mirrored, vec![false, true, false]);
+        let e = err(&format!("{base}[shadow]\nexclude_journeys = [\"nope\"]"));
+        assert!(e.contains("`shadow.exclude_journeys[0]`"), "{e}");
+        let e = err(&format!("{base}[shadow]\nqueue = 0"));
+        assert!(e.contains("`shadow.queue`"), "{e}");
+        let e = err(&format!("{base}[shadow]\ndiff_rate_max = 2"));
+        assert!(e.contains("`shadow.diff_rate_max`"), "{e}");
     }
 }

@@ -346,6 +346,8 @@ pub struct GateContext<'a> {
     pub weight_v2: f64,
     /// V2's 5xx responses since the rollout started (error budget).
     pub v2_bad_since_start: u64,
+    /// A shadow phase: V2 takes no live traffic, its mirrors are judged.
+    pub shadow: bool,
     /// Time of this evaluation (cooldown clocks).
     pub now: DateTime<Utc>,
     /// Gate statuses of the previous tick, by [`GateResult::key`].
@@ -507,6 +509,9 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         v2: VariantKpi::of(&window.variant_total(Variant::V2)),
         ..Default::default()
     };
+    if ctx.shadow {
+        return evaluate_shadow(window, ctx, ev);
+    }
     let cfg = &ctx.cfg.rollout;
     let min_samples = cfg.min_samples;
     let journeys = &ctx.cfg.journeys;
@@ -851,6 +856,67 @@ fn split_skew_gates(window: &Window, ctx: &GateContext<'_>, out: &mut Vec<GateRe
     }
 }
 
+/// The gates of a shadow phase, over V2's answers to mirrored requests:
+/// `shadow_diff` (share of answers that differed from V1's, overall and per
+/// journey, at most `shadow.diff_rate_max`, binomial evidence) and
+/// `latency_p95` per journey on the mirrors' latency. The overall gate is
+/// always there, so a shadow phase without any mirrored traffic holds
+/// ("insufficient data") instead of passing on no evidence.
+fn evaluate_shadow(window: &Window, ctx: &GateContext<'_>, mut ev: Evaluation) -> Evaluation {
+    let journeys = &ctx.cfg.journeys;
+    let min_samples = ctx.cfg.rollout.min_samples;
+    let max = ctx.cfg.shadow.diff_rate_max;
+    let diff_gate = |journey: Option<&str>, compared: u64, diffs: u64| {
+        ctx.gate(Measure {
+            name: "shadow_diff",
+            journey,
+            bound: Bound::Max,
+            what: "V2 answers differing from V1",
+            value: (compared > 0).then(|| diffs as f64 / compared as f64),
+            threshold: max,
+            samples: compared,
+            min_samples,
+            control_samples: None,
+            evidence: Evidence::Test(binomial_exceeds(diffs, compared, max)),
+        })
+    };
+    let (mut compared, mut diffs) = (0, 0);
+    let mut per_journey = Vec::new();
+    for id in journeys.ids() {
+        let Some(c) = window.shadow(id).filter(|c| c.requests() > 0) else {
+            continue;
+        };
+        compared += c.compared;
+        diffs += c.diffs;
+        let name = journeys.name(id);
+        per_journey.push(diff_gate(Some(name), c.compared, c.diffs));
+        let limits = ctx
+            .cfg
+            .journey_limits
+            .get(id.index())
+            .cloned()
+            .unwrap_or_default();
+        let threshold = limits.p95_ms.unwrap_or(ctx.phase_p95_ms);
+        let n = c.duration.count();
+        let slower = n - c.duration.count_le(threshold * 1000.0);
+        per_journey.push(ctx.gate(Measure {
+            name: "latency_p95",
+            journey: Some(name),
+            bound: Bound::Max,
+            what: "V2 mirror P95 ms",
+            value: c.duration.quantile_us(0.95).map(|us| us / 1000.0),
+            threshold,
+            samples: n,
+            min_samples,
+            control_samples: None,
+            evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
+        }));
+    }
+    ev.gates.push(diff_gate(None, compared, diffs));
+    ev.gates.extend(per_journey);
+    ev
+}
+
 /// 5xx rate: an absolute ceiling, and no worse than V1 beyond the margin.
 /// Evidence is the stronger of the binomial test against the ceiling and
 /// the two-proportion test against V1 (each one's alternative implies a
@@ -967,6 +1033,7 @@ mod tests {
                     comparative: true,
                     weight_v2: 10.0,
                     v2_bad_since_start: 0,
+                    shadow: false,
                     now,
                     previous: &self.status,
                     recovery: &self.recovery,
@@ -1250,6 +1317,7 @@ mod tests {
                 comparative: false,
                 weight_v2: 100.0,
                 v2_bad_since_start: 0,
+                shadow: false,
                 now: t0(),
                 previous: &mem.status,
                 recovery: &mem.recovery,
@@ -1415,6 +1483,7 @@ mod tests {
                 comparative: weight_v2 < 100.0,
                 weight_v2,
                 v2_bad_since_start: v2_bad,
+                shadow: false,
                 now: t0(),
                 previous: &mem.status,
                 recovery: &mem.recovery,
@@ -1645,5 +1714,62 @@ mod tests {
         assert!(e.contains("`routing.regions[1]`"), "{e}");
         let e = bad("region_header = \"x-region\"", "");
         assert!(e.contains("`routing.regions`"), "{e}");
+    }
+
+    #[test]
+    fn shadow_phase_judges_the_mirrors() {
+        use crate::stats::shadow::ShadowCounts;
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let eval_shadow = |w: &Window| {
+            let mem = Memory::default();
+            evaluate(
+                w,
+                &GateContext {
+                    cfg: &cfg,
+                    phase_p95_ms: 130.0,
+                    comparative: true,
+                    weight_v2: 0.0,
+                    v2_bad_since_start: 0,
+                    shadow: true,
+                    now: t0(),
+                    previous: &mem.status,
+                    recovery: &mem.recovery,
+                },
+            )
+        };
+        let with = |compared: u64, diffs: u64| {
+            let mut w = window(&cfg, |id, v, c| {
+                if id.index() == 0 && v == Variant::V1 {
+                    cell(c, 1000, 40, 0)
+                }
+            });
+            let mut s = ShadowCounts {
+                compared,
+                diffs,
+                ..Default::default()
+            };
+            s.classes[1] = compared;
+            s.duration.record(20_000, compared);
+            w.shadow = vec![s, ShadowCounts::default(), ShadowCounts::default()];
+            w
+        };
+        // No mirrored traffic: the overall gate holds, nothing passes vacuously.
+        let ev = eval_shadow(&window(&cfg, |_, _, _| {}));
+        assert_eq!(ev.gates.len(), 1);
+        assert_eq!(status(&ev, "shadow_diff"), GateStatus::Yellow);
+        let ev = eval_shadow(&with(500, 0));
+        assert!(ev.all_green(), "{:#?}", ev.gates);
+        // Only shadow gates: live gates would all be "insufficient data".
+        assert!(ev
+            .gates
+            .iter()
+            .all(|g| g.name == "shadow_diff" || g.name == "latency_p95"));
+        let ev = eval_shadow(&with(500, 100));
+        assert_eq!(status(&ev, "shadow_diff/search"), GateStatus::Red);
+        assert_eq!(status(&ev, "shadow_diff"), GateStatus::Red);
+        assert_eq!(
+            status(&eval_shadow(&with(10, 5)), "shadow_diff"),
+            GateStatus::Yellow
+        );
     }
 }

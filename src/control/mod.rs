@@ -112,6 +112,7 @@ pub fn route_table(cfg: &Config, s: &RolloutState) -> RouteTable {
     RouteTable {
         v2: WeightBp::from_percent(s.weight_v2).unwrap_or(WeightBp::ZERO),
         headers,
+        shadow: s.state == StateName::Shadow,
     }
 }
 
@@ -263,6 +264,7 @@ impl Controller {
                 comparative: self.state.weight_v2 < 100.0,
                 weight_v2: self.state.weight_v2,
                 v2_bad_since_start: self.state.v2_bad_requests,
+                shadow: is_shadow(&self.cfg, &self.state),
                 now: Utc::now(),
                 previous: &self.state.gate_status,
                 recovery: &self.state.gate_recovery,
@@ -375,6 +377,7 @@ impl Controller {
     fn route_differs(&self) -> bool {
         let cur = self.router.load();
         cur.v2 != WeightBp::from_percent(self.state.weight_v2).unwrap_or(WeightBp::ZERO)
+            || cur.shadow != (self.state.state == StateName::Shadow)
     }
 
     fn phase_name(&self) -> Option<String> {

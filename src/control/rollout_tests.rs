@@ -1516,6 +1516,7 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
             comparative: s.weight_v2 < 100.0,
             weight_v2: s.weight_v2,
             v2_bad_since_start: s.v2_bad_requests,
+            shadow: crate::control::is_shadow(cfg, s),
             now,
             previous: &s.gate_status,
             recovery: &s.gate_recovery,

@@ -104,6 +104,7 @@ mod tests {
         let router = Arc::new(Router::new(RouteTable {
             v2: WeightBp::from_percent(25.0).unwrap(),
             headers: vec![],
+            shadow: false,
         }));
         let trip = PaymentTrip::new(5, router.clone());
         trip.arm(true);
@@ -130,6 +131,7 @@ mod tests {
         let router = Arc::new(Router::new(RouteTable {
             v2: WeightBp::FULL,
             headers: vec![],
+            shadow: false,
         }));
         let trip = PaymentTrip::new(1, router.clone());
         for _ in 0..10 {

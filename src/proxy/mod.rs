@@ -8,6 +8,7 @@ pub mod beacon;
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod shadow;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub struct Proxy {
     routing: RoutingConfig,
     /// V2's reserved capacity.
     capacity: Arc<Capacity>,
+    /// Mirroring during shadow phases (`None` without a shadow phase).
+    shadow: Option<shadow::Shadow>,
     /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
     tls: bool,
 }
@@ -59,6 +62,7 @@ impl Proxy {
         router: Arc<Router>,
         telemetry: Arc<Telemetry>,
         payment_trip: Arc<PaymentTrip>,
+        shadow: Option<shadow::Shadow>,
         tls: bool,
     ) -> Self {
         let r = &config.routing;
@@ -83,6 +87,7 @@ impl Proxy {
                 limit: config.upstreams.reserved_capacity,
                 inflight: AtomicU32::new(0),
             }),
+            shadow,
             tls,
         }
     }
@@ -121,8 +126,16 @@ impl Proxy {
         };
         let inflight = self.telemetry.inflight(journey, variant);
 
-        // Forward.
+        // Forward, and in a shadow phase queue a mirror to V2 (never waits).
         self.prepare_upstream(&mut req, variant, &route, peer);
+        let mut tee = match &self.shadow {
+            Some(sh)
+                if route.shadow && variant == Variant::V1 && sh.eligible(journey, req.method()) =>
+            {
+                sh.mirror(journey, &req)
+            }
+            _ => None,
+        };
         drop(route);
         let result = self.upstreams.send(req).await;
         let latency = start.elapsed();
@@ -135,12 +148,20 @@ impl Proxy {
                 self.telemetry
                     .record(journey, variant, latency, parts.status.as_u16(), cache_hit);
                 remove_hop_by_hop(&mut parts.headers);
+                if let Some(t) = tee.as_mut() {
+                    t.head(parts.status.as_u16(), &parts.headers);
+                    if http_body::Body::is_end_stream(&body) {
+                        // HEAD or an empty body: nothing more will be polled.
+                        t.finish(None);
+                    }
+                }
                 let resp = Response::from_parts(
                     parts,
                     ProxyBody::Upstream {
                         inner: body,
                         guard: inflight,
                         permit,
+                        tee,
                     },
                 );
                 (resp.status(), resp)
@@ -153,6 +174,9 @@ impl Proxy {
                 self.telemetry.record_upstream_error(journey, variant, kind);
                 self.telemetry
                     .record(journey, variant, latency, status.as_u16(), false);
+                if let Some(t) = tee.as_mut() {
+                    t.finish(Some(status.as_u16()));
+                }
                 (status, error_response(status, kind))
             }
         };

@@ -14,6 +14,7 @@
 pub mod beacons;
 pub mod histogram;
 pub mod names;
+pub mod shadow;
 pub mod significance;
 
 use std::cell::Cell as StdCell;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use beacons::{BeaconCells, BeaconCounts, SparseBeacon};
 use histogram::{bucket_index, Histogram, SparseHistogram, BUCKETS, MAX_US};
+use shadow::{ShadowCells, ShadowCounts, SparseShadow};
 
 use crate::journeys::JourneyId;
 use crate::routing::Variant;
@@ -202,6 +204,9 @@ pub struct Snapshot {
     /// V2's weight in force while these counts were recorded (set by the
     /// controller, which knows the routing table).
     pub weight_v2_bp: u32,
+    /// Shadow mirrors per journey (cumulative).
+    pub shadow: Vec<ShadowCounts>,
+    pub shadow_dropped: u64,
 }
 
 impl Snapshot {
@@ -242,6 +247,8 @@ pub struct Telemetry {
     pub beacons: BeaconCells,
     /// Which user buckets were seen, per region and variant (split skew).
     users: Box<[UserBits]>,
+    /// Shadow-phase mirrors, per journey.
+    pub shadow: ShadowCells,
     /// `false` only for the overhead comparison of the load test: recording is skipped.
     enabled: bool,
 }
@@ -277,6 +284,7 @@ impl Telemetry {
             shed: Default::default(),
             beacons: BeaconCells::new(beacon_names),
             users: (0..regions.max(1) * 2).map(|_| UserBits::new()).collect(),
+            shadow: ShadowCells::new(journeys),
             enabled,
         }
     }
@@ -411,6 +419,8 @@ impl Telemetry {
             shed: [self.shed(Variant::V1), self.shed(Variant::V2)],
             users: Vec::new(),
             weight_v2_bp: 0,
+            shadow: self.shadow.snapshot(),
+            shadow_dropped: self.shadow.dropped(),
         }
     }
 }
@@ -494,6 +504,11 @@ pub struct Interval {
     /// V2's weight (basis points) in force during the interval.
     #[serde(default)]
     pub weight_v2_bp: u32,
+    /// Shadow mirrors per journey; empty when nothing was mirrored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<SparseShadow>,
+    #[serde(default)]
+    pub shadow_dropped: u64,
 }
 
 /// Counts merged over a window of intervals, ready for the gates.
@@ -508,6 +523,9 @@ pub struct Window {
     pub shed: [u64; 2],
     /// Per region: users seen on each variant, summed over intervals.
     pub users: Vec<UserShare>,
+    /// Shadow mirrors per journey (empty outside shadow phases).
+    pub shadow: Vec<ShadowCounts>,
+    pub shadow_dropped: u64,
 }
 
 /// Users of one region over a window, and how many of them the weights in
@@ -554,7 +572,14 @@ impl Window {
             beacons: vec![BeaconCounts::default(); beacon_names * 2],
             shed: [0; 2],
             users: Vec::new(),
+            shadow: Vec::new(),
+            shadow_dropped: 0,
         }
+    }
+
+    /// Shadow counts of one journey, if anything was mirrored in the window.
+    pub fn shadow(&self, journey: JourneyId) -> Option<&ShadowCounts> {
+        self.shadow.get(journey.index())
     }
 
     /// Sum over every journey of one variant.
@@ -616,6 +641,21 @@ impl IntervalRing {
             shed: std::array::from_fn(|i| snapshot.shed[i].saturating_sub(prev.shed[i])),
             users: snapshot.users.clone(),
             weight_v2_bp: snapshot.weight_v2_bp,
+            shadow: {
+                let d: Vec<SparseShadow> = snapshot
+                    .shadow
+                    .iter()
+                    .zip(prev.shadow.iter())
+                    .map(|(now, before)| now.delta(before).to_sparse())
+                    .collect();
+                // Outside shadow phases nothing is mirrored: keep intervals small.
+                if d.iter().all(SparseShadow::is_empty) {
+                    Vec::new()
+                } else {
+                    d
+                }
+            },
+            shadow_dropped: snapshot.shadow_dropped.saturating_sub(prev.shadow_dropped),
         });
         self.last = Some((now_ms, snapshot));
         let interval = interval?;
@@ -655,6 +695,14 @@ impl IntervalRing {
             }
             if w.users.len() < interval.users.len() {
                 w.users.resize(interval.users.len(), UserShare::default());
+            }
+            w.shadow_dropped += interval.shadow_dropped;
+            if w.shadow.len() < interval.shadow.len() {
+                w.shadow
+                    .resize(interval.shadow.len(), ShadowCounts::default());
+            }
+            for (acc, c) in w.shadow.iter_mut().zip(interval.shadow.iter()) {
+                c.add_to(acc);
             }
             let share = interval.weight_v2_bp as f64 / crate::routing::BUCKETS as f64;
             for (acc, [v1, v2]) in w.users.iter_mut().zip(interval.users.iter()) {
