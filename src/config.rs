@@ -95,6 +95,32 @@ pub struct FileConfig {
     pub beacons: FileBeacons,
     #[serde(default)]
     pub shadow: FileShadow,
+    #[serde(default)]
+    pub replay: FileReplay,
+}
+
+/// `[replay]`: the evaluation records `rollgate replay` reads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplay {
+    /// Append every evaluation to `state_dir/evaluations.jsonl`.
+    #[serde(default = "yes")]
+    pub record: bool,
+    /// Rotate past this size (one previous file is kept).
+    #[serde(default = "default_replay_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for FileReplay {
+    fn default() -> Self {
+        toml::from_str("").expect("every replay key has a default")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayConfig {
+    pub record: bool,
+    pub max_bytes: u64,
 }
 
 /// `[shadow]`: mirroring during `mode = "shadow"` phases.
@@ -516,6 +542,9 @@ fn default_shadow_max_body() -> usize {
 fn default_shadow_diff_rate_max() -> f64 {
     0.01
 }
+fn default_replay_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
 fn default_update_every() -> Dur {
     Dur(Duration::from_secs(15 * 60))
 }
@@ -535,6 +564,7 @@ pub struct Config {
     pub gates: GatesConfig,
     pub beacons: BeaconsConfig,
     pub shadow: ShadowConfig,
+    pub replay: ReplayConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1057,6 +1087,13 @@ impl FileConfig {
         let beacons = validate_beacons(self.beacons)?;
         let gates = validate_gates(self.gates, &journeys, &beacons)?;
         let shadow = validate_shadow(self.shadow, &journeys)?;
+        if self.replay.max_bytes < 4096 {
+            return Err(invalid("replay.max_bytes", "must be at least 4096"));
+        }
+        let replay = ReplayConfig {
+            record: self.replay.record,
+            max_bytes: self.replay.max_bytes,
+        };
         Ok(Config {
             server,
             upstreams,
@@ -1067,6 +1104,7 @@ impl FileConfig {
             gates,
             beacons,
             shadow,
+            replay,
         })
     }
 }
