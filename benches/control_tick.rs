@@ -20,7 +20,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveTime, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rollgate::config::Config;
-use rollgate::control::gates::{evaluate, Evaluation, GateContext};
+use rollgate::control::gate_context;
+use rollgate::control::gates::{evaluate, Evaluation};
 use rollgate::control::rollout::Core;
 use rollgate::control::state::{RolloutState, StateName};
 use rollgate::journeys::JourneyId;
@@ -208,21 +209,7 @@ impl Bench {
     }
 
     fn evaluate(&self, w: &Window) -> Evaluation {
-        let phase = &self.cfg.rollout.phases[self.state.phase_index.unwrap_or(0)];
-        evaluate(
-            w,
-            &GateContext {
-                journeys: &self.cfg.journeys,
-                limits: &self.cfg.journey_limits,
-                rollout: &self.cfg.rollout,
-                gates: &self.cfg.gates,
-                phase_p95_ms: phase.p95_ms,
-                comparative: self.state.weight_v2 < 100.0,
-                now: self.clock(),
-                previous: &self.state.gate_status,
-                clear_since: &self.state.gate_clear_since,
-            },
-        )
+        evaluate(w, &gate_context(&self.cfg, &self.state, self.clock()))
     }
 
     fn core_tick(&mut self, ev: &Evaluation) {

@@ -172,6 +172,7 @@ fn bench_request_path(c: &mut Criterion) {
     let router = Router::new(RouteTable {
         v2: WeightBp::from_percent(25.0).unwrap(),
         headers: Vec::new(),
+        ..RouteTable::default()
     });
     let telemetry = Telemetry::new(journeys.len(), true);
     let reqs = requests();

@@ -69,6 +69,8 @@ pub struct App {
     trip: Arc<PaymentTrip>,
     threads: Vec<std::thread::JoinHandle<()>>,
     workers: usize,
+    shadow_task: Option<JoinHandle<()>>,
+    shadow: Option<crate::proxy::shadow::Shadow>,
 }
 
 const SECRET_FILE: &str = "cookie_secret";
@@ -176,9 +178,10 @@ impl App {
         };
         let cfg = Arc::new(cfg);
         let secret = cookie_secret(&cfg)?;
-        let telemetry = Arc::new(Telemetry::with_beacons(
+        let telemetry = Arc::new(Telemetry::with_layout(
             cfg.journeys.len(),
             cfg.beacons.names.len(),
+            cfg.routing.region_labels.len(),
             cfg.server.telemetry,
         ));
         let router = Arc::new(Router::new(RouteTable::default()));
@@ -224,6 +227,11 @@ impl App {
             max_connections: cfg.server.max_connections,
         };
 
+        let (shadow, shadow_worker) =
+            match crate::proxy::shadow::Shadow::new(&cfg, telemetry.clone()) {
+                Some((s, w)) => (Some(s), Some(w)),
+                None => (None, None),
+            };
         let proxies = (0..workers)
             .map(|_| {
                 Arc::new(Proxy::new(
@@ -232,6 +240,7 @@ impl App {
                     router.clone(),
                     telemetry.clone(),
                     trip.clone(),
+                    shadow.clone(),
                     tls.is_some(),
                 ))
             })
@@ -310,6 +319,9 @@ impl App {
             )),
             tokio::spawn(controller.run(rx, shutdown_rx)),
         ];
+        // Mirrors in flight are not drained at shutdown: their answers are
+        // discarded anyway, and a slow V2 must not delay the exit.
+        let shadow_task = shadow_worker.map(|w| tokio::spawn(w.run()));
         tracing::info!(%proxy_addr, %admin_addr, tls = tls.is_some(), "rollgate started");
         Ok(App {
             proxy_addr,
@@ -325,6 +337,8 @@ impl App {
             trip,
             threads,
             workers,
+            shadow_task,
+            shadow,
         })
     }
 
@@ -392,6 +406,7 @@ impl App {
                     self.router.clone(),
                     telemetry.clone(),
                     self.trip.clone(),
+                    self.shadow.clone(),
                     self.tls.is_some(),
                 ))
             })
@@ -410,6 +425,9 @@ impl App {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(t) = self.shadow_task {
+            t.abort();
         }
         for t in self.threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;

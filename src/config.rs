@@ -93,6 +93,70 @@ pub struct FileConfig {
     pub gates: FileGates,
     #[serde(default)]
     pub beacons: FileBeacons,
+    #[serde(default)]
+    pub shadow: FileShadow,
+    #[serde(default)]
+    pub replay: FileReplay,
+}
+
+/// `[replay]`: the evaluation records `rollgate replay` reads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplay {
+    /// Append every evaluation to `state_dir/evaluations.jsonl`.
+    #[serde(default = "yes")]
+    pub record: bool,
+    /// Rotate past this size (one previous file is kept).
+    #[serde(default = "default_replay_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for FileReplay {
+    fn default() -> Self {
+        toml::from_str("").expect("every replay key has a default")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayConfig {
+    pub record: bool,
+    pub max_bytes: u64,
+}
+
+/// `[shadow]`: mirroring during `mode = "shadow"` phases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShadow {
+    /// Mirrors waiting for a slot; when full, a mirror is dropped (counted).
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+    /// Mirrors in flight to V2 at most.
+    #[serde(default = "default_shadow_concurrency")]
+    pub concurrency: usize,
+    /// A mirror without V2's response headers by then counts as `error`.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout: Dur,
+    /// Journeys never mirrored (payment journeys never are).
+    #[serde(default)]
+    pub exclude_journeys: Vec<String>,
+    /// JSON keys left out of the body fingerprint (timestamps, ids...).
+    #[serde(default)]
+    pub ignore_keys: Vec<String>,
+    /// Compare the body length bucket (powers of two).
+    #[serde(default = "yes")]
+    pub compare_length: bool,
+    /// Bodies fingerprinted up to this size; beyond, only type and length count.
+    #[serde(default = "default_shadow_max_body")]
+    pub max_body: usize,
+    /// The `shadow_diff` gate: share of compared answers that differ.
+    #[serde(default = "default_shadow_diff_rate_max")]
+    pub diff_rate_max: f64,
+}
+
+impl Default for FileShadow {
+    fn default() -> Self {
+        toml::from_str("").expect("every shadow key has a default")
+    }
 }
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
@@ -178,6 +242,9 @@ pub struct FileUpstreams {
     pub pool_idle_timeout: Dur,
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_host: usize,
+    /// V2's in-flight cap; requests beyond it are shed with 503. 0 = no cap.
+    #[serde(default)]
+    pub reserved_capacity: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +260,11 @@ pub struct FileRouting {
     pub salt: String,
     /// HMAC key of `rg_bucket`; generated and kept in `state_dir` when absent.
     pub cookie_secret: Option<String>,
+    /// Request header naming the client's region (split skew per region).
+    pub region_header: Option<String>,
+    /// The region values counted separately; any other value is `other`.
+    #[serde(default)]
+    pub regions: Vec<String>,
 }
 
 impl Default for FileRouting {
@@ -204,6 +276,8 @@ impl Default for FileRouting {
             allow_override_header: false,
             salt: default_salt(),
             cookie_secret: None,
+            region_header: None,
+            regions: Vec::new(),
         }
     }
 }
@@ -221,6 +295,9 @@ pub struct FileJourney {
     pub p95_ms: Option<f64>,
     /// Minimum success rate (non-5xx share); payment journeys default to `payment_success_min`.
     pub success_min: Option<f64>,
+    /// Mostly cacheable reads: gets the cache hit ratio gate (`gates.cache_hit_min`).
+    #[serde(default)]
+    pub read_heavy: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq)]
@@ -321,6 +398,54 @@ pub struct FileGates {
     pub latency_vs_control_max: f64,
     #[serde(default = "default_latency_vs_control_slack_ms")]
     pub latency_vs_control_slack_ms: f64,
+    /// Beacon name counting page views: enables the `js_errors` gate.
+    pub js_errors_per: Option<String>,
+    /// `js_errors`: V2's JS errors per page view at most this share above V1's.
+    #[serde(default = "default_js_errors_max_increase")]
+    pub js_errors_max_increase: f64,
+    /// `cache_hit`: minimum V2 cache hit ratio on `read_heavy` journeys.
+    #[serde(default = "default_cache_hit_min")]
+    pub cache_hit_min: f64,
+    /// `error_budget`: the SLO (share of good requests) whose budget V2 spends...
+    pub slo_target: Option<f64>,
+    /// ...over this period...
+    #[serde(default = "default_slo_period")]
+    pub slo_period: Dur,
+    /// ...of which V2 may consume at most this share during the rollout.
+    #[serde(default = "default_error_budget_max")]
+    pub error_budget_max: f64,
+    /// `split_skew`: observed V2 share of users within this share of the target.
+    #[serde(default = "default_split_skew_tolerance")]
+    pub split_skew_tolerance: f64,
+    #[serde(default)]
+    pub funnels: Vec<FileFunnel>,
+    #[serde(default)]
+    pub timings: Vec<FileTiming>,
+}
+
+/// `[[gates.funnels]]`: a conversion ratio V2 vs V1.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFunnel {
+    pub name: String,
+    /// `"journey:NAME"` (its 2xx/3xx requests) or `"beacon:NAME"` (its events).
+    pub numerator: String,
+    pub denominator: String,
+    /// V2's ratio may be at most this share below V1's.
+    #[serde(default = "default_funnel_max_drop")]
+    pub max_drop: f64,
+    pub min_samples: Option<u64>,
+}
+
+/// `[[gates.timings]]`: a timing beacon V2 vs V1 (median, Mann-Whitney).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTiming {
+    /// A configured beacon name whose events are `timing`.
+    pub name: String,
+    #[serde(default = "default_timing_max_increase")]
+    pub max_increase: f64,
+    pub min_samples: Option<u64>,
 }
 
 impl Default for FileGates {
@@ -434,6 +559,45 @@ fn default_latency_vs_control_max() -> f64 {
 fn default_latency_vs_control_slack_ms() -> f64 {
     1.0
 }
+fn default_js_errors_max_increase() -> f64 {
+    0.10
+}
+fn default_cache_hit_min() -> f64 {
+    0.85
+}
+fn default_slo_period() -> Dur {
+    Dur(Duration::from_secs(30 * 24 * 3600))
+}
+fn default_error_budget_max() -> f64 {
+    0.05
+}
+fn default_split_skew_tolerance() -> f64 {
+    0.20
+}
+fn default_funnel_max_drop() -> f64 {
+    0.03
+}
+fn default_timing_max_increase() -> f64 {
+    0.05
+}
+fn default_shadow_queue() -> usize {
+    1024
+}
+fn default_shadow_concurrency() -> usize {
+    64
+}
+fn default_shadow_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_shadow_max_body() -> usize {
+    256 * 1024
+}
+fn default_shadow_diff_rate_max() -> f64 {
+    0.01
+}
+fn default_replay_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
 fn default_update_every() -> Dur {
     Dur(Duration::from_secs(15 * 60))
 }
@@ -452,6 +616,21 @@ pub struct Config {
     pub rollout: RolloutConfig,
     pub gates: GatesConfig,
     pub beacons: BeaconsConfig,
+    pub shadow: ShadowConfig,
+    pub replay: ReplayConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    pub queue: usize,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    /// Per journey index (incl. `other`): mirrored in shadow phases (GET/HEAD only).
+    pub mirrored: Vec<bool>,
+    pub ignore_keys: Vec<String>,
+    pub compare_length: bool,
+    pub max_body: usize,
+    pub diff_rate_max: f64,
 }
 
 /// The configured beacon event names; an event's name is its index here.
@@ -480,12 +659,49 @@ pub struct GatesConfig {
     pub cooldown: Duration,
     pub latency_vs_control_max: f64,
     pub latency_vs_control_slack_ms: f64,
+    /// Index of the page-view beacon name; `None` = no `js_errors` gate.
+    pub js_errors_per: Option<usize>,
+    pub js_errors_max_increase: f64,
+    pub cache_hit_min: f64,
+    pub slo: Option<Slo>,
+    pub error_budget_max: f64,
+    pub split_skew_tolerance: f64,
+    pub funnels: Vec<Funnel>,
+    pub timings: Vec<Timing>,
 }
 
-impl Default for GatesConfig {
-    fn default() -> Self {
-        validate_gates(FileGates::default()).expect("the defaults are valid")
-    }
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slo {
+    /// Share of requests that must be good (non-5xx), e.g. 0.999.
+    pub target: f64,
+    pub period: Duration,
+}
+
+/// Where a funnel count comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// 2xx and 3xx requests of a journey (index).
+    Journey(usize),
+    /// Events of a beacon name (index), any type.
+    Beacon(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Funnel {
+    pub name: String,
+    pub numerator: Step,
+    pub denominator: Step,
+    pub max_drop: f64,
+    pub min_samples: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub name: String,
+    /// Index of the beacon name.
+    pub beacon: usize,
+    pub max_increase: f64,
+    pub min_samples: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -527,6 +743,8 @@ pub struct UpstreamsConfig {
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// V2's in-flight cap (0 = none).
+    pub reserved_capacity: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -537,12 +755,39 @@ pub struct RoutingConfig {
     pub allow_override_header: bool,
     pub salt: String,
     pub cookie_secret: Option<Vec<u8>>,
+    pub region_header: Option<HeaderName>,
+    /// Region labels: the configured regions then `other`, or just `all`
+    /// without a region header. A request's region is an index into this.
+    pub region_labels: Vec<String>,
+}
+
+/// Bounds the region label set.
+pub const MAX_REGIONS: usize = 32;
+
+impl RoutingConfig {
+    /// Region index of a request (allocation-free: a case-insensitive scan).
+    #[inline]
+    pub fn region_of(&self, headers: &http::HeaderMap) -> usize {
+        let Some(h) = &self.region_header else {
+            return 0;
+        };
+        let other = self.region_labels.len() - 1;
+        let Some(v) = headers.get(h) else {
+            return other;
+        };
+        let v = v.as_bytes().trim_ascii();
+        self.region_labels[..other]
+            .iter()
+            .position(|r| r.as_bytes().eq_ignore_ascii_case(v))
+            .unwrap_or(other)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JourneyLimits {
     pub p95_ms: Option<f64>,
     pub success_min: Option<f64>,
+    pub read_heavy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -763,6 +1008,7 @@ impl FileConfig {
             timeout: u.timeout.0,
             pool_idle_timeout: u.pool_idle_timeout.0,
             pool_max_idle_per_host: u.pool_max_idle_per_host,
+            reserved_capacity: u.reserved_capacity,
         };
 
         let r = self.routing;
@@ -790,6 +1036,44 @@ impl FileConfig {
             }
             other => other.map(String::into_bytes),
         };
+        let region_header = r
+            .region_header
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                HeaderName::try_from(h.to_ascii_lowercase()).map_err(|_| {
+                    invalid(
+                        "routing.region_header",
+                        format!("{h:?} is not a header name"),
+                    )
+                })
+            })
+            .transpose()?;
+        if r.regions.len() > MAX_REGIONS {
+            return Err(invalid(
+                "routing.regions",
+                format!("at most {MAX_REGIONS} regions (they are labels)"),
+            ));
+        }
+        let mut region_labels = Vec::new();
+        for (i, reg) in r.regions.iter().enumerate() {
+            let key = format!("routing.regions[{i}]");
+            label_name(&key, &reg.to_ascii_lowercase())?;
+            let reg = reg.to_ascii_lowercase();
+            if reg == "other" || region_labels.contains(&reg) {
+                return Err(invalid(key, format!("{reg:?} is reserved or used twice")));
+            }
+            region_labels.push(reg);
+        }
+        match (&region_header, region_labels.is_empty()) {
+            (Some(_), _) => region_labels.push("other".into()),
+            (None, true) => region_labels.push("all".into()),
+            (None, false) => {
+                return Err(invalid(
+                    "routing.regions",
+                    "regions need `routing.region_header` to be read from",
+                ))
+            }
+        }
         let routing = RoutingConfig {
             sticky_header,
             sticky_cookie: r.sticky_cookie.filter(|c| !c.is_empty()),
@@ -797,6 +1081,8 @@ impl FileConfig {
             allow_override_header: r.allow_override_header,
             salt: r.salt,
             cookie_secret,
+            region_header,
+            region_labels,
         };
 
         if self.journeys.len() >= MAX_JOURNEYS {
@@ -873,6 +1159,7 @@ impl FileConfig {
             journey_limits.push(JourneyLimits {
                 p95_ms: j.p95_ms,
                 success_min: j.success_min,
+                read_heavy: j.read_heavy,
             });
             list.push(Journey {
                 name: j.name,
@@ -885,8 +1172,16 @@ impl FileConfig {
         let journeys = Journeys::new(list);
 
         let rollout = validate_rollout(self.rollout)?;
-        let gates = validate_gates(self.gates)?;
         let beacons = validate_beacons(self.beacons)?;
+        let gates = validate_gates(self.gates, &journeys, &beacons)?;
+        let shadow = validate_shadow(self.shadow, &journeys)?;
+        if self.replay.max_bytes < 4096 {
+            return Err(invalid("replay.max_bytes", "must be at least 4096"));
+        }
+        let replay = ReplayConfig {
+            record: self.replay.record,
+            max_bytes: self.replay.max_bytes,
+        };
         Ok(Config {
             server,
             upstreams,
@@ -896,8 +1191,45 @@ impl FileConfig {
             rollout,
             gates,
             beacons,
+            shadow,
+            replay,
         })
     }
+}
+
+fn validate_shadow(s: FileShadow, journeys: &Journeys) -> Result<ShadowConfig, Invalid> {
+    if s.queue == 0 {
+        return Err(invalid("shadow.queue", "must be at least 1"));
+    }
+    if s.concurrency == 0 {
+        return Err(invalid("shadow.concurrency", "must be at least 1"));
+    }
+    if s.timeout.0.is_zero() {
+        return Err(invalid("shadow.timeout", "must be above zero"));
+    }
+    let mut mirrored: Vec<bool> = journeys
+        .ids()
+        .map(|id| journeys.kind(id) != JourneyKind::Payment)
+        .collect();
+    for (i, name) in s.exclude_journeys.iter().enumerate() {
+        let id = journeys.by_name(name).ok_or_else(|| {
+            invalid(
+                format!("shadow.exclude_journeys[{i}]"),
+                format!("no journey named {name:?}"),
+            )
+        })?;
+        mirrored[id.index()] = false;
+    }
+    Ok(ShadowConfig {
+        queue: s.queue,
+        concurrency: s.concurrency,
+        timeout: s.timeout.0,
+        mirrored,
+        ignore_keys: s.ignore_keys,
+        compare_length: s.compare_length,
+        max_body: s.max_body,
+        diff_rate_max: fraction("shadow.diff_rate_max", s.diff_rate_max)?,
+    })
 }
 
 fn validate_beacons(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
@@ -918,7 +1250,11 @@ fn validate_beacons(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
     Ok(BeaconsConfig { names: b.names })
 }
 
-fn validate_gates(g: FileGates) -> Result<GatesConfig, Invalid> {
+fn validate_gates(
+    g: FileGates,
+    journeys: &Journeys,
+    beacons: &BeaconsConfig,
+) -> Result<GatesConfig, Invalid> {
     if !(g.alpha > 0.0 && g.alpha <= 0.5) {
         return Err(invalid(
             "gates.alpha",
@@ -955,7 +1291,112 @@ fn validate_gates(g: FileGates) -> Result<GatesConfig, Invalid> {
             "gates.latency_vs_control_slack_ms",
             g.latency_vs_control_slack_ms,
         )?,
+        js_errors_per: g
+            .js_errors_per
+            .as_deref()
+            .map(|n| beacon_index(beacons, "gates.js_errors_per", n))
+            .transpose()?,
+        js_errors_max_increase: non_negative(
+            "gates.js_errors_max_increase",
+            g.js_errors_max_increase,
+        )?,
+        cache_hit_min: fraction("gates.cache_hit_min", g.cache_hit_min)?,
+        slo: match g.slo_target {
+            None => None,
+            Some(t) if t > 0.0 && t < 1.0 && !g.slo_period.0.is_zero() => Some(Slo {
+                target: t,
+                period: g.slo_period.0,
+            }),
+            Some(t) => {
+                return Err(invalid(
+                    "gates.slo_target",
+                    format!("{t} must be a share strictly between 0 and 1 (e.g. 0.999), with a non-zero slo_period"),
+                ))
+            }
+        },
+        error_budget_max: fraction("gates.error_budget_max", g.error_budget_max)?,
+        split_skew_tolerance: non_negative(
+            "gates.split_skew_tolerance",
+            g.split_skew_tolerance,
+        )?,
+        funnels: funnels(g.funnels, journeys, beacons)?,
+        timings: timings(g.timings, beacons)?,
     })
+}
+
+fn beacon_index(beacons: &BeaconsConfig, key: &str, name: &str) -> Result<usize, Invalid> {
+    beacons
+        .index(name)
+        .map(usize::from)
+        .ok_or_else(|| invalid(key, format!("{name:?} is not listed in `beacons.names`")))
+}
+
+fn step(key: &str, s: &str, journeys: &Journeys, beacons: &BeaconsConfig) -> Result<Step, Invalid> {
+    match s.split_once(':') {
+        Some(("journey", j)) => journeys
+            .by_name(j)
+            .filter(|id| *id != journeys.other())
+            .map(|id| Step::Journey(id.index()))
+            .ok_or_else(|| invalid(key, format!("no journey named {j:?}"))),
+        Some(("beacon", b)) => beacon_index(beacons, key, b).map(Step::Beacon),
+        _ => Err(invalid(
+            key,
+            format!("{s:?}: use \"journey:NAME\" or \"beacon:NAME\""),
+        )),
+    }
+}
+
+fn funnels(
+    list: Vec<FileFunnel>,
+    journeys: &Journeys,
+    beacons: &BeaconsConfig,
+) -> Result<Vec<Funnel>, Invalid> {
+    let mut out: Vec<Funnel> = Vec::with_capacity(list.len());
+    for (i, f) in list.into_iter().enumerate() {
+        let key = |k: &str| format!("gates.funnels[{i}].{k}");
+        label_name(&key("name"), &f.name)?;
+        if out.iter().any(|x| x.name == f.name) {
+            return Err(invalid(key("name"), format!("{:?} is used twice", f.name)));
+        }
+        if !(0.0..1.0).contains(&f.max_drop) {
+            return Err(invalid(
+                key("max_drop"),
+                format!("{} must be a share in 0..1", f.max_drop),
+            ));
+        }
+        out.push(Funnel {
+            numerator: step(&key("numerator"), &f.numerator, journeys, beacons)?,
+            denominator: step(&key("denominator"), &f.denominator, journeys, beacons)?,
+            name: f.name,
+            max_drop: f.max_drop,
+            min_samples: f.min_samples,
+        });
+    }
+    Ok(out)
+}
+
+fn timings(list: Vec<FileTiming>, beacons: &BeaconsConfig) -> Result<Vec<Timing>, Invalid> {
+    let mut out: Vec<Timing> = Vec::with_capacity(list.len());
+    for (i, t) in list.into_iter().enumerate() {
+        let key = |k: &str| format!("gates.timings[{i}].{k}");
+        let beacon = beacon_index(beacons, &key("name"), &t.name)?;
+        if out.iter().any(|x| x.beacon == beacon) {
+            return Err(invalid(key("name"), format!("{:?} is used twice", t.name)));
+        }
+        if !(t.max_increase.is_finite() && t.max_increase >= 0.0) {
+            return Err(invalid(
+                key("max_increase"),
+                format!("{} must be a number >= 0", t.max_increase),
+            ));
+        }
+        out.push(Timing {
+            name: t.name,
+            beacon,
+            max_increase: t.max_increase,
+            min_samples: t.min_samples,
+        });
+    }
+    Ok(out)
 }
 
 fn validate_rollout(r: FileRollout) -> Result<RolloutConfig, Invalid> {
@@ -1202,5 +1643,26 @@ mod tests {
             end: t(6, 0),
         };
         assert!(night.contains(t(23, 0)) && night.contains(t(1, 0)) && !night.contains(t(12, 0)));
+    }
+
+    #[test]
+    fn shadow_keys_are_checked() {
+        let base = format!(
+            "{MINIMAL}\n[[journeys]]\nname = \"pay\"\npath_prefix = \"/pay\"\nkind = \"payment\"\n[[journeys]]\nname = \"search\"\npath_prefix = \"/search\"\n"
+        );
+        let c = Config::parse(&base, "t").unwrap();
+        assert_eq!(c.shadow.mirrored, vec![false, true, true]);
+        let c = Config::parse(
+            &format!("{base}[shadow]\nexclude_journeys = [\"other\"]"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.shadow.mirrored, vec![false, true, false]);
+        let e = err(&format!("{base}[shadow]\nexclude_journeys = [\"nope\"]"));
+        assert!(e.contains("`shadow.exclude_journeys[0]`"), "{e}");
+        let e = err(&format!("{base}[shadow]\nqueue = 0"));
+        assert!(e.contains("`shadow.queue`"), "{e}");
+        let e = err(&format!("{base}[shadow]\ndiff_rate_max = 2"));
+        assert!(e.contains("`shadow.diff_rate_max`"), "{e}");
     }
 }

@@ -38,6 +38,22 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Re-evaluate the recorded evaluations (state_dir/evaluations.jsonl)
+    /// under another config and print where the decisions would differ.
+    Replay {
+        /// The config to try (its gates, thresholds, bands and window).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only ticks at or after this time (RFC 3339, e.g. 2026-11-23T09:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Where the records are; default: the config's `server.state_dir`.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print the differences as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Self-contained showcase: demo apps, synthetic users and a compressed rollout.
     Demo {
         /// Make V2 misbehave; the run must then end rolled back by the matching trigger.
@@ -136,6 +152,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Replay {
+            config,
+            from,
+            state_dir,
+            json,
+        } => replay(&config, from.as_deref(), state_dir, json),
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -166,6 +188,54 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn replay(
+    config: &std::path::Path,
+    from: Option<&str>,
+    dir: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let from = match from.map(chrono::DateTime::parse_from_rfc3339).transpose() {
+        Ok(t) => t.map(|t| t.with_timezone(&chrono::Utc)),
+        Err(e) => {
+            eprintln!("error: --from: {e} (use RFC 3339, e.g. 2026-11-23T09:00:00Z)");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = dir.unwrap_or_else(|| cfg.server.state_dir.clone());
+    let records = match rollgate::control::replay::load(&dir) {
+        Ok(r) if !r.is_empty() => r,
+        Ok(_) => {
+            eprintln!(
+                "error: no evaluation records in {}",
+                dir.join(rollgate::control::replay::EVALUATIONS_FILE)
+                    .display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rollgate::control::replay::replay(&cfg, &records, from);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializable")
+        );
+    } else {
+        print!("{}", report.text());
+    }
+    ExitCode::SUCCESS
 }
 
 /// Waits for SIGTERM/SIGINT; on SIGHUP re-reads and validates the config file

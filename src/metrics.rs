@@ -18,6 +18,7 @@ use crate::journeys::Journeys;
 use crate::routing::Variant;
 use crate::stats::beacons::{BeaconReject, BeaconType};
 use crate::stats::names::*;
+use crate::stats::shadow::ShadowClass;
 use crate::stats::{StatusClass, Telemetry, UpstreamErrorKind};
 
 /// `le` bounds of the exported latency histogram, in seconds; they include the
@@ -100,6 +101,7 @@ impl Metrics {
         }
         render_telemetry(&mut out, telemetry, journeys);
         render_beacons(&mut out, telemetry, beacon_names);
+        render_shadow(&mut out, telemetry, journeys);
         out
     }
 }
@@ -279,4 +281,84 @@ pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String])
             telemetry.beacons.rejected(r)
         );
     }
+}
+
+/// Shadow families: mirrored requests by V2's answer class, the mirrors'
+/// latency, answers that differed from V1's, mirrors dropped on a full queue.
+pub fn render_shadow(out: &mut String, telemetry: &Telemetry, journeys: &Journeys) {
+    let snap = telemetry.shadow.snapshot();
+    family(
+        out,
+        SHADOW_REQUESTS_TOTAL,
+        "counter",
+        "Requests mirrored to V2 in shadow phases, by journey and V2's answer class (error = no answer).",
+    );
+    for j in journeys.ids() {
+        let Some(c) = snap.get(j.index()) else {
+            continue;
+        };
+        for class in ShadowClass::ALL {
+            let _ = writeln!(
+                out,
+                "{SHADOW_REQUESTS_TOTAL}{{journey=\"{}\",class=\"{}\"}} {}",
+                journeys.name(j),
+                class.label(),
+                c.classes[class as usize]
+            );
+        }
+    }
+    family(
+        out,
+        SHADOW_DURATION_SECONDS,
+        "histogram",
+        "Time from mirror to V2's response headers, by journey.",
+    );
+    for j in journeys.ids() {
+        let Some(c) = snap.get(j.index()) else {
+            continue;
+        };
+        let labels = format!("journey=\"{}\"", journeys.name(j));
+        for le in LE_SECONDS {
+            let n = c.duration.count_le(le * 1e6);
+            let _ = writeln!(
+                out,
+                "{SHADOW_DURATION_SECONDS}_bucket{{{labels},le=\"{le}\"}} {n}"
+            );
+        }
+        let count = c.duration.count();
+        let _ = writeln!(
+            out,
+            "{SHADOW_DURATION_SECONDS}_bucket{{{labels},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "{SHADOW_DURATION_SECONDS}_sum{{{labels}}} {}",
+            c.duration.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "{SHADOW_DURATION_SECONDS}_count{{{labels}}} {count}");
+    }
+    family(
+        out,
+        SHADOW_DIFFS_TOTAL,
+        "counter",
+        "Mirrored answers whose status or body fingerprint differed from V1's, by journey.",
+    );
+    for j in journeys.ids() {
+        let Some(c) = snap.get(j.index()) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "{SHADOW_DIFFS_TOTAL}{{journey=\"{}\"}} {}",
+            journeys.name(j),
+            c.diffs
+        );
+    }
+    family(
+        out,
+        SHADOW_DROPPED_TOTAL,
+        "counter",
+        "Mirrors dropped because the shadow queue was full (the real request is unaffected).",
+    );
+    let _ = writeln!(out, "{SHADOW_DROPPED_TOTAL} {}", telemetry.shadow.dropped());
 }

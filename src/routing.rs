@@ -91,6 +91,8 @@ pub struct RouteTable {
     pub v2: WeightBp,
     /// Extra headers of the current phase sent upstream (e.g. `x-payment-mode`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A shadow phase: safe requests are mirrored to V2.
+    pub shadow: bool,
 }
 
 /// The shared routing table.
@@ -120,6 +122,7 @@ impl Router {
             .swap(Arc::new(RouteTable {
                 v2: WeightBp::ZERO,
                 headers: Vec::new(),
+                shadow: false,
             }))
             .v2
     }
@@ -158,6 +161,7 @@ mod tests {
                 HeaderName::from_static("x-payment-mode"),
                 HeaderValue::from_static("live"),
             )],
+            shadow: false,
         });
         let before = r.load();
         assert_eq!(r.rollback().bp(), 5_000);

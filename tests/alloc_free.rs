@@ -255,6 +255,7 @@ fn resolving_a_user_key_and_loading_the_route_allocate_nothing() {
             "x-payment-mode".parse().unwrap(),
             HeaderValue::from_static("test"),
         )],
+        ..RouteTable::default()
     });
     let t = Arc::new(Telemetry::new(journeys().len(), true));
     let js = journeys();

@@ -258,6 +258,7 @@ fn real_main() -> anyhow::Result<()> {
                             error_rate,
                             payment_failure_rate,
                             body_bytes,
+                            ..Profile::healthy("", Latency::ZERO)
                         };
                         rollgate::demo::upstream::serve(listener, profile, stop).await
                     }

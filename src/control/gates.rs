@@ -4,56 +4,67 @@
 //! Each gate is GREEN / YELLOW / RED with its value, threshold and sample
 //! count. Too few samples is YELLOW "insufficient data", never GREEN.
 //!
-//! ## Evidence: a breach is RED only when it is significant
+//! ## Evidence: only a significant breach counts
 //!
 //! Absolute gates compare V2 with a fixed threshold (`latency_p95`,
-//! `payment_success`, `success_rate`, the `error_rate` ceiling). Comparative
-//! gates compare V2 with V1 in the same window (`latency_vs_control`, the
-//! `error_rate` margin over V1): their threshold is derived from V1's value,
-//! and both variants need `min_samples`.
+//! `payment_success`, `success_rate`, `cache_hit`, the `error_rate`
+//! ceiling). Comparative gates compare V2 with V1 in the same window
+//! (`latency_vs_control`, the `error_rate` margin over V1, `js_errors`,
+//! `funnel`, `timing`): their threshold is derived from V1's value, and both
+//! variants need `min_samples`.
 //!
-//! Either way a breach is RED only when a one-sided test of "V2 is worse
-//! than allowed" is significant at `gates.alpha` ([`crate::stats::significance`]):
-//! Mann-Whitney U on the latency buckets against V1, the two-proportion z
-//! against V1's rate, and for absolute gates a binomial test of the bad share
-//! against the share the threshold allows (5xx share above the ceiling,
-//! failed payments above 1 - 99.5 %, requests slower than the P95 threshold
-//! above 5 %). Without that, 2 errors in 200 requests of a canary whose true
-//! rate is 0.3 % would turn a 0.5 % ceiling RED in about 12 % of windows. A
-//! breach that is not (yet) significant is YELLOW: the rollout holds and
-//! gathers data, but the sustained-RED rollback clock does not run. The
-//! request-path and tick triggers (`p95_hard`, `payment_failures`) stay
-//! absolute on purpose: they are the emergency brake.
+//! A breach counts only when a one-sided test of "V2 is worse than allowed"
+//! is significant at `gates.alpha` ([`crate::stats::significance`]):
+//! Mann-Whitney U on latency/timing buckets against V1, two-proportion z on
+//! the 5xx rate against V1, rate tests for JS errors and funnels, and for
+//! absolute thresholds a binomial test of the bad share against the share the
+//! threshold allows (5xx above the ceiling, failed payments above 1 - 99.5 %,
+//! requests slower than the P95 threshold above 5 %). So a gate is:
 //!
-//! At 100 % there is no control to compare with, so comparative gates are
-//! not evaluated (`GateContext::comparative`).
+//! - YELLOW "insufficient data" below `min_samples` (V2, and V1 for
+//!   comparative gates), never GREEN;
+//! - RED only when the value is beyond the threshold **and** significant;
+//! - GREEN when the point estimate is beyond the threshold but the test finds
+//!   no evidence (small samples): with a 5 % canary, a dozen gates and
+//!   thresholds within 3-10 % of V1, the noise of a point estimate crosses
+//!   some threshold almost every tick, and holding on noise would hold
+//!   forever. Without a test, 2 errors in 200 requests of a canary whose
+//!   true rate is 0.3 % would turn a 0.5 % ceiling RED in about 12 % of
+//!   windows.
+//!
+//! Gates without a sampling question (`error_budget`: a running total;
+//! `concurrency`) judge the value alone. The request-path and tick triggers
+//! (`p95_hard`, `payment_failures`) stay absolute on purpose: they are the
+//! emergency brake. At 100 % there is no control to compare with, so
+//! comparative gates are not evaluated (`GateContext::comparative`).
 //!
 //! ## Zones, bands and cooldown: why a gate near its threshold cannot flap
 //!
 //! With threshold T, promote band `pb` and rollback band `rb` (both 5 % by
 //! default), a value falls in one of four zones (for "at most" gates; "at
-//! least" gates mirror them, and success rates apply the bands to the failure
-//! share 1 - value so that 99.5 % does not need 104 % to recover):
+//! least" gates mirror them with the narrower of a share of T and a share of
+//! 1 - T, so that 99.5 % does not need an impossible 104.5 % to recover):
 //!
 //! ```text
 //!   Clear   v <= T(1-pb)        Inside  T(1-pb) < v <= T
 //!   Near    T < v <= T(1+rb)    Beyond  v > T(1+rb)
 //! ```
 //!
-//! | previous \ zone | Clear                     | Inside            | Near          | Beyond       |
-//! |-----------------|---------------------------|-------------------|---------------|--------------|
-//! | GREEN (or new)  | GREEN                     | GREEN             | YELLOW        | RED*         |
-//! | YELLOW          | GREEN after the cooldown  | YELLOW recovering | YELLOW        | RED*         |
-//! | RED             | GREEN after the cooldown  | YELLOW recovering | RED* (stays)  | RED*         |
+//! "sig" = the breach is significant. A gate enters *recovery* when it turns
+//! RED or YELLOW on a breach, and leaves it only through the cooldown:
 //!
-//! `*` comparative gates: only when significant, else YELLOW.
+//! | state \ zone     | Clear                    | Inside     | Near                  | Beyond     |
+//! |------------------|--------------------------|------------|-----------------------|------------|
+//! | not recovering   | GREEN                    | GREEN      | sig: YELLOW, else GREEN | sig: RED, else GREEN |
+//! | recovering       | GREEN after the cooldown | YELLOW     | was RED and sig: RED, else YELLOW | sig: RED, else YELLOW |
 //!
-//! So a GREEN gate needs a clear breach (beyond the rollback band) to turn
-//! RED, a RED gate stays RED until it is back inside its threshold (the RED
+//! So a GREEN gate needs a significant breach beyond the rollback band to
+//! turn RED (inside the band it only holds), a RED gate stays RED until it is
+//! back inside its threshold or its breach is no longer significant (the RED
 //! timer that leads to `gate_red_sustained` is not reset by a value dancing
-//! on the edge of the band), and a gate that was not GREEN must come back
-//! inside the promote band and *stay* there for `gates.cooldown` before it is
-//! GREEN again. A value oscillating around T therefore gives a steady YELLOW
+//! on the edge of the band), and a gate that breached must come back inside
+//! the promote band and *stay* there for `gates.cooldown` before it is GREEN
+//! again. A value oscillating around T therefore gives a steady YELLOW
 //! (HOLD), never GREEN/RED alternation; on top of that the controller needs
 //! every gate GREEN for the whole phase hold before any step-up.
 
@@ -62,11 +73,15 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{GatesConfig, JourneyLimits, RolloutConfig};
-use crate::journeys::{JourneyKind, Journeys};
+use crate::config::{Config, Funnel, GatesConfig, Step, Timing};
+use crate::journeys::{JourneyId, JourneyKind};
 use crate::routing::Variant;
-use crate::stats::significance::{binomial_exceeds, mann_whitney, two_proportion, Worse, ZTest};
-use crate::stats::{CellCounts, UpstreamErrorKind, Window};
+use crate::stats::beacons::{BeaconCounts, BeaconType};
+use crate::stats::significance::{
+    binomial_exceeds, log_ratio, mann_whitney, poisson_rate, share_vs_expected, two_proportion,
+    Worse, ZTest,
+};
+use crate::stats::{CellCounts, StatusClass, UpstreamErrorKind, Window};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -103,8 +118,17 @@ pub struct GateResult {
     /// Comparative gates: one-sided p-value of "V2 is worse than V1".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_value: Option<f64>,
-    /// A gate that is not GREEN: since when its value is back inside the
-    /// promote band (the cooldown clock).
+    /// Set while the gate recovers from a breach (RED, or a significant
+    /// breach inside the rollback band): it is GREEN again only after its
+    /// value stayed inside the promote band for the cooldown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
+}
+
+/// The memory of a gate that recovers from a breach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// Since when the value is back inside the promote band (cooldown clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear_since: Option<DateTime<Utc>>,
 }
@@ -204,20 +228,20 @@ impl Evaluation {
 /// Direction of a threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bound {
-    /// GREEN while value <= threshold.
+    /// GREEN while value <= threshold; the bands scale the threshold.
     Max,
-    /// GREEN while value >= threshold; bands scale the threshold.
+    /// GREEN while value >= threshold; the bands are the narrower of a share
+    /// of the threshold and a share of its complement `1 - threshold` (for
+    /// thresholds below 1), so 99.5 % recovers at 99.525 % (not at an
+    /// impossible 104.5 %) and a 20 % conversion at 21 %.
     Min,
-    /// A share in 0..=1 that must stay >= threshold (success rates): the
-    /// bands scale the allowed failure share 1 - threshold.
-    MinShare,
 }
 
 impl Bound {
     fn rel(self) -> &'static str {
         match self {
             Bound::Max => "<=",
-            Bound::Min | Bound::MinShare => ">=",
+            Bound::Min => ">=",
         }
     }
 }
@@ -237,31 +261,38 @@ pub enum Zone {
 
 /// Classifies `value` against `threshold` with the configured bands.
 pub fn zone(value: f64, threshold: f64, bound: Bound, g: &GatesConfig) -> Zone {
-    // Turn every bound into "badness <= limit".
-    let (bad, limit, flip) = match bound {
-        Bound::Max => (value, threshold, false),
-        Bound::Min => (value, threshold, true),
-        Bound::MinShare => (1.0 - value, 1.0 - threshold, false),
-    };
-    let (pb, rb) = (g.promote_band, g.rollback_band);
-    if flip {
-        if bad >= limit * (1.0 + pb) {
-            Zone::Clear
-        } else if bad >= limit {
-            Zone::Inside
-        } else if bad >= limit * (1.0 - rb) {
-            Zone::Near
-        } else {
-            Zone::Beyond
+    let (pb, rb, t, v) = (g.promote_band, g.rollback_band, threshold, value);
+    match bound {
+        Bound::Max => {
+            if v <= t * (1.0 - pb) {
+                Zone::Clear
+            } else if v <= t {
+                Zone::Inside
+            } else if v <= t * (1.0 + rb) {
+                Zone::Near
+            } else {
+                Zone::Beyond
+            }
         }
-    } else if bad <= limit * (1.0 - pb) {
-        Zone::Clear
-    } else if bad <= limit {
-        Zone::Inside
-    } else if bad <= limit * (1.0 + rb) {
-        Zone::Near
-    } else {
-        Zone::Beyond
+        Bound::Min => {
+            let (clear, red) = if t < 1.0 {
+                (
+                    (t * (1.0 + pb)).min(1.0 - (1.0 - t) * (1.0 - pb)),
+                    (t * (1.0 - rb)).max(1.0 - (1.0 - t) * (1.0 + rb)),
+                )
+            } else {
+                (t * (1.0 + pb), t * (1.0 - rb))
+            };
+            if v >= clear {
+                Zone::Clear
+            } else if v >= t {
+                Zone::Inside
+            } else if v >= red {
+                Zone::Near
+            } else {
+                Zone::Beyond
+            }
+        }
     }
 }
 
@@ -306,20 +337,23 @@ impl Evidence {
 
 /// Inputs that do not change within a tick.
 pub struct GateContext<'a> {
-    pub journeys: &'a Journeys,
-    pub limits: &'a [JourneyLimits],
-    pub rollout: &'a RolloutConfig,
-    pub gates: &'a GatesConfig,
+    pub cfg: &'a Config,
     /// The current phase's P95 gate in ms.
     pub phase_p95_ms: f64,
     /// V1 takes traffic (V2 below 100 %): comparative gates are evaluated.
     pub comparative: bool,
+    /// V2's current weight in percent (split skew is judged while 0 < w < 100).
+    pub weight_v2: f64,
+    /// V2's 5xx responses since the rollout started (error budget).
+    pub v2_bad_since_start: u64,
+    /// A shadow phase: V2 takes no live traffic, its mirrors are judged.
+    pub shadow: bool,
     /// Time of this evaluation (cooldown clocks).
     pub now: DateTime<Utc>,
     /// Gate statuses of the previous tick, by [`GateResult::key`].
     pub previous: &'a BTreeMap<String, GateStatus>,
-    /// Cooldown clocks of the previous tick, by [`GateResult::key`].
-    pub clear_since: &'a BTreeMap<String, DateTime<Utc>>,
+    /// Gates recovering from a breach at the previous tick, by [`GateResult::key`].
+    pub recovery: &'a BTreeMap<String, Recovery>,
 }
 
 impl GateContext<'_> {
@@ -338,8 +372,18 @@ impl GateContext<'_> {
                 Evidence::Test(t) => t.map(|t| t.p_value),
                 Evidence::Value => None,
             },
-            clear_since: None,
+            recovery: None,
         };
+        let prev = self.previous.get(&key).copied();
+        // A gate that was RED (state saved by an older version has no
+        // recovery entry) or is recovering stays in recovery.
+        let rec = self
+            .recovery
+            .get(&key)
+            .copied()
+            .or((prev == Some(GateStatus::Red)).then(Recovery::default));
+        // Insufficient data keeps the recovery: no data is no recovery.
+        g.recovery = rec;
         let min = m.min_samples;
         let v = match m.value {
             None => {
@@ -357,59 +401,68 @@ impl GateContext<'_> {
             }
             Some(v) => v,
         };
-        let prev = self.previous.get(&key).copied();
-        let z = zone(v, m.threshold, m.bound, self.gates);
+        let z = zone(v, m.threshold, m.bound, &self.cfg.gates);
         let significant = match m.evidence {
             Evidence::Value => true,
-            Evidence::Test(t) => t.is_some_and(|t| t.significant(self.gates.alpha)),
+            Evidence::Test(t) => t.is_some_and(|t| t.significant(self.cfg.gates.alpha)),
         };
         let (what, rel, t) = (m.what, m.bound.rel(), fmt(m.threshold));
         let p = g
             .p_value
             .map_or(String::new(), |p| format!(" (p = {})", fmt_p(p)));
-        let not_significant = || {
-            format!(
-                "{what} {} beyond {rel} {t} but not significant{p}, alpha {}",
-                fmt(v),
-                self.gates.alpha
-            )
-        };
-        let (status, reason) = match (z, prev) {
-            (Zone::Beyond, _) | (Zone::Near, Some(GateStatus::Red)) if significant => (
-                GateStatus::Red,
-                format!("{what} {} breaches {rel} {t}{p}", fmt(v)),
-            ),
-            (Zone::Beyond, _) | (Zone::Near, Some(GateStatus::Red)) => {
-                (GateStatus::Yellow, not_significant())
-            }
-            (Zone::Near, _) => (
+        let alpha = self.cfg.gates.alpha;
+        let breach = || format!("{what} {} breaches {rel} {t}{p}", fmt(v));
+        let breaching = Some(Recovery::default());
+        let was_red = prev == Some(GateStatus::Red);
+        let (status, reason, recovery) = match (rec, z, significant) {
+            (_, Zone::Beyond, true) => (GateStatus::Red, breach(), breaching),
+            // RED stays RED inside the rollback band.
+            (_, Zone::Near, true) if was_red => (GateStatus::Red, breach(), breaching),
+            (_, Zone::Near, true) => (
                 GateStatus::Yellow,
                 format!(
-                    "{what} {} beyond {rel} {t}, inside the {:.0}% rollback band",
+                    "{what} {} beyond {rel} {t}{p}, inside the {:.0}% rollback band",
                     fmt(v),
-                    self.gates.rollback_band * 100.0
+                    self.cfg.gates.rollback_band * 100.0
                 ),
+                breaching,
             ),
-            (Zone::Clear | Zone::Inside, None | Some(GateStatus::Green)) => {
-                (GateStatus::Green, format!("{what} {} {rel} {t}", fmt(v)))
+            (None, Zone::Beyond | Zone::Near, false) => (
+                GateStatus::Green,
+                format!(
+                    "{what} {} beyond {rel} {t} but not significant{p} at alpha {alpha}: no evidence V2 is worse",
+                    fmt(v)
+                ),
+                None,
+            ),
+            (None, Zone::Clear | Zone::Inside, _) => {
+                (GateStatus::Green, format!("{what} {} {rel} {t}", fmt(v)), None)
             }
-            (Zone::Inside, _) => (
+            (Some(_), Zone::Beyond | Zone::Near, false) => (
+                GateStatus::Yellow,
+                format!(
+                    "{what} {} beyond {rel} {t}, no longer significant{p}: recovering",
+                    fmt(v)
+                ),
+                breaching,
+            ),
+            (Some(_), Zone::Inside, _) => (
                 GateStatus::Yellow,
                 format!(
                     "{what} {} recovering: not yet inside the {:.0}% promote band",
                     fmt(v),
-                    self.gates.promote_band * 100.0
+                    self.cfg.gates.promote_band * 100.0
                 ),
+                breaching,
             ),
-            (Zone::Clear, _) => {
-                let since = self.clear_since.get(&key).copied().unwrap_or(self.now);
+            (Some(r), Zone::Clear, _) => {
+                let since = r.clear_since.unwrap_or(self.now);
                 let cooled = self.now - since;
-                let need = chrono::TimeDelta::from_std(self.gates.cooldown)
+                let need = chrono::TimeDelta::from_std(self.cfg.gates.cooldown)
                     .unwrap_or(chrono::TimeDelta::MAX);
                 if cooled >= need {
-                    (GateStatus::Green, format!("{what} {} {rel} {t}", fmt(v)))
+                    (GateStatus::Green, format!("{what} {} {rel} {t}", fmt(v)), None)
                 } else {
-                    g.clear_since = Some(since);
                     (
                         GateStatus::Yellow,
                         format!(
@@ -418,10 +471,14 @@ impl GateContext<'_> {
                             cooled.num_seconds(),
                             need.num_seconds()
                         ),
+                        Some(Recovery {
+                            clear_since: Some(since),
+                        }),
                     )
                 }
             }
         };
+        g.recovery = recovery;
         g.status = status;
         g.reason = reason;
         g
@@ -452,15 +509,24 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         v2: VariantKpi::of(&window.variant_total(Variant::V2)),
         ..Default::default()
     };
-    let cfg = ctx.rollout;
+    if ctx.shadow {
+        return evaluate_shadow(window, ctx, ev);
+    }
+    let cfg = &ctx.cfg.rollout;
     let min_samples = cfg.min_samples;
-    for id in ctx.journeys.ids() {
-        let name = ctx.journeys.name(id);
-        let kind = ctx.journeys.kind(id);
+    let journeys = &ctx.cfg.journeys;
+    for id in journeys.ids() {
+        let name = journeys.name(id);
+        let kind = journeys.kind(id);
         let (c1, c2) = (window.cell(id, Variant::V1), window.cell(id, Variant::V2));
         let v1 = VariantKpi::of(c1);
         let v2 = VariantKpi::of(c2);
-        let limits = ctx.limits.get(id.index()).cloned().unwrap_or_default();
+        let limits = ctx
+            .cfg
+            .journey_limits
+            .get(id.index())
+            .cloned()
+            .unwrap_or_default();
         // A journey nobody used in the window has nothing to judge; one with
         // some traffic but too little on V2 is YELLOW below.
         if v1.requests + v2.requests > 0 {
@@ -481,7 +547,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
                 evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
             }));
             if ctx.comparative {
-                let g = ctx.gates;
+                let g = &ctx.cfg.gates;
                 let threshold = v1.p50_ms.map_or(0.0, |m| {
                     m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
                 });
@@ -513,7 +579,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
                 ev.gates.push(ctx.gate(Measure {
                     name: gate,
                     journey: Some(name),
-                    bound: Bound::MinShare,
+                    bound: Bound::Min,
                     what: "V2 success",
                     value: v2.error_rate.map(|e| 1.0 - e),
                     threshold: min,
@@ -528,6 +594,22 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
                 }));
             }
         }
+        if limits.read_heavy && v1.requests + v2.requests > 0 {
+            let min = ctx.cfg.gates.cache_hit_min;
+            let misses = v2.requests.saturating_sub(v2.cache_hits);
+            ev.gates.push(ctx.gate(Measure {
+                name: "cache_hit",
+                journey: Some(name),
+                bound: Bound::Min,
+                what: "V2 cache hit ratio",
+                value: (v2.requests > 0).then(|| v2.cache_hits as f64 / v2.requests as f64),
+                threshold: min,
+                samples: v2.requests,
+                min_samples,
+                control_samples: None,
+                evidence: Evidence::Test(binomial_exceeds(misses, v2.requests, 1.0 - min)),
+            }));
+        }
         ev.journeys.push(JourneyKpi {
             journey: name.to_string(),
             kind,
@@ -536,6 +618,302 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         });
     }
     ev.gates.insert(0, error_rate_gate(&ev, ctx));
+    if ctx.comparative {
+        if let Some(g) = js_errors_gate(window, ctx) {
+            ev.gates.push(g);
+        }
+        for f in &ctx.cfg.gates.funnels {
+            ev.gates.push(funnel_gate(window, ctx, f));
+        }
+        for t in &ctx.cfg.gates.timings {
+            ev.gates.push(timing_gate(window, ctx, t));
+        }
+    }
+    if let Some(g) = error_budget_gate(window, &ev, ctx) {
+        ev.gates.push(g);
+    }
+    if let Some(g) = concurrency_gate(window, &ev, ctx) {
+        ev.gates.push(g);
+    }
+    split_skew_gates(window, ctx, &mut ev.gates);
+    ev
+}
+
+/// JS errors per page view: V2 within `js_errors_max_increase` of V1. Every
+/// `js_error` event counts, whatever its name; page views are the events of
+/// the `js_errors_per` name. Errors per view can exceed 1, so the evidence is
+/// the conditional (Poisson) rate test.
+fn js_errors_gate(window: &Window, ctx: &GateContext<'_>) -> Option<GateResult> {
+    let g = &ctx.cfg.gates;
+    let per = g.js_errors_per?;
+    let errors = |v: Variant| -> u64 {
+        (0..window.beacons.len() / 2)
+            .filter_map(|i| window.beacon(i, v))
+            .map(|b| b.counts[BeaconType::JsError as usize])
+            .sum()
+    };
+    let views = |v: Variant| window.beacon(per, v).map_or(0, |b| b.total());
+    let (e1, n1, e2, n2) = (
+        errors(Variant::V1),
+        views(Variant::V1),
+        errors(Variant::V2),
+        views(Variant::V2),
+    );
+    let rate = |e: u64, n: u64| (n > 0).then(|| e as f64 / n as f64);
+    Some(ctx.gate(Measure {
+        name: "js_errors",
+        journey: None,
+        bound: Bound::Max,
+        what: "V2 JS errors per page view",
+        value: rate(e2, n2),
+        threshold: rate(e1, n1).unwrap_or(0.0) * (1.0 + g.js_errors_max_increase),
+        samples: n2,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: Some(n1),
+        evidence: Evidence::Test(poisson_rate(e1, n1, e2, n2, Worse::Higher)),
+    }))
+}
+
+/// The count of a funnel step for one variant.
+fn step_count(window: &Window, step: Step, v: Variant) -> u64 {
+    match step {
+        Step::Journey(j) => {
+            let c = window.cell(JourneyId::new(j as u16), v);
+            c.classes[StatusClass::Success as usize] + c.classes[StatusClass::Redirect as usize]
+        }
+        Step::Beacon(b) => window.beacon(b, v).map_or(0, |b| b.total()),
+    }
+}
+
+/// A funnel ratio: V2's numerator/denominator at most `max_drop` below V1's.
+/// Both steps are counted over the sliding window, so the numerator is not a
+/// cohort of the denominator (a submit in the window may belong to a start
+/// before it): the evidence is the log-ratio test of two Poisson counts
+/// ([`log_ratio`]), not the two-proportion test, whose binomial variance
+/// near a 99 % conversion is far too small for window-edge noise.
+fn funnel_gate(window: &Window, ctx: &GateContext<'_>, f: &Funnel) -> GateResult {
+    let count = |step, v| step_count(window, step, v);
+    let (x1, n1) = (
+        count(f.numerator, Variant::V1),
+        count(f.denominator, Variant::V1),
+    );
+    let (x2, n2) = (
+        count(f.numerator, Variant::V2),
+        count(f.denominator, Variant::V2),
+    );
+    let ratio = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
+    let test = log_ratio(x1, n1, x2, n2, Worse::Lower);
+    ctx.gate(Measure {
+        name: "funnel",
+        journey: Some(&f.name),
+        bound: Bound::Min,
+        what: "V2 conversion",
+        value: ratio(x2, n2),
+        threshold: ratio(x1, n1).unwrap_or(0.0) * (1.0 - f.max_drop),
+        samples: n2,
+        min_samples: f.min_samples.unwrap_or(ctx.cfg.rollout.min_samples),
+        control_samples: Some(n1),
+        evidence: Evidence::Test(test),
+    })
+}
+
+/// A timing beacon: V2's median at most `max_increase` above V1's, evidence
+/// from Mann-Whitney U on the two timing histograms.
+fn timing_gate(window: &Window, ctx: &GateContext<'_>, t: &Timing) -> GateResult {
+    let empty = BeaconCounts::default();
+    let b1 = window.beacon(t.beacon, Variant::V1).unwrap_or(&empty);
+    let b2 = window.beacon(t.beacon, Variant::V2).unwrap_or(&empty);
+    let median = |b: &BeaconCounts| b.timing.quantile_us(0.5).map(|us| us / 1000.0);
+    ctx.gate(Measure {
+        name: "timing",
+        journey: Some(&t.name),
+        bound: Bound::Max,
+        what: "V2 median ms",
+        value: median(b2),
+        threshold: median(b1).unwrap_or(0.0) * (1.0 + t.max_increase),
+        samples: b2.timing.count(),
+        min_samples: t.min_samples.unwrap_or(ctx.cfg.rollout.min_samples),
+        control_samples: Some(b1.timing.count()),
+        evidence: Evidence::Test(
+            mann_whitney(&b1.timing.counts, &b2.timing.counts).map(|m| m.test),
+        ),
+    })
+}
+
+/// Error budget: the share of the SLO's monthly error budget that V2 has
+/// consumed since the rollout started.
+///
+/// ```text
+/// budget  = (1 - slo_target) * R * slo_period   bad requests the SLO allows per period,
+///           R = (V1 + V2 requests in the window) / window length (current total rate)
+/// spent   = V2 5xx responses since the rollout started (counted every tick)
+/// value   = spent / budget                      GREEN while <= error_budget_max (5 %)
+/// ```
+///
+/// Example: SLO 99.9 %, 100 req/s in total, 30 days: budget = 0.001 * 100 *
+/// 2,592,000 = 259,200 bad requests; 5 % of it is 12,960 V2 errors. The value
+/// is a running total, not a sample estimate, so no test applies.
+fn error_budget_gate(
+    window: &Window,
+    ev: &Evaluation,
+    ctx: &GateContext<'_>,
+) -> Option<GateResult> {
+    let slo = ctx.cfg.gates.slo?;
+    let total = ev.v1.requests + ev.v2.requests;
+    let secs = window.duration_ms as f64 / 1000.0;
+    let budget = (1.0 - slo.target) * (total as f64 / secs) * slo.period.as_secs_f64();
+    let value = (secs > 0.0 && budget > 0.0).then(|| ctx.v2_bad_since_start as f64 / budget);
+    Some(ctx.gate(Measure {
+        name: "error_budget",
+        journey: None,
+        bound: Bound::Max,
+        what: "V2 share of the monthly error budget",
+        value,
+        threshold: ctx.cfg.gates.error_budget_max,
+        samples: total,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: None,
+        evidence: Evidence::Value,
+    }))
+}
+
+/// Concurrency: V2's in-flight requests are capped at the reserved capacity
+/// on the request path; the gate is YELLOW while that shed requests in the
+/// window (the canary is at its limit: hold, do not grow it). Never RED:
+/// shedding protects V2, it is not a failure of V2.
+fn concurrency_gate(window: &Window, ev: &Evaluation, ctx: &GateContext<'_>) -> Option<GateResult> {
+    let cap = ctx.cfg.upstreams.reserved_capacity;
+    if cap == 0 {
+        return None;
+    }
+    let shed = window.shed[Variant::V2 as usize];
+    let inflight = window.variant_total(Variant::V2).inflight.max(0);
+    let (status, reason) = if shed > 0 {
+        (
+            GateStatus::Yellow,
+            format!(
+                "V2 at its reserved capacity of {cap}: {shed} requests shed with 503 in the window"
+            ),
+        )
+    } else {
+        (
+            GateStatus::Green,
+            format!("V2 in flight {inflight} <= reserved capacity {cap}, nothing shed"),
+        )
+    };
+    Some(GateResult {
+        name: "concurrency".into(),
+        journey: None,
+        status,
+        value: Some(inflight as f64),
+        threshold: cap as f64,
+        samples: ev.v2.requests + shed,
+        reason,
+        p_value: None,
+        recovery: None,
+    })
+}
+
+/// Split skew: the observed V2 share of users against the share the weights
+/// in force should give, per region when a region header is configured. The
+/// value is the relative deviation |observed - expected| / expected; evidence
+/// is a two-sided binomial test of the share with the distinct users of an
+/// average interval as sample size (summing intervals would count returning
+/// users again and again, and a small population's own split, e.g. 47 of 800
+/// users in the first 5 % of buckets, would look significant).
+fn split_skew_gates(window: &Window, ctx: &GateContext<'_>, out: &mut Vec<GateResult>) {
+    if !(ctx.weight_v2 > 0.0 && ctx.weight_v2 < 100.0) {
+        return;
+    }
+    let labels = &ctx.cfg.routing.region_labels;
+    let per_region = ctx.cfg.routing.region_header.is_some();
+    for (i, share) in window.users.iter().enumerate() {
+        let n = share.total();
+        if n == 0 {
+            continue;
+        }
+        let expected = share.expected_v2 / n as f64;
+        if expected <= 0.0 {
+            continue;
+        }
+        let observed = share.v2 as f64 / n as f64;
+        let what = format!("V2 user share {observed:.4} vs {expected:.4}, relative deviation");
+        let label = labels.get(i).map(String::as_str);
+        let per_interval = n / share.intervals.max(1);
+        let x = (observed * per_interval as f64).round() as u64;
+        out.push(ctx.gate(Measure {
+            name: "split_skew",
+            journey: if per_region { label } else { None },
+            bound: Bound::Max,
+            what: &what,
+            value: Some((observed - expected).abs() / expected),
+            threshold: ctx.cfg.gates.split_skew_tolerance,
+            samples: per_interval,
+            min_samples: ctx.cfg.rollout.min_samples,
+            control_samples: None,
+            evidence: Evidence::Test(share_vs_expected(x, per_interval, expected)),
+        }));
+    }
+}
+
+/// The gates of a shadow phase, over V2's answers to mirrored requests:
+/// `shadow_diff` (share of answers that differed from V1's, overall and per
+/// journey, at most `shadow.diff_rate_max`, binomial evidence) and
+/// `latency_p95` per journey on the mirrors' latency. The overall gate is
+/// always there, so a shadow phase without any mirrored traffic holds
+/// ("insufficient data") instead of passing on no evidence.
+fn evaluate_shadow(window: &Window, ctx: &GateContext<'_>, mut ev: Evaluation) -> Evaluation {
+    let journeys = &ctx.cfg.journeys;
+    let min_samples = ctx.cfg.rollout.min_samples;
+    let max = ctx.cfg.shadow.diff_rate_max;
+    let diff_gate = |journey: Option<&str>, compared: u64, diffs: u64| {
+        ctx.gate(Measure {
+            name: "shadow_diff",
+            journey,
+            bound: Bound::Max,
+            what: "V2 answers differing from V1",
+            value: (compared > 0).then(|| diffs as f64 / compared as f64),
+            threshold: max,
+            samples: compared,
+            min_samples,
+            control_samples: None,
+            evidence: Evidence::Test(binomial_exceeds(diffs, compared, max)),
+        })
+    };
+    let (mut compared, mut diffs) = (0, 0);
+    let mut per_journey = Vec::new();
+    for id in journeys.ids() {
+        let Some(c) = window.shadow(id).filter(|c| c.requests() > 0) else {
+            continue;
+        };
+        compared += c.compared;
+        diffs += c.diffs;
+        let name = journeys.name(id);
+        per_journey.push(diff_gate(Some(name), c.compared, c.diffs));
+        let limits = ctx
+            .cfg
+            .journey_limits
+            .get(id.index())
+            .cloned()
+            .unwrap_or_default();
+        let threshold = limits.p95_ms.unwrap_or(ctx.phase_p95_ms);
+        let n = c.duration.count();
+        let slower = n - c.duration.count_le(threshold * 1000.0);
+        per_journey.push(ctx.gate(Measure {
+            name: "latency_p95",
+            journey: Some(name),
+            bound: Bound::Max,
+            what: "V2 mirror P95 ms",
+            value: c.duration.quantile_us(0.95).map(|us| us / 1000.0),
+            threshold,
+            samples: n,
+            min_samples,
+            control_samples: None,
+            evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
+        }));
+    }
+    ev.gates.push(diff_gate(None, compared, diffs));
+    ev.gates.extend(per_journey);
     ev
 }
 
@@ -544,7 +922,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
 /// the two-proportion test against V1 (each one's alternative implies a
 /// breach of the combined threshold).
 fn error_rate_gate(ev: &Evaluation, ctx: &GateContext<'_>) -> GateResult {
-    let cfg = ctx.rollout;
+    let cfg = &ctx.cfg.rollout;
     let comparative = ctx.comparative && ev.v1.requests > 0;
     let v1_rate = ev.v1.error_rate.unwrap_or(0.0);
     let threshold = if comparative {
@@ -591,7 +969,6 @@ fn error_rate_gate(ev: &Evaluation, ctx: &GateContext<'_>) -> GateResult {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::journeys::JourneyId;
 
     pub(crate) const CONFIG: &str = r#"
         [server]
@@ -643,7 +1020,7 @@ mod tests {
     #[derive(Default)]
     struct Memory {
         status: BTreeMap<String, GateStatus>,
-        clear_since: BTreeMap<String, DateTime<Utc>>,
+        recovery: BTreeMap<String, Recovery>,
     }
 
     impl Memory {
@@ -651,25 +1028,25 @@ mod tests {
             evaluate(
                 w,
                 &GateContext {
-                    journeys: &cfg.journeys,
-                    limits: &cfg.journey_limits,
-                    rollout: &cfg.rollout,
-                    gates: &cfg.gates,
+                    cfg,
                     phase_p95_ms: 130.0,
                     comparative: true,
+                    weight_v2: 10.0,
+                    v2_bad_since_start: 0,
+                    shadow: false,
                     now,
                     previous: &self.status,
-                    clear_since: &self.clear_since,
+                    recovery: &self.recovery,
                 },
             )
         }
 
         fn remember(&mut self, ev: &Evaluation) {
             self.status = ev.gates.iter().map(|g| (g.key(), g.status)).collect();
-            self.clear_since = ev
+            self.recovery = ev
                 .gates
                 .iter()
-                .filter_map(|g| g.clear_since.map(|t| (g.key(), t)))
+                .filter_map(|g| g.recovery.map(|r| (g.key(), r)))
                 .collect();
         }
     }
@@ -796,6 +1173,25 @@ mod tests {
     }
 
     #[test]
+    fn at_least_bands_use_the_narrower_of_threshold_and_complement() {
+        let g = Config::parse(CONFIG, "t").unwrap().gates;
+        let z = |v, t| zone(v, t, Bound::Min, &g);
+        // 97 %: the complement is narrower (3 % * 5 % = 0.15 pp).
+        assert_eq!(z(0.9716, 0.97), Zone::Clear);
+        assert_eq!(z(0.9710, 0.97), Zone::Inside);
+        assert_eq!(z(0.9690, 0.97), Zone::Near);
+        assert_eq!(z(0.9680, 0.97), Zone::Beyond);
+        // 20 %: the threshold itself is narrower (20 % * 5 % = 1 pp).
+        assert_eq!(z(0.2101, 0.20), Zone::Clear);
+        assert_eq!(z(0.2050, 0.20), Zone::Inside);
+        assert_eq!(z(0.1901, 0.20), Zone::Near);
+        assert_eq!(z(0.1890, 0.20), Zone::Beyond);
+        // Above 1 (clicks per search): plain shares of the threshold.
+        assert_eq!(z(1.58, 1.5), Zone::Clear);
+        assert_eq!(z(1.42, 1.5), Zone::Beyond);
+    }
+
+    #[test]
     fn red_needs_the_rollback_band_and_stays_red_inside_it() {
         let cfg = Config::parse(CONFIG, "t").unwrap();
         let key = "latency_p95/search";
@@ -873,8 +1269,9 @@ mod tests {
         assert_eq!(g.status, GateStatus::Red, "{g:?}");
         assert!((g.threshold - 45.0).abs() < 0.5, "{g:?}");
         assert!(g.p_value.unwrap() < 1e-6, "{g:?}");
-        // YELLOW: the median is beyond the threshold but the sample is split
-        // (28 faster than every V1 request, 32 slower): not significant.
+        // GREEN: the median is beyond the threshold but the sample is split
+        // (28 faster than every V1 request, 32 slower): not significant, so
+        // no evidence against V2.
         let split = window(&cfg, |id, v, c| match (id.index(), v) {
             (0, Variant::V1) => {
                 cell(c, 500, 40, 0);
@@ -888,7 +1285,7 @@ mod tests {
         });
         let ev = eval(&cfg, &split, &BTreeMap::new());
         let g = ev.gates.iter().find(|g| g.key() == key).unwrap();
-        assert_eq!(g.status, GateStatus::Yellow, "{g:?}");
+        assert_eq!(g.status, GateStatus::Green, "{g:?}");
         assert!(g.reason.contains("not significant"), "{}", g.reason);
         assert!(g.p_value.unwrap() > 0.1, "{g:?}");
         // YELLOW: too few V1 samples to compare with.
@@ -915,15 +1312,15 @@ mod tests {
         let ev = evaluate(
             &w,
             &GateContext {
-                journeys: &cfg.journeys,
-                limits: &cfg.journey_limits,
-                rollout: &cfg.rollout,
-                gates: &cfg.gates,
+                cfg: &cfg,
                 phase_p95_ms: 130.0,
                 comparative: false,
+                weight_v2: 100.0,
+                v2_bad_since_start: 0,
+                shadow: false,
                 now: t0(),
                 previous: &mem.status,
-                clear_since: &mem.clear_since,
+                recovery: &mem.recovery,
             },
         );
         assert!(ev.gates.iter().all(|g| g.name != "latency_vs_control"));
@@ -948,8 +1345,13 @@ mod tests {
         });
         let ev = eval(&cfg, &w, &BTreeMap::new());
         let e = ev.gates.iter().find(|g| g.name == "error_rate").unwrap();
-        assert_eq!(e.status, GateStatus::Yellow, "{e:?}");
+        assert_eq!(e.status, GateStatus::Green, "{e:?}");
         assert!(e.reason.contains("not significant"), "{}", e.reason);
+        // A gate recovering from RED does not get that benefit of the doubt.
+        let was_red = BTreeMap::from([("error_rate".to_string(), GateStatus::Red)]);
+        let e = eval(&cfg, &w, &was_red).gates[0].clone();
+        assert_eq!(e.status, GateStatus::Yellow, "{e:?}");
+        assert!(e.reason.contains("recovering"), "{}", e.reason);
         // V1 is worse still (3 %), but V2's 2.4 % is significantly above the
         // 0.5 % ceiling: RED on the ceiling's own test.
         let w = window(&cfg, |id, v, c| {
@@ -1007,5 +1409,367 @@ mod tests {
                 "{key} RED for {n} of {runs} equal canaries"
             );
         }
+    }
+
+    // ===== the edge gates: beacons, funnels, cache, budget, concurrency, skew =====
+
+    const EDGE: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [upstreams]
+        v1 = "http://127.0.0.1:1"
+        v2 = "http://127.0.0.1:2"
+        reserved_capacity = 10
+        [routing]
+        region_header = "x-region"
+        regions = ["eu", "us"]
+        [[journeys]]
+        name = "search"
+        path_prefix = "/search"
+        read_heavy = true
+        [[journeys]]
+        name = "application_start"
+        path_prefix = "/api/applications/start"
+        [[journeys]]
+        name = "application_submit"
+        path_pattern = "/api/applications/*/submit"
+        [beacons]
+        names = ["page_view", "js_error", "search_result_click", "first_result_ms"]
+        [rollout]
+        min_samples = 50
+        [gates]
+        js_errors_per = "page_view"
+        slo_target = 0.999
+        [[gates.funnels]]
+        name = "application_conversion"
+        numerator = "journey:application_submit"
+        denominator = "journey:application_start"
+        [[gates.funnels]]
+        name = "search_ctr"
+        numerator = "beacon:search_result_click"
+        denominator = "journey:search"
+        max_drop = 0.05
+        [[gates.timings]]
+        name = "first_result_ms"
+    "#;
+
+    const PAGE_VIEW: usize = 0;
+    const JS_ERROR: usize = 1;
+    const CLICK: usize = 2;
+    const FIRST_RESULT: usize = 3;
+
+    fn edge() -> Config {
+        Config::parse(EDGE, "edge").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An empty 5-minute window with room for the beacons.
+    fn edge_window(cfg: &Config) -> Window {
+        let mut w = Window::empty_with(cfg.journeys.len(), cfg.beacons.names.len());
+        w.duration_ms = 300_000;
+        w
+    }
+
+    fn beacon(w: &mut Window, name: usize, v: Variant) -> &mut BeaconCounts {
+        &mut w.beacons[name * 2 + v as usize]
+    }
+
+    fn eval_with(cfg: &Config, w: &Window, weight_v2: f64, v2_bad: u64) -> Evaluation {
+        let mem = Memory::default();
+        evaluate(
+            w,
+            &GateContext {
+                cfg,
+                phase_p95_ms: 130.0,
+                comparative: weight_v2 < 100.0,
+                weight_v2,
+                v2_bad_since_start: v2_bad,
+                shadow: false,
+                now: t0(),
+                previous: &mem.status,
+                recovery: &mem.recovery,
+            },
+        )
+    }
+
+    fn gate_of<'e>(ev: &'e Evaluation, key: &str) -> &'e GateResult {
+        ev.gates
+            .iter()
+            .find(|g| g.key() == key)
+            .unwrap_or_else(|| panic!("no gate {key} in {:#?}", ev.gates))
+    }
+
+    fn js(w: &mut Window, views: [u64; 2], errors: [u64; 2]) {
+        for (i, v) in Variant::ALL.into_iter().enumerate() {
+            beacon(w, PAGE_VIEW, v).counts[BeaconType::Funnel as usize] = views[i];
+            beacon(w, JS_ERROR, v).counts[BeaconType::JsError as usize] = errors[i];
+        }
+    }
+
+    #[test]
+    fn js_errors_per_page_view() {
+        let cfg = edge();
+        let status = |views, errors| {
+            let mut w = edge_window(&cfg);
+            js(&mut w, views, errors);
+            let ev = eval_with(&cfg, &w, 10.0, 0);
+            let g = gate_of(&ev, "js_errors").clone();
+            (g.status, g.reason)
+        };
+        // 1 % on both: GREEN.
+        assert_eq!(status([10_000, 1_000], [100, 10]).0, GateStatus::Green);
+        // 4 % on V2 against 1 %: RED.
+        assert_eq!(status([10_000, 1_000], [100, 40]).0, GateStatus::Red);
+        // 1.5 % on V2: beyond 1.1 % but 15 errors in 1,000 views is no evidence.
+        let (st, why) = status([10_000, 1_000], [100, 15]);
+        assert_eq!(st, GateStatus::Green, "{why}");
+        assert!(why.contains("not significant"), "{why}");
+        // Too few V2 page views.
+        let (st, why) = status([10_000, 20], [100, 5]);
+        assert_eq!(st, GateStatus::Yellow);
+        assert_eq!(why, "insufficient data: 20 of 50 samples");
+    }
+
+    fn requests(w: &mut Window, cfg: &Config, journey: &str, v: Variant, n: u64) {
+        let id = cfg.journeys.by_name(journey).unwrap();
+        let c = &mut w.cells[id.index() * 2 + v as usize];
+        c.latency.record(30_000, n);
+        c.classes[1] += n;
+    }
+
+    #[test]
+    fn funnel_conversion_from_journeys() {
+        let cfg = edge();
+        let key = "funnel/application_conversion";
+        let status = |start: [u64; 2], submit: [u64; 2]| {
+            let mut w = edge_window(&cfg);
+            for (i, v) in Variant::ALL.into_iter().enumerate() {
+                requests(&mut w, &cfg, "application_start", v, start[i]);
+                requests(&mut w, &cfg, "application_submit", v, submit[i]);
+            }
+            gate_of(&eval_with(&cfg, &w, 10.0, 0), key).clone()
+        };
+        // 80 % submit on both: GREEN.
+        assert_eq!(status([2_000, 200], [1_600, 160]).status, GateStatus::Green);
+        // V2 drops the submit step for most users: RED.
+        let g = status([2_000, 200], [1_600, 60]);
+        assert_eq!(g.status, GateStatus::Red, "{g:?}");
+        assert!((g.threshold - 0.8 * 0.97).abs() < 1e-9, "{g:?}");
+        // Too few V2 starts.
+        let g = status([2_000, 30], [1_600, 10]);
+        assert_eq!(g.status, GateStatus::Yellow);
+        assert!(g.reason.starts_with("insufficient data"), "{}", g.reason);
+    }
+
+    #[test]
+    fn funnel_ratio_from_a_beacon_over_a_journey_can_exceed_one() {
+        let cfg = edge();
+        let key = "funnel/search_ctr";
+        let status = |searches: [u64; 2], clicks: [u64; 2]| {
+            let mut w = edge_window(&cfg);
+            for (i, v) in Variant::ALL.into_iter().enumerate() {
+                requests(&mut w, &cfg, "search", v, searches[i]);
+                beacon(&mut w, CLICK, v).counts[BeaconType::Funnel as usize] = clicks[i];
+            }
+            gate_of(&eval_with(&cfg, &w, 10.0, 0), key).status
+        };
+        // 1.5 clicks per search on both.
+        assert_eq!(status([2_000, 400], [3_000, 600]), GateStatus::Green);
+        // V2 users click half as often.
+        assert_eq!(status([2_000, 400], [3_000, 300]), GateStatus::Red);
+        assert_eq!(status([2_000, 10], [3_000, 15]), GateStatus::Yellow);
+    }
+
+    #[test]
+    fn timing_beacons_compare_medians_with_mann_whitney() {
+        let cfg = edge();
+        let key = "timing/first_result_ms";
+        let status = |v1: &[(u64, u64)], v2: &[(u64, u64)]| {
+            let mut w = edge_window(&cfg);
+            for (v, values) in [(Variant::V1, v1), (Variant::V2, v2)] {
+                let b = beacon(&mut w, FIRST_RESULT, v);
+                for &(ms, n) in values {
+                    b.timing.record(ms * 1000, n);
+                    b.counts[BeaconType::Timing as usize] += n;
+                }
+            }
+            gate_of(&eval_with(&cfg, &w, 10.0, 0), key).clone()
+        };
+        let v1 = [(200, 500), (300, 500)];
+        assert_eq!(
+            status(&v1, &[(200, 50), (300, 50)]).status,
+            GateStatus::Green
+        );
+        let g = status(&v1, &[(300, 60), (400, 60)]);
+        assert_eq!(g.status, GateStatus::Red, "{g:?}");
+        assert!((g.threshold - 200.0 * 1.05).abs() < 2.0, "{g:?}");
+        assert_eq!(status(&v1, &[(400, 20)]).status, GateStatus::Yellow);
+    }
+
+    #[test]
+    fn cache_hit_ratio_on_read_heavy_journeys() {
+        let cfg = edge();
+        let status = |n: u64, hits: u64| {
+            let mut w = edge_window(&cfg);
+            requests(&mut w, &cfg, "search", Variant::V1, 1_000);
+            requests(&mut w, &cfg, "search", Variant::V2, n);
+            let id = cfg.journeys.by_name("search").unwrap();
+            w.cells[id.index() * 2 + 1].cache_hits = hits;
+            let ev = eval_with(&cfg, &w, 10.0, 0);
+            // Only read-heavy journeys have the gate.
+            assert!(ev
+                .gates
+                .iter()
+                .all(|g| g.name != "cache_hit" || g.journey.as_deref() == Some("search")));
+            gate_of(&ev, "cache_hit/search").status
+        };
+        assert_eq!(status(1_000, 950), GateStatus::Green);
+        assert_eq!(status(1_000, 500), GateStatus::Red);
+        assert_eq!(status(10, 2), GateStatus::Yellow);
+    }
+
+    #[test]
+    fn error_budget_share_of_the_monthly_budget() {
+        let cfg = edge();
+        let mut w = edge_window(&cfg);
+        // 30,000 requests in 5 minutes = 100 req/s: the 30-day budget of a
+        // 99.9 % SLO is 0.001 * 100 * 2,592,000 = 259,200 bad requests.
+        requests(&mut w, &cfg, "search", Variant::V1, 27_000);
+        requests(&mut w, &cfg, "search", Variant::V2, 3_000);
+        let g = gate_of(&eval_with(&cfg, &w, 10.0, 2_592), "error_budget").clone();
+        assert_eq!(g.status, GateStatus::Green, "{g:?}");
+        assert!((g.value.unwrap() - 0.01).abs() < 1e-9, "{g:?}");
+        let g = gate_of(&eval_with(&cfg, &w, 10.0, 20_000), "error_budget").clone();
+        assert_eq!(g.status, GateStatus::Red, "{g:?}");
+        let g = gate_of(
+            &eval_with(&cfg, &edge_window(&cfg), 10.0, 0),
+            "error_budget",
+        )
+        .clone();
+        assert_eq!(g.status, GateStatus::Yellow, "{g:?}");
+    }
+
+    #[test]
+    fn concurrency_is_yellow_while_shedding() {
+        let cfg = edge();
+        let mut w = edge_window(&cfg);
+        requests(&mut w, &cfg, "search", Variant::V2, 100);
+        let g = gate_of(&eval_with(&cfg, &w, 10.0, 0), "concurrency").clone();
+        assert_eq!(g.status, GateStatus::Green, "{g:?}");
+        assert_eq!(g.threshold, 10.0);
+        w.shed = [0, 7];
+        let g = gate_of(&eval_with(&cfg, &w, 10.0, 0), "concurrency").clone();
+        assert_eq!(g.status, GateStatus::Yellow, "{g:?}");
+        assert!(g.reason.contains("7 requests shed"), "{}", g.reason);
+        // No reserved capacity configured: no gate.
+        let plain = Config::parse(CONFIG, "t").unwrap();
+        let ev = eval(&plain, &window(&plain, |_, _, _| {}), &BTreeMap::new());
+        assert!(ev.gates.iter().all(|g| g.name != "concurrency"));
+    }
+
+    #[test]
+    fn split_skew_per_region() {
+        use crate::stats::UserShare;
+        let cfg = edge();
+        let mut w = edge_window(&cfg);
+        let share = |v1: u64, v2: u64| UserShare {
+            v1,
+            v2,
+            expected_v2: (v1 + v2) as f64 * 0.10,
+            intervals: 1,
+        };
+        // eu on target, us three times too many V2 users, other too few users.
+        w.users = vec![share(905, 95), share(900, 300), share(18, 2)];
+        let ev = eval_with(&cfg, &w, 10.0, 0);
+        assert_eq!(gate_of(&ev, "split_skew/eu").status, GateStatus::Green);
+        let us = gate_of(&ev, "split_skew/us");
+        assert_eq!(us.status, GateStatus::Red, "{us:?}");
+        assert!((us.value.unwrap() - 1.5).abs() < 1e-9, "{us:?}");
+        assert_eq!(gate_of(&ev, "split_skew/other").status, GateStatus::Yellow);
+        // Not judged at 0 % or 100 %.
+        let ev = eval_with(&cfg, &w, 100.0, 0);
+        assert!(ev.gates.iter().all(|g| g.name != "split_skew"));
+    }
+
+    #[test]
+    fn edge_config_errors_name_the_key() {
+        let bad = |from: &str, to: &str| {
+            Config::parse(&EDGE.replace(from, to), "t")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("js_errors_per = \"page_view\"", "js_errors_per = \"views\"");
+        assert!(e.contains("`gates.js_errors_per`"), "{e}");
+        let e = bad("journey:application_submit", "journey:nope");
+        assert!(e.contains("`gates.funnels[0].numerator`"), "{e}");
+        let e = bad("beacon:search_result_click", "click");
+        assert!(e.contains("`gates.funnels[1].numerator`"), "{e}");
+        let e = bad(
+            "[[gates.timings]]\n        name = \"first_result_ms\"",
+            "[[gates.timings]]\n        name = \"ttfb\"",
+        );
+        assert!(e.contains("`gates.timings[0].name`"), "{e}");
+        let e = bad("slo_target = 0.999", "slo_target = 99.9");
+        assert!(e.contains("`gates.slo_target`"), "{e}");
+        let e = bad("regions = [\"eu\", \"us\"]", "regions = [\"eu\", \"EU\"]");
+        assert!(e.contains("`routing.regions[1]`"), "{e}");
+        let e = bad("region_header = \"x-region\"", "");
+        assert!(e.contains("`routing.regions`"), "{e}");
+    }
+
+    #[test]
+    fn shadow_phase_judges_the_mirrors() {
+        use crate::stats::shadow::ShadowCounts;
+        let cfg = Config::parse(CONFIG, "t").unwrap();
+        let eval_shadow = |w: &Window| {
+            let mem = Memory::default();
+            evaluate(
+                w,
+                &GateContext {
+                    cfg: &cfg,
+                    phase_p95_ms: 130.0,
+                    comparative: true,
+                    weight_v2: 0.0,
+                    v2_bad_since_start: 0,
+                    shadow: true,
+                    now: t0(),
+                    previous: &mem.status,
+                    recovery: &mem.recovery,
+                },
+            )
+        };
+        let with = |compared: u64, diffs: u64| {
+            let mut w = window(&cfg, |id, v, c| {
+                if id.index() == 0 && v == Variant::V1 {
+                    cell(c, 1000, 40, 0)
+                }
+            });
+            let mut s = ShadowCounts {
+                compared,
+                diffs,
+                ..Default::default()
+            };
+            s.classes[1] = compared;
+            s.duration.record(20_000, compared);
+            w.shadow = vec![s, ShadowCounts::default(), ShadowCounts::default()];
+            w
+        };
+        // No mirrored traffic: the overall gate holds, nothing passes vacuously.
+        let ev = eval_shadow(&window(&cfg, |_, _, _| {}));
+        assert_eq!(ev.gates.len(), 1);
+        assert_eq!(status(&ev, "shadow_diff"), GateStatus::Yellow);
+        let ev = eval_shadow(&with(500, 0));
+        assert!(ev.all_green(), "{:#?}", ev.gates);
+        // Only shadow gates: live gates would all be "insufficient data".
+        assert!(ev
+            .gates
+            .iter()
+            .all(|g| g.name == "shadow_diff" || g.name == "latency_p95"));
+        let ev = eval_shadow(&with(500, 100));
+        assert_eq!(status(&ev, "shadow_diff/search"), GateStatus::Red);
+        assert_eq!(status(&ev, "shadow_diff"), GateStatus::Red);
+        assert_eq!(
+            status(&eval_shadow(&with(10, 5)), "shadow_diff"),
+            GateStatus::Yellow
+        );
     }
 }

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod gates;
 pub mod history;
+pub mod replay;
 pub mod report;
 pub mod rollout;
 pub mod state;
@@ -145,6 +146,7 @@ pub fn route_table(cfg: &Config, s: &RolloutState) -> RouteTable {
     RouteTable {
         v2: WeightBp::from_percent(s.weight_v2).unwrap_or(WeightBp::ZERO),
         headers,
+        shadow: s.state == StateName::Shadow,
     }
 }
 
@@ -170,6 +172,8 @@ pub struct Controller {
     last_update: Option<Instant>,
     /// Print each report to stdout (the demo).
     pub echo_reports: bool,
+    /// Evaluation records for `rollgate replay` (`None` when disabled).
+    recorder: Option<replay::Recorder>,
 }
 
 impl Controller {
@@ -220,7 +224,7 @@ impl Controller {
         let history_view = Arc::new(ArcSwap::from_pointee(HistoryView::default()));
         let (tx, rx) = mpsc::channel(64);
         let webhook = cfg.rollout.webhook_url.clone().map(webhook::Sender::spawn);
-        let ctl = Controller {
+        let mut ctl = Controller {
             ring: IntervalRing::new(cfg.rollout.window + cfg.rollout.tick * 2),
             reports: ReportStore::new(dir),
             saved: state.clone(),
@@ -241,7 +245,9 @@ impl Controller {
             timeline: Vec::new(),
             last_update: None,
             echo_reports: false,
+            recorder: None,
         };
+        ctl.recorder = cfg_replay_recorder(&ctl.cfg);
         ctl.publish();
         let handle = ControlHandle {
             tx,
@@ -280,40 +286,73 @@ impl Controller {
         self.persist();
     }
 
-    fn evaluate(&mut self) -> Evaluation {
+    /// Takes this tick's interval into the window and evaluates the gates;
+    /// returns the interval too (for the evaluation record).
+    fn evaluate(&mut self, now: DateTime<Utc>) -> (Evaluation, Option<crate::stats::Interval>) {
+        // `Interval::end_ms` is this clock; the record keeps it for replay.
         let now_ms = self.origin.elapsed().as_millis() as u64;
-        self.ring.push(now_ms, self.telemetry.snapshot());
+        let mut snapshot = self.telemetry.snapshot();
+        snapshot.users = self.telemetry.take_users();
+        // The weight in force since the last tick: the interval was routed with it.
+        snapshot.weight_v2_bp = self.router.load().v2.bp();
+        let interval = self.ring.push(now_ms, snapshot).cloned();
+        if let Some(interval) = &interval {
+            if Core::active(&self.state) {
+                let bad: u64 = interval
+                    .cells
+                    .iter()
+                    .skip(crate::routing::Variant::V2 as usize)
+                    .step_by(2)
+                    .map(|c| c.classes[crate::stats::StatusClass::ServerError as usize])
+                    .sum();
+                self.state.v2_bad_requests += bad;
+            }
+        }
         let window = self
             .ring
             .window(self.cfg.journeys.len(), now_ms, self.cfg.rollout.window);
-        let phase_p95_ms = self
-            .state
-            .phase_index
-            .map_or(self.cfg.rollout.phases[0].p95_ms, |i| {
-                self.cfg.rollout.phases[i].p95_ms
-            });
-        gates::evaluate(
-            &window,
-            &GateContext {
-                journeys: &self.cfg.journeys,
-                limits: &self.cfg.journey_limits,
-                rollout: &self.cfg.rollout,
-                gates: &self.cfg.gates,
-                phase_p95_ms,
-                comparative: self.state.weight_v2 < 100.0,
-                now: Utc::now(),
-                previous: &self.state.gate_status,
-                clear_since: &self.state.gate_clear_since,
-            },
-        )
+        let ev = gates::evaluate(&window, &gate_context(&self.cfg, &self.state, now));
+        (ev, interval)
+    }
+
+    /// Appends the evaluation record (`control::replay`).
+    fn record(
+        &mut self,
+        kind: &str,
+        now: DateTime<Utc>,
+        local: chrono::NaiveTime,
+        interval: Option<crate::stats::Interval>,
+        before: RolloutState,
+        decision: Option<Decision>,
+    ) {
+        let Some(rec) = &mut self.recorder else {
+            return;
+        };
+        let r = replay::EvalRecord {
+            at: now,
+            now_ms: interval
+                .as_ref()
+                .map_or(self.origin.elapsed().as_millis() as u64, |i| i.end_ms),
+            local,
+            kind: kind.into(),
+            interval,
+            state: before,
+            gates: self.last_eval.gates.clone(),
+            decision,
+        };
+        if let Err(e) = rec.record(&r) {
+            tracing::warn!(error = %e, "could not record the evaluation");
+        }
     }
 
     fn on_tick(&mut self) {
-        let ev = self.evaluate();
+        let (now, local) = (Utc::now(), Local::now().time());
+        let (ev, interval) = self.evaluate(now);
+        let before = self.state.clone();
         let cfg = self.cfg.clone();
-        let out =
-            Core { cfg: &cfg.rollout }.tick(&mut self.state, &ev, Utc::now(), Local::now().time());
+        let out = Core { cfg: &cfg.rollout }.tick(&mut self.state, &ev, now, local);
         self.last_eval = ev;
+        self.record("tick", now, local, interval, before, out.decision.clone());
         self.apply(out, "controller");
         self.record_history();
     }
@@ -338,10 +377,13 @@ impl Controller {
         if matches!(self.state.state, StateName::RolledBack) {
             return;
         }
-        let ev = self.evaluate();
+        let (now, local) = (Utc::now(), Local::now().time());
+        let (ev, interval) = self.evaluate(now);
+        let before = self.state.clone();
         self.last_eval = ev;
         let cfg = self.cfg.clone();
-        let out = Core { cfg: &cfg.rollout }.payment_trip(&mut self.state, trip, Utc::now());
+        let out = Core { cfg: &cfg.rollout }.payment_trip(&mut self.state, trip, now);
+        self.record("trip", now, local, interval, before, out.decision.clone());
         self.apply(out, "request-path");
     }
 
@@ -446,6 +488,7 @@ impl Controller {
     fn route_differs(&self) -> bool {
         let cur = self.router.load();
         cur.v2 != WeightBp::from_percent(self.state.weight_v2).unwrap_or(WeightBp::ZERO)
+            || cur.shadow != (self.state.state == StateName::Shadow)
     }
 
     fn phase_name(&self) -> Option<String> {
@@ -671,8 +714,41 @@ fn command_detail(cmd: &Command) -> serde_json::Value {
     }
 }
 
+fn cfg_replay_recorder(cfg: &Config) -> Option<replay::Recorder> {
+    cfg.replay
+        .record
+        .then(|| replay::Recorder::new(&cfg.server.state_dir, cfg.replay.max_bytes))
+}
+
+/// The gate inputs of a tick: the config, and what the rollout state says
+/// about the phase (P95 threshold, control traffic, weight, error budget
+/// spent, shadow mode). Shared by the controller and `rollgate replay`.
+pub fn gate_context<'a>(
+    cfg: &'a Config,
+    s: &'a RolloutState,
+    now: DateTime<Utc>,
+) -> GateContext<'a> {
+    let phase_p95_ms = s
+        .phase_index
+        .and_then(|i| cfg.rollout.phases.get(i))
+        .unwrap_or(&cfg.rollout.phases[0])
+        .p95_ms;
+    GateContext {
+        cfg,
+        phase_p95_ms,
+        comparative: s.weight_v2 < 100.0,
+        weight_v2: s.weight_v2,
+        v2_bad_since_start: s.v2_bad_requests,
+        shadow: is_shadow(cfg, s),
+        now,
+        previous: &s.gate_status,
+        recovery: &s.gate_recovery,
+    }
+}
+
 /// Whether a phase mirrors rather than routes.
 pub fn is_shadow(cfg: &Config, s: &RolloutState) -> bool {
     s.phase_index
-        .is_some_and(|i| cfg.rollout.phases[i].mode == PhaseMode::Shadow)
+        .and_then(|i| cfg.rollout.phases.get(i))
+        .is_some_and(|p| p.mode == PhaseMode::Shadow)
 }

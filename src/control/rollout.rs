@@ -98,7 +98,7 @@ impl Core<'_> {
         s.green_since = None;
         s.red_since.clear();
         s.gate_status.clear();
-        s.gate_clear_since.clear();
+        s.gate_recovery.clear();
         s.state = match phase.mode {
             PhaseMode::Shadow => StateName::Shadow,
             PhaseMode::Live => StateName::Canary,
@@ -220,11 +220,11 @@ impl Core<'_> {
     fn remember_gates(&self, s: &mut RolloutState, ev: &Evaluation, now: DateTime<Utc>) {
         let mut red_since = BTreeMap::new();
         let mut status = BTreeMap::new();
-        let mut clear_since = BTreeMap::new();
+        let mut recovery = BTreeMap::new();
         for g in &ev.gates {
             let key = g.key();
-            if let Some(t) = g.clear_since {
-                clear_since.insert(key.clone(), t);
+            if let Some(r) = g.recovery {
+                recovery.insert(key.clone(), r);
             }
             if g.status == GateStatus::Red {
                 let since = s.red_since.get(&key).copied().unwrap_or(now);
@@ -234,7 +234,7 @@ impl Core<'_> {
         }
         s.red_since = red_since;
         s.gate_status = status;
-        s.gate_clear_since = clear_since;
+        s.gate_recovery = recovery;
     }
 
     /// Automatic rollback triggers evaluated on the tick.
@@ -316,6 +316,8 @@ impl Core<'_> {
             return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
         }
         self.enter_phase(s, 0, now);
+        // A rollout starts: its error budget account starts empty.
+        s.v2_bad_requests = 0;
         let d = decision(
             Action::Go,
             format!("start conditions met: entering {}", first.name),

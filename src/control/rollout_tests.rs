@@ -113,7 +113,7 @@ fn gate(name: &str, journey: Option<&str>, status: GateStatus) -> GateResult {
         },
         reason,
         p_value: None,
-        clear_since: None,
+        recovery: None,
     }
 }
 
@@ -1515,15 +1515,15 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
     gates::evaluate(
         w,
         &GateContext {
-            journeys: &cfg.journeys,
-            limits: &cfg.journey_limits,
-            rollout: &cfg.rollout,
-            gates: &cfg.gates,
+            cfg,
             phase_p95_ms: p95,
             comparative: s.weight_v2 < 100.0,
+            weight_v2: s.weight_v2,
+            v2_bad_since_start: s.v2_bad_requests,
+            shadow: crate::control::is_shadow(cfg, s),
             now,
             previous: &s.gate_status,
-            clear_since: &s.gate_clear_since,
+            recovery: &s.gate_recovery,
         },
     )
 }

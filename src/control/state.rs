@@ -136,9 +136,12 @@ pub struct RolloutState {
     pub gate_status: BTreeMap<String, GateStatus>,
     /// Since when each currently RED gate has been RED.
     pub red_since: BTreeMap<String, DateTime<Utc>>,
-    /// Cooldown clocks: since when each recovering gate is inside its promote band.
+    /// Gates recovering from a breach, with their cooldown clocks.
     #[serde(default)]
-    pub gate_clear_since: BTreeMap<String, DateTime<Utc>>,
+    pub gate_recovery: BTreeMap<String, super::gates::Recovery>,
+    /// V2's 5xx responses since this rollout started (the error budget gate).
+    #[serde(default)]
+    pub v2_bad_requests: u64,
     pub flags: BTreeMap<String, i64>,
     pub approvals: Vec<Approval>,
     pub incidents: Vec<Incident>,
@@ -163,7 +166,8 @@ impl RolloutState {
             green_since: None,
             gate_status: BTreeMap::new(),
             red_since: BTreeMap::new(),
-            gate_clear_since: BTreeMap::new(),
+            gate_recovery: BTreeMap::new(),
+            v2_bad_requests: 0,
             flags,
             approvals: Vec::new(),
             incidents: Vec::new(),

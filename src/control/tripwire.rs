@@ -109,6 +109,7 @@ mod tests {
         let router = Arc::new(Router::new(RouteTable {
             v2: WeightBp::from_percent(25.0).unwrap(),
             headers: vec![],
+            shadow: false,
         }));
         let trip = PaymentTrip::new(5, router.clone());
         trip.arm(true);
@@ -135,6 +136,7 @@ mod tests {
         let router = Arc::new(Router::new(RouteTable {
             v2: WeightBp::FULL,
             headers: vec![],
+            shadow: false,
         }));
         let trip = PaymentTrip::new(1, router.clone());
         for _ in 0..10 {

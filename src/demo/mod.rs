@@ -34,13 +34,19 @@ pub enum Fault {
     Errors,
     /// Every V2 payment fails -> `payment_failures` (request path).
     Payments,
+    /// V2's application page lost its submit step: the synthetic users never
+    /// submit -> the `funnel/application_conversion` gate -> `gate_red_sustained`.
+    Funnel,
+    /// V2's pages throw in the browser: the users report `js_error` beacons on
+    /// a quarter of V2 page views -> the `js_errors` gate -> `gate_red_sustained`.
+    JsErrors,
 }
 
 impl Fault {
     pub fn expected_trigger(self) -> Trigger {
         match self {
             Fault::Latency => Trigger::P95Hard,
-            Fault::Errors => Trigger::GateRedSustained,
+            Fault::Errors | Fault::Funnel | Fault::JsErrors => Trigger::GateRedSustained,
             Fault::Payments => Trigger::PaymentFailures,
         }
     }
@@ -84,6 +90,27 @@ pub struct DemoOptions {
     pub deadline: Duration,
     /// Print gate reports and the progress line.
     pub verbose: bool,
+    /// The gates' sliding window (compressed like everything else).
+    pub window: Duration,
+    /// Multiplies the demo apps' latencies (1 = the story's 40/35 ms medians).
+    pub latency_scale: f64,
+}
+
+impl DemoOptions {
+    /// For tests in a debug build on a small machine: a lighter load, faster
+    /// apps (so an unoptimized proxy does not trip `p95_hard` on its own
+    /// CPU queueing), and a longer window so a 5 % canary still gathers the
+    /// samples the gates need at that load.
+    pub fn for_tests() -> Self {
+        Self {
+            users: 300,
+            rate: 250.0,
+            window: Duration::from_secs(8),
+            latency_scale: 0.25,
+            verbose: false,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for DemoOptions {
@@ -94,11 +121,14 @@ impl Default for DemoOptions {
             rate: 700.0,
             deadline: Duration::from_secs(85),
             verbose: true,
+            window: Duration::from_secs(3),
+            latency_scale: 1.0,
         }
     }
 }
 
-fn config_text(v1: u16, v2: u16, state_dir: &str) -> String {
+fn config_text(v1: u16, v2: u16, state_dir: &str, window: Duration) -> String {
+    let window = humantime::format_duration(window);
     format!(
         r#"
 [server]
@@ -136,7 +166,7 @@ kind = "payment"
 
 [rollout]
 tick = "250ms"
-window = "4s"
+window = "{window}"
 min_samples = 20
 error_rate_max = 0.005
 error_rate_margin = 0.002
@@ -145,8 +175,28 @@ red_rollback_after = "4s"
 consecutive_payment_failures = 5
 full_sustain = "5s"
 
+[beacons]
+names = ["page_view", "js_error", "search_result_click", "first_result_ms"]
+
 [gates]
 cooldown = "1s"
+js_errors_per = "page_view"
+
+[[gates.funnels]]
+name = "application_conversion"
+numerator = "journey:application_submit"
+denominator = "journey:application_start"
+max_drop = 0.03
+
+[[gates.funnels]]
+name = "search_ctr"
+numerator = "beacon:search_result_click"
+denominator = "journey:search"
+max_drop = 0.05
+
+[[gates.timings]]
+name = "first_result_ms"
+max_increase = 0.05
 
 [rollout.flags]
 SHADOW_PASS_24H = 1
@@ -186,19 +236,19 @@ headers = {{ x-payment-mode = "live" }}
     )
 }
 
-fn profiles(fault: Option<Fault>) -> (Profile, Profile) {
+fn profiles(fault: Option<Fault>, scale: f64) -> (Profile, Profile) {
     let v1 = Profile::healthy(
         "v1",
         Latency {
-            median_ms: 40.0,
-            p95_ms: 85.0,
+            median_ms: 40.0 * scale,
+            p95_ms: 85.0 * scale,
         },
     );
     let mut v2 = Profile::healthy(
         "v2",
         Latency {
-            median_ms: 35.0,
-            p95_ms: 75.0,
+            median_ms: 35.0 * scale,
+            p95_ms: 75.0 * scale,
         },
     );
     match fault {
@@ -211,6 +261,8 @@ fn profiles(fault: Option<Fault>) -> (Profile, Profile) {
         }
         Some(Fault::Errors) => v2.error_rate = 0.05,
         Some(Fault::Payments) => v2.payment_failure_rate = 1.0,
+        Some(Fault::Funnel) => v2.drop_submit = true,
+        Some(Fault::JsErrors) => v2.js_error_rate = 0.25,
     }
     (v1, v2)
 }
@@ -234,6 +286,11 @@ fn worst_gate(s: &StatusView) -> String {
 
 /// Runs the demo to its end and returns how it ended.
 pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
+    run_detailed(opts).await.map(|(ending, _)| ending)
+}
+
+/// Like [`run`], with the reason of the final decision.
+pub async fn run_detailed(opts: DemoOptions) -> Result<(Ending, String), DemoError> {
     let started = Instant::now();
     let setup = |e: std::io::Error| DemoError::Setup(e.to_string());
     let state_dir = std::env::temp_dir().join(format!(
@@ -245,7 +302,7 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let (v1_profile, v2_profile) = profiles(opts.fault);
+    let (v1_profile, v2_profile) = profiles(opts.fault, opts.latency_scale);
     let l1 = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
     let l2 = TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
     let (p1, p2) = (
@@ -256,7 +313,7 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     tokio::spawn(upstream::serve(l2, v2_profile, stopped(stop_rx.clone())));
 
     let cfg = Config::parse(
-        &config_text(p1, p2, &state_dir.display().to_string()),
+        &config_text(p1, p2, &state_dir.display().to_string(), opts.window),
         "demo config",
     )
     .map_err(|e| DemoError::Setup(e.to_string()))?;
@@ -292,6 +349,12 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     ));
 
     let ending = drive(&app, &opts, started, &say).await;
+    let reason = app
+        .control
+        .status()
+        .last_decision
+        .as_ref()
+        .map_or(String::new(), |d| d.reason.clone());
     stop_users.store(true, Ordering::Relaxed);
     let _ = users.await;
     if let Ok(Ending::Promoted) = &ending {
@@ -302,15 +365,16 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
         }
     }
     say(format!(
-        "traffic: {} requests, {} ok, {} failed, in {:.1} s",
+        "traffic: {} requests, {} ok, {} failed, {} beacons, in {:.1} s",
         counters.sent.load(Ordering::Relaxed),
         counters.ok.load(Ordering::Relaxed),
         counters.failed.load(Ordering::Relaxed),
+        counters.beacons.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     ));
     app.shutdown().await;
     let _ = stop_apps.send(true);
-    ending
+    ending.map(|e| (e, reason))
 }
 
 /// Watches the rollout, playing the operator: sets the missing flag and gives

@@ -53,6 +53,13 @@ pub struct Profile {
     pub payment_failure_rate: f64,
     /// Response body size in bytes (at least the small JSON).
     pub body_bytes: usize,
+    /// Share of pages (GET search/detail) whose scripts throw in the browser:
+    /// the page says so in `x-demo-js-error: 1` and the synthetic user
+    /// reports a `js_error` beacon.
+    pub js_error_rate: f64,
+    /// The application page lost its submit button: `x-demo-next: search`
+    /// on application start, and the synthetic user never submits.
+    pub drop_submit: bool,
 }
 
 impl Profile {
@@ -63,6 +70,8 @@ impl Profile {
             error_rate: 0.0,
             payment_failure_rate: 0.0,
             body_bytes: 0,
+            js_error_rate: 0.0,
+            drop_submit: false,
         }
     }
 }
@@ -71,7 +80,11 @@ async fn handle(
     p: Arc<Profile>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let is_payment = req.method() == Method::POST && req.uri().path().starts_with("/api/payments");
+    let path = req.uri().path();
+    let is_payment = req.method() == Method::POST && path.starts_with("/api/payments");
+    let is_page = req.method() == Method::GET
+        && (path.starts_with("/search") || path.starts_with("/scholarships"));
+    let is_start = path.starts_with("/api/applications/start");
     // Drain the request body so keep-alive connections can be reused.
     let _ = req.into_body().collect().await;
     let delay = p.latency.sample();
@@ -102,6 +115,14 @@ async fn handle(
     );
     r.headers_mut()
         .insert("x-app-version", HeaderValue::from_static(p.name));
+    if is_page && rand::random::<f64>() < p.js_error_rate {
+        r.headers_mut()
+            .insert("x-demo-js-error", HeaderValue::from_static("1"));
+    }
+    if is_start && p.drop_submit {
+        r.headers_mut()
+            .insert("x-demo-next", HeaderValue::from_static("search"));
+    }
     Ok(r)
 }
 

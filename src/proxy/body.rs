@@ -17,6 +17,10 @@ pub enum ProxyBody {
     Upstream {
         inner: Incoming,
         guard: InflightGuard,
+        /// A unit of V2's reserved capacity, released with the body.
+        permit: Option<super::Permit>,
+        /// Shadow phase: hands V1's answer to the mirror's comparison.
+        tee: Option<super::shadow::Tee>,
     },
     Full(Option<Bytes>),
 }
@@ -40,12 +44,34 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { inner, guard } => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &polled {
-                    // The upstream died mid-body: the client sees a truncated
-                    // response, the controller sees a reset.
-                    guard.record_error(UpstreamErrorKind::Reset);
+            ProxyBody::Upstream {
+                inner, guard, tee, ..
+            } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Err(_))) => {
+                        // The upstream died mid-body: the client sees a truncated
+                        // response, the controller sees a reset.
+                        guard.record_error(UpstreamErrorKind::Reset);
+                        // No comparison against a truncated answer.
+                        *tee = None;
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(t), Some(data)) = (tee.as_mut(), frame.data_ref()) {
+                            t.chunk(data);
+                            // With a known length hyper stops polling after
+                            // the last chunk instead of reading the end.
+                            if inner.is_end_stream() {
+                                t.finish(None);
+                            }
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(t) = tee.as_mut() {
+                            t.finish(None);
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }

@@ -9,9 +9,11 @@ pub mod beacon;
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod shadow;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,13 +21,13 @@ use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
-use crate::config::{BeaconsConfig, Config, Upstream};
+use crate::config::{BeaconsConfig, Config, RoutingConfig, Upstream};
 use crate::control::tripwire::PaymentTrip;
 use crate::journeys::{JourneyKind, Journeys};
 use crate::routing::{RouteTable, Router, Variant};
 use crate::stats::beacons::BeaconReject;
 use crate::stats::{Telemetry, UpstreamErrorKind};
-use crate::sticky::{Source, Sticky};
+use crate::sticky::{Resolved, Source, Sticky};
 use access_log::AccessLog;
 use body::ProxyBody;
 use forward::{SendError, Upstreams};
@@ -44,6 +46,12 @@ pub struct Proxy {
     allow_override: bool,
     access_log: AccessLog,
     beacons: BeaconsConfig,
+    /// Region header and labels (split skew per region).
+    routing: RoutingConfig,
+    /// V2's reserved capacity.
+    capacity: Arc<Capacity>,
+    /// Mirroring during shadow phases (`None` without a shadow phase).
+    shadow: Option<shadow::Shadow>,
     /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
     tls: bool,
 }
@@ -57,6 +65,7 @@ impl Proxy {
         router: Arc<Router>,
         telemetry: Arc<Telemetry>,
         payment_trip: Arc<PaymentTrip>,
+        shadow: Option<shadow::Shadow>,
         tls: bool,
     ) -> Self {
         let r = &config.routing;
@@ -77,6 +86,12 @@ impl Proxy {
             allow_override: r.allow_override_header,
             access_log: AccessLog::new(config),
             beacons: config.beacons.clone(),
+            routing: config.routing.clone(),
+            capacity: Arc::new(Capacity {
+                limit: config.upstreams.reserved_capacity,
+                inflight: AtomicU32::new(0),
+            }),
+            shadow,
             tls,
         }
     }
@@ -98,28 +113,60 @@ impl Proxy {
         let variant = self
             .override_variant(&req)
             .unwrap_or_else(|| route.v2.pick(sticky.bucket));
+        if !beacon::opted_out(req.headers()) {
+            let region = self.routing.region_of(req.headers());
+            self.telemetry.record_user(region, variant, sticky.bucket);
+        }
+        // V2's reserved capacity: the excess is shed here, before V2 sees it.
+        let permit = match variant {
+            Variant::V1 => None,
+            Variant::V2 => match self.capacity.admit() {
+                Ok(p) => p,
+                Err(Shed) => {
+                    self.telemetry.record_shed(Variant::V2);
+                    return Ok(self.finish(shed_response(), variant, sticky));
+                }
+            },
+        };
         let inflight = self.telemetry.inflight(journey, variant);
         let log_method = self.access_log.method(req.method());
 
-        // Forward.
+        // Forward, and in a shadow phase queue a mirror to V2 (never waits).
         self.prepare_upstream(&mut req, variant, &route, peer);
+        let mut tee = match &self.shadow {
+            Some(sh)
+                if route.shadow && variant == Variant::V1 && sh.eligible(journey, req.method()) =>
+            {
+                sh.mirror(journey, &req)
+            }
+            _ => None,
+        };
         drop(route);
         let result = self.upstreams.send(req).await;
         let latency = start.elapsed();
 
         // Record and answer.
-        let (status, mut resp) = match result {
+        let (status, resp) = match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 let cache_hit = is_cache_hit(&parts.headers);
                 self.telemetry
                     .record(journey, variant, latency, parts.status.as_u16(), cache_hit);
                 remove_hop_by_hop(&mut parts.headers);
+                if let Some(t) = tee.as_mut() {
+                    t.head(parts.status.as_u16(), &parts.headers);
+                    if http_body::Body::is_end_stream(&body) {
+                        // HEAD or an empty body: nothing more will be polled.
+                        t.finish(None);
+                    }
+                }
                 let resp = Response::from_parts(
                     parts,
                     ProxyBody::Upstream {
                         inner: body,
                         guard: inflight,
+                        permit,
+                        tee,
                     },
                 );
                 (resp.status(), resp)
@@ -140,6 +187,9 @@ impl Proxy {
                 self.telemetry.record_upstream_error(journey, variant, kind);
                 self.telemetry
                     .record(journey, variant, latency, status.as_u16(), false);
+                if let Some(t) = tee.as_mut() {
+                    t.finish(Some(status.as_u16()));
+                }
                 (status, error_response(status, kind))
             }
         };
@@ -150,6 +200,16 @@ impl Proxy {
             self.access_log
                 .log(&m, self.journeys.name(journey), variant, status, latency);
         }
+        Ok(self.finish(resp, variant, sticky))
+    }
+
+    /// Response headers every answer gets: the variant and a new `rg_bucket`.
+    fn finish(
+        &self,
+        mut resp: Response<ProxyBody>,
+        variant: Variant,
+        sticky: Resolved,
+    ) -> Response<ProxyBody> {
         if self.expose_variant {
             resp.headers_mut()
                 .insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
@@ -158,7 +218,7 @@ impl Proxy {
             resp.headers_mut()
                 .append(header::SET_COOKIE, self.sticky.set_cookie(id, self.tls));
         }
-        Ok(resp)
+        resp
     }
 
     /// `POST /_rollgate/beacon`, answered here and never forwarded. The
@@ -170,7 +230,7 @@ impl Proxy {
         let variant = self
             .override_variant(&req)
             .unwrap_or_else(|| self.router.load().v2.pick(sticky.bucket));
-        let mut resp = if req.method() != Method::POST {
+        let resp = if req.method() != Method::POST {
             let mut r = text_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "rollgate: beacons are POSTed\n",
@@ -191,15 +251,7 @@ impl Proxy {
                 }
             }
         };
-        if self.expose_variant {
-            resp.headers_mut()
-                .insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
-        }
-        if let Source::New(id) = sticky.source {
-            resp.headers_mut()
-                .append(header::SET_COOKIE, self.sticky.set_cookie(id, self.tls));
-        }
-        resp
+        self.finish(resp, variant, sticky)
     }
 
     async fn ingest_beacon(
@@ -285,6 +337,50 @@ impl Proxy {
             h.insert(name.clone(), value.clone());
         }
     }
+}
+
+/// V2's in-flight admission counter (`upstreams.reserved_capacity`).
+pub struct Capacity {
+    /// 0 = no cap.
+    limit: u32,
+    inflight: AtomicU32,
+}
+
+/// The request was over V2's reserved capacity.
+pub struct Shed;
+
+/// Holds one unit of V2's capacity until the response body is done.
+pub struct Permit(Arc<Capacity>);
+
+impl Capacity {
+    /// `Ok(None)` when there is no cap; a permit when under it.
+    #[inline]
+    fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
+        if self.limit == 0 {
+            return Ok(None);
+        }
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Shed);
+        }
+        Ok(Some(Permit(Arc::clone(self))))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn shed_response() -> Response<ProxyBody> {
+    let mut r = text_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rollgate: the canary is at its reserved capacity, retry shortly\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {

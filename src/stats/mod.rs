@@ -14,6 +14,7 @@
 pub mod beacons;
 pub mod histogram;
 pub mod names;
+pub mod shadow;
 pub mod significance;
 
 use std::cell::Cell as StdCell;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use beacons::{BeaconCells, BeaconCounts, SparseBeacon};
 use histogram::{bucket_index, Histogram, SparseHistogram, BUCKETS, MAX_US};
+use shadow::{ShadowCells, ShadowCounts, SparseShadow};
 
 use crate::journeys::JourneyId;
 use crate::routing::Variant;
@@ -194,6 +196,17 @@ pub struct Snapshot {
     pub cells: Vec<CellCounts>,
     /// Beacon counts, indexed by `name * 2 + variant`.
     pub beacons: Vec<BeaconCounts>,
+    /// Requests shed per variant (cumulative).
+    pub shed: [u64; 2],
+    /// Distinct user buckets per region and variant since the previous
+    /// [`Telemetry::take_users`] (not cumulative); empty when not taken.
+    pub users: Vec<[u64; 2]>,
+    /// V2's weight in force while these counts were recorded (set by the
+    /// controller, which knows the routing table).
+    pub weight_v2_bp: u32,
+    /// Shadow mirrors per journey (cumulative).
+    pub shadow: Vec<ShadowCounts>,
+    pub shadow_dropped: u64,
 }
 
 impl Snapshot {
@@ -232,6 +245,10 @@ pub struct Telemetry {
     shed: [AtomicU64; 2],
     /// Client beacons by configured name and variant.
     pub beacons: BeaconCells,
+    /// Which user buckets were seen, per region and variant (split skew).
+    users: Box<[UserBits]>,
+    /// Shadow-phase mirrors, per journey.
+    pub shadow: ShadowCells,
     /// `false` only for the overhead comparison of the load test: recording is skipped.
     enabled: bool,
 }
@@ -246,6 +263,16 @@ impl Telemetry {
 
     /// With counters for `beacon_names` configured beacon event names.
     pub fn with_beacons(journeys: usize, beacon_names: usize, enabled: bool) -> Self {
+        Self::with_layout(journeys, beacon_names, 1, enabled)
+    }
+
+    /// With beacon counters and one user sketch per region.
+    pub fn with_layout(
+        journeys: usize,
+        beacon_names: usize,
+        regions: usize,
+        enabled: bool,
+    ) -> Self {
         let cells = (0..journeys * 2)
             .map(|_| Cell {
                 stripes: (0..STRIPES).map(|_| Stripe::new()).collect(),
@@ -256,8 +283,30 @@ impl Telemetry {
             cells,
             shed: Default::default(),
             beacons: BeaconCells::new(beacon_names),
+            users: (0..regions.max(1) * 2).map(|_| UserBits::new()).collect(),
+            shadow: ShadowCells::new(journeys),
             enabled,
         }
+    }
+
+    /// Notes that a user bucket was routed to `variant` in `region`.
+    #[inline]
+    pub fn record_user(&self, region: usize, variant: Variant, bucket: u16) {
+        if !self.enabled {
+            return;
+        }
+        if let Some(bits) = self.users.get(region * 2 + variant as usize) {
+            bits.set(bucket);
+        }
+    }
+
+    /// Distinct buckets per region and variant since the last call, resetting
+    /// the sketch. Only the controller calls this (once per tick).
+    pub fn take_users(&self) -> Vec<[u64; 2]> {
+        self.users
+            .chunks(2)
+            .map(|rv| [rv[0].take(), rv[1].take()])
+            .collect()
     }
 
     pub fn journeys(&self) -> usize {
@@ -367,7 +416,47 @@ impl Telemetry {
             journeys: self.journeys,
             cells,
             beacons: self.beacons.snapshot(),
+            shed: [self.shed(Variant::V1), self.shed(Variant::V2)],
+            users: Vec::new(),
+            weight_v2_bp: 0,
+            shadow: self.shadow.snapshot(),
+            shadow_dropped: self.shadow.dropped(),
         }
+    }
+}
+
+/// One bit per user bucket (10 000): which buckets made a request. Counting
+/// distinct buckets counts users without keeping any identifier; a bucket
+/// shared by several users only makes V1 and V2 saturate alike, so the share
+/// stays unbiased.
+struct UserBits {
+    words: Box<[AtomicU64]>,
+}
+
+impl UserBits {
+    fn new() -> Self {
+        let n = (crate::routing::BUCKETS as usize).div_ceil(64);
+        Self {
+            words: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    fn set(&self, bucket: u16) {
+        let (w, bit) = (bucket as usize / 64, 1u64 << (bucket % 64));
+        if let Some(word) = self.words.get(w) {
+            // Read first: a returning user costs no write to a shared line.
+            if word.load(Relaxed) & bit == 0 {
+                word.fetch_or(bit, Relaxed);
+            }
+        }
+    }
+
+    fn take(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|w| w.swap(0, Relaxed).count_ones() as u64)
+            .sum()
     }
 }
 
@@ -406,6 +495,20 @@ pub struct Interval {
     /// Beacon deltas, indexed by `name * 2 + variant`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub beacons: Vec<SparseBeacon>,
+    /// Requests shed per variant in the interval.
+    #[serde(default)]
+    pub shed: [u64; 2],
+    /// Distinct user buckets per region and variant in the interval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<[u64; 2]>,
+    /// V2's weight (basis points) in force during the interval.
+    #[serde(default)]
+    pub weight_v2_bp: u32,
+    /// Shadow mirrors per journey; empty when nothing was mirrored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<SparseShadow>,
+    #[serde(default)]
+    pub shadow_dropped: u64,
 }
 
 /// Counts merged over a window of intervals, ready for the gates.
@@ -416,6 +519,33 @@ pub struct Window {
     pub cells: Vec<CellCounts>,
     /// Indexed by `name * 2 + variant`.
     pub beacons: Vec<BeaconCounts>,
+    /// Requests shed per variant.
+    pub shed: [u64; 2],
+    /// Per region: users seen on each variant, summed over intervals.
+    pub users: Vec<UserShare>,
+    /// Shadow mirrors per journey (empty outside shadow phases).
+    pub shadow: Vec<ShadowCounts>,
+    pub shadow_dropped: u64,
+}
+
+/// Users of one region over a window, and how many of them the weights in
+/// force should have sent to V2.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserShare {
+    pub v1: u64,
+    pub v2: u64,
+    /// Sum over intervals of (users x V2 weight of that interval).
+    pub expected_v2: f64,
+    /// Intervals that saw users of this region. The same user returns in many
+    /// intervals, so `total() / intervals` (distinct users in an average
+    /// interval) is the sample size a test may assume, not `total()`.
+    pub intervals: u64,
+}
+
+impl UserShare {
+    pub fn total(&self) -> u64 {
+        self.v1 + self.v2
+    }
 }
 
 impl Window {
@@ -440,7 +570,16 @@ impl Window {
             intervals: 0,
             cells: vec![CellCounts::default(); journeys * 2],
             beacons: vec![BeaconCounts::default(); beacon_names * 2],
+            shed: [0; 2],
+            users: Vec::new(),
+            shadow: Vec::new(),
+            shadow_dropped: 0,
         }
+    }
+
+    /// Shadow counts of one journey, if anything was mirrored in the window.
+    pub fn shadow(&self, journey: JourneyId) -> Option<&ShadowCounts> {
+        self.shadow.get(journey.index())
     }
 
     /// Sum over every journey of one variant.
@@ -499,6 +638,24 @@ impl IntervalRing {
                 .zip(prev.beacons.iter())
                 .map(|(now, before)| now.delta(before).to_sparse())
                 .collect(),
+            shed: std::array::from_fn(|i| snapshot.shed[i].saturating_sub(prev.shed[i])),
+            users: snapshot.users.clone(),
+            weight_v2_bp: snapshot.weight_v2_bp,
+            shadow: {
+                let d: Vec<SparseShadow> = snapshot
+                    .shadow
+                    .iter()
+                    .zip(prev.shadow.iter())
+                    .map(|(now, before)| now.delta(before).to_sparse())
+                    .collect();
+                // Outside shadow phases nothing is mirrored: keep intervals small.
+                if d.iter().all(SparseShadow::is_empty) {
+                    Vec::new()
+                } else {
+                    d
+                }
+            },
+            shadow_dropped: snapshot.shadow_dropped.saturating_sub(prev.shadow_dropped),
         });
         self.last = Some((now_ms, snapshot));
         let interval = interval?;
@@ -532,6 +689,27 @@ impl IntervalRing {
             }
             for (acc, b) in w.beacons.iter_mut().zip(interval.beacons.iter()) {
                 b.add_to(acc);
+            }
+            for i in 0..2 {
+                w.shed[i] += interval.shed[i];
+            }
+            if w.users.len() < interval.users.len() {
+                w.users.resize(interval.users.len(), UserShare::default());
+            }
+            w.shadow_dropped += interval.shadow_dropped;
+            if w.shadow.len() < interval.shadow.len() {
+                w.shadow
+                    .resize(interval.shadow.len(), ShadowCounts::default());
+            }
+            for (acc, c) in w.shadow.iter_mut().zip(interval.shadow.iter()) {
+                c.add_to(acc);
+            }
+            let share = interval.weight_v2_bp as f64 / crate::routing::BUCKETS as f64;
+            for (acc, [v1, v2]) in w.users.iter_mut().zip(interval.users.iter()) {
+                acc.v1 += v1;
+                acc.v2 += v2;
+                acc.expected_v2 += (v1 + v2) as f64 * share;
+                acc.intervals += (v1 + v2 > 0) as u64;
             }
         }
         w

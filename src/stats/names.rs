@@ -16,3 +16,7 @@ pub const ROLLBACKS_TOTAL: &str = "rollgate_rollbacks_total";
 pub const DECISIONS_TOTAL: &str = "rollgate_decisions_total";
 pub const BEACON_EVENTS_TOTAL: &str = "rollgate_beacon_events_total";
 pub const BEACON_REJECTED_TOTAL: &str = "rollgate_beacon_rejected_total";
+pub const SHADOW_REQUESTS_TOTAL: &str = "rollgate_shadow_requests_total";
+pub const SHADOW_DURATION_SECONDS: &str = "rollgate_shadow_duration_seconds";
+pub const SHADOW_DIFFS_TOTAL: &str = "rollgate_shadow_diffs_total";
+pub const SHADOW_DROPPED_TOTAL: &str = "rollgate_shadow_dropped_total";

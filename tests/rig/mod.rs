@@ -41,8 +41,21 @@ pub async fn spawn_upstream(profile: Profile, stop: &watch::Sender<bool>) -> Soc
     addr
 }
 
-/// The config text around `extra` (appended verbatim: sections of its own).
-pub fn config_text(v1: SocketAddr, v2: SocketAddr, state_dir: &str, extra: &str) -> String {
+/// Extra config: keys for `[upstreams]` and `[routing]`, then whole sections.
+#[derive(Clone, Copy, Default)]
+pub struct Extra<'a> {
+    pub upstreams: &'a str,
+    pub routing: &'a str,
+    pub rest: &'a str,
+}
+
+/// The config text around `extra`.
+pub fn config_text(v1: SocketAddr, v2: SocketAddr, state_dir: &str, extra: Extra<'_>) -> String {
+    let Extra {
+        upstreams,
+        routing,
+        rest,
+    } = extra;
     format!(
         r#"
 [server]
@@ -54,17 +67,32 @@ state_dir = "{state_dir}"
 v1 = "http://{v1}"
 v2 = "http://{v2}"
 timeout = "10s"
+{upstreams}
 [routing]
 sticky_header = "x-user-id"
 salt = "tests"
-{extra}
+{routing}
+{rest}
 "#
     )
 }
 
 impl Rig {
-    /// Starts upstreams with the given profiles and rollgate with `extra` config.
+    /// Starts upstreams with the given profiles and rollgate with `extra`
+    /// sections appended to the config.
     pub async fn start(v1: Profile, v2: Profile, extra: &str) -> Rig {
+        Self::start_with(
+            v1,
+            v2,
+            Extra {
+                rest: extra,
+                ..Extra::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with(v1: Profile, v2: Profile, extra: Extra<'_>) -> Rig {
         let (stop, _) = watch::channel(false);
         let a1 = spawn_upstream(v1, &stop).await;
         let a2 = spawn_upstream(v2, &stop).await;
@@ -75,7 +103,7 @@ impl Rig {
         v1: SocketAddr,
         v2: SocketAddr,
         stop: watch::Sender<bool>,
-        extra: &str,
+        extra: Extra<'_>,
     ) -> Rig {
         let state_dir = tempfile::tempdir().unwrap();
         let text = config_text(v1, v2, &state_dir.path().display().to_string(), extra);
