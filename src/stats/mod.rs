@@ -93,7 +93,12 @@ impl UpstreamErrorKind {
     }
 }
 
-/// One stripe of one (journey, variant) cell.
+/// One stripe of one (journey, variant) cell. Aligned to 128 bytes so two
+/// threads writing neighbouring stripes never share a cache line (or the
+/// adjacent line Intel's prefetcher pairs with it): unaligned, the hot
+/// counters of stripes k and k+1 shared a line and striping bought nothing
+/// (BENCHMARKS.md, "adjacent stripes").
+#[repr(align(128))]
 struct Stripe {
     latency: Box<[AtomicU64]>,
     latency_sum_us: AtomicU64,
