@@ -15,8 +15,10 @@ async fn run(fault: Fault) -> (Ending, String) {
     .unwrap_or_else(|e| panic!("{fault:?}: {e}"))
 }
 
+// One test, the two demos one after the other: two demos at once would
+// compete for the same cores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v2_without_the_submit_step_is_rolled_back_by_the_funnel_gate() {
+async fn funnel_and_js_error_faults_are_rolled_back_by_their_gates() {
     let (ending, reason) = run(Fault::Funnel).await;
     assert_eq!(
         ending,
@@ -27,10 +29,7 @@ async fn a_v2_without_the_submit_step_is_rolled_back_by_the_funnel_gate() {
         reason.contains("gate funnel/application_conversion RED"),
         "{reason}"
     );
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v2_throwing_js_errors_is_rolled_back_by_the_js_errors_gate() {
     let (ending, reason) = run(Fault::JsErrors).await;
     assert_eq!(
         ending,
