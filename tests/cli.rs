@@ -234,9 +234,11 @@ async fn every_admin_command() {
 
     // status shows it all; wait for the gate table to fill from the traffic.
     let mut status = String::new();
-    for _ in 0..40 {
+    // The global error_rate gate is listed from the first tick; the
+    // per-journey gates only once traffic has reached the window.
+    for _ in 0..120 {
         status = rg!(["status"]).ok().stdout;
-        if status.contains("STATUS  GATE") {
+        if status.contains("STATUS  GATE") && status.contains("latency_p95") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
