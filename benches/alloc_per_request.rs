@@ -68,6 +68,8 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 const WARMUP: usize = 2_000;
 const REQUESTS: usize = 20_000;
+/// `cargo test --benches` (no `--bench` argument): a one-pass smoke run.
+const SMOKE_REQUESTS: usize = 500;
 const CONNECTIONS: usize = 8;
 
 /// The walk of the load generator: (method, path).
@@ -163,7 +165,7 @@ async fn drive(proxy: SocketAddr, n: usize) {
 }
 
 /// (allocations, bytes) per request for one configuration.
-fn measure(upstream: SocketAddr, runtime: &str, telemetry: bool) -> (f64, f64) {
+fn measure(upstream: SocketAddr, runtime: &str, telemetry: bool, n: usize) -> (f64, f64) {
     let state = tempfile::tempdir().unwrap();
     let cfg = rollgate::Config::parse(
         &config(upstream, state.path(), runtime, telemetry),
@@ -202,13 +204,13 @@ fn measure(upstream: SocketAddr, runtime: &str, telemetry: bool) -> (f64, f64) {
         .enable_all()
         .build()
         .unwrap();
-    client.block_on(drive(proxy_addr, WARMUP));
+    client.block_on(drive(proxy_addr, WARMUP.min(n)));
     std::thread::sleep(Duration::from_millis(50));
     let (a0, b0) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
     );
-    client.block_on(drive(proxy_addr, REQUESTS));
+    client.block_on(drive(proxy_addr, n));
     let (a1, b1) = (
         ALLOCS.load(Ordering::Relaxed),
         BYTES.load(Ordering::Relaxed),
@@ -217,17 +219,17 @@ fn measure(upstream: SocketAddr, runtime: &str, telemetry: bool) -> (f64, f64) {
     proxy.join().unwrap();
     // The measured window includes accepting CONNECTIONS new connections:
     // part of the cost of a request on a fresh keep-alive connection.
-    (
-        (a1 - a0) as f64 / REQUESTS as f64,
-        (b1 - b0) as f64 / REQUESTS as f64,
-    )
+    ((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64)
 }
 
 fn main() {
-    // `cargo test --benches` runs benches with `--bench` absent: keep it quick.
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not: then
+    // one quick pass, so the smoke run stays fast.
+    let n = if std::env::args().any(|a| a == "--bench") {
+        REQUESTS
+    } else {
+        SMOKE_REQUESTS
+    };
     let up_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -242,7 +244,7 @@ fn main() {
     ));
 
     println!(
-        "heap allocations per proxied request ({REQUESTS} requests over {CONNECTIONS} keep-alive connections, \
+        "heap allocations per proxied request ({n} requests over {CONNECTIONS} keep-alive connections, \
          journeys walk, x-user-id sticky key; proxy threads only)"
     );
     println!(
@@ -250,7 +252,7 @@ fn main() {
         "configuration", "allocs/req", "bytes/req"
     );
     for (runtime, telemetry) in [("per_core", true), ("per_core", false), ("shared", true)] {
-        let (a, b) = measure(upstream, runtime, telemetry);
+        let (a, b) = measure(upstream, runtime, telemetry, n);
         println!(
             "{:<28} {:>12.2} {:>12.0}",
             format!(

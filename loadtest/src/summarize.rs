@@ -616,28 +616,31 @@ pub fn chart(r: &Results, path: &Path) -> anyhow::Result<()> {
             .iter()
             .flat_map(|(_, m)| m.values().map(metric))
             .filter(|v| v.is_finite())
-            .fold(0.0f64, f64::max)
-            * 1.15;
+            .fold(0.0f64, f64::max);
+        // Head room above the bars for the group names (and the legend on top).
+        let (top_y, label_y) = if pi == 0 {
+            (max * 1.9, max * 1.08)
+        } else {
+            (max * 1.15, max * 1.04)
+        };
         let mut chart = ChartBuilder::on(&area)
             .caption(title, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..n as f64, 0f64..max.max(1e-9))?;
+            .build_cartesian_2d(0f64..n as f64, 0f64..top_y.max(1e-9))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(groups.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                // Label each group once, at its middle.
-                let frac = (x / slot as f64).fract();
-                if (frac - 0.5).abs() < 0.13 {
-                    group_label(*x)
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
+            .y_labels(8)
+            .light_line_style(WHITE)
             .draw()?;
+        // Each group (worker count, pinning) is named above its bars.
+        chart.draw_series(groups.iter().enumerate().map(|(g, _)| {
+            let x = (g * slot) as f64 + 0.5;
+            Text::new(group_label(x), (x, label_y), ("sans-serif", 14))
+        }))?;
         for (i, p) in proxies.iter().enumerate() {
             let color = colors[i % colors.len()];
             let bars = groups.iter().enumerate().filter_map(|(g, (_, m))| {
