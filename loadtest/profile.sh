@@ -6,16 +6,21 @@
 # (perf's hardware counters are not available on this machine: `perf stat -e
 # instructions true` says <not supported>.) See loadtest/PROFILE.md.
 #
-#   loadtest/profile.sh [--requests N] [--out DIR]
+#   loadtest/profile.sh [--requests N] [--out DIR] [--preload LIB]
+#   --preload LIB: also profile rollgate with LIB in LD_PRELOAD, e.g. Debian's
+#                  libmimalloc2.0 (/usr/lib/x86_64-linux-gnu/libmimalloc.so.2),
+#                  to see what another malloc would save without rebuilding
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=20000
 OUT=""
+PRELOAD=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --requests) N=$2; shift ;;
         --out) OUT=$2; shift ;;
+        --preload) PRELOAD=$2; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -146,7 +151,7 @@ EOF
 VG=(valgrind --tool=callgrind --instr-atstart=no --dump-line=no)
 profile() { # name port command...
     local name=$1 port=$2; shift 2
-    "${VG[@]}" --callgrind-out-file="$OUT/callgrind.$name" "$@" </dev/null >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    env ${PROFILE_ENV:-} "${VG[@]}" --callgrind-out-file="$OUT/callgrind.$name" "$@" </dev/null >"$OUT/$name.out" 2>"$OUT/$name.err" &
     local pid=$!
     PIDS+=($pid)
     wait_port "$port"
@@ -167,6 +172,10 @@ rg_conf 18083 true
 rg_conf 18084 false
 profile rollgate-telemetry-on 18083 "$RG" run --config "$OUT/rg-18083/rollgate.toml"
 profile rollgate-telemetry-off 18084 "$RG" run --config "$OUT/rg-18084/rollgate.toml"
+if [ -n "$PRELOAD" ]; then
+    rg_conf 18086 true
+    PROFILE_ENV="LD_PRELOAD=$PRELOAD" profile rollgate-preload 18086 "$RG" run --config "$OUT/rg-18086/rollgate.toml"
+fi
 profile nginx 18081 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
 profile haproxy 18082 haproxy -db -f "$OUT/haproxy.cfg"
 
