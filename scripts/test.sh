@@ -56,3 +56,9 @@ cargo test --workspace "$@"
 if [ "$#" -eq 0 ]; then
     cargo test --benches
 fi
+
+# Load-test smoke run: compare.sh's rollgate leg (plus direct) for seconds,
+# debug build, no thresholds; it only proves the comparison tooling works.
+if [ "$#" -eq 0 ]; then
+    loadtest/compare.sh --quick
+fi
