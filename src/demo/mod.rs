@@ -133,10 +133,32 @@ impl Default for DemoOptions {
     }
 }
 
+/// The journeys the synthetic users walk, as config text: shared by the
+/// demo and the tests that drive the same population.
+pub const JOURNEYS: &str = r#"[[journeys]]
+name = "search"
+path_prefix = "/search"
+[[journeys]]
+name = "scholarship_detail"
+path_prefix = "/scholarships"
+[[journeys]]
+name = "application_start"
+path_prefix = "/api/applications/start"
+[[journeys]]
+name = "application_submit"
+path_pattern = "/api/applications/*/submit"
+[[journeys]]
+name = "payments"
+path_prefix = "/api/payments"
+methods = ["POST"]
+kind = "payment"
+"#;
+
 fn config_text(v1: u16, v2: u16, state_dir: &str, window: Duration, limit_scale: f64) -> String {
     let window = humantime::format_duration(window);
     let ms = |v: f64| v * limit_scale;
     let (p130, p120, hard) = (ms(130.0), ms(120.0), ms(160.0));
+    let journeys = JOURNEYS;
     format!(
         r#"
 [server]
@@ -154,24 +176,7 @@ timeout = "2s"
 sticky_header = "x-user-id"
 salt = "demo"
 
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
-
+{journeys}
 [rollout]
 tick = "250ms"
 window = "{window}"

@@ -113,6 +113,7 @@ p95_ms = 1000
 
 /// The whole config: server, the two demo apps, the demo's journeys, `rollout`.
 pub fn config_text(v1: u16, v2: u16, state_dir: &str, server_extra: &str, rollout: &str) -> String {
+    let journeys = rollgate::demo::JOURNEYS;
     format!(
         r#"
 [server]
@@ -131,24 +132,7 @@ timeout = "2s"
 sticky_header = "x-user-id"
 salt = "ops-test"
 
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
-{rollout}
+{journeys}{rollout}
 "#
     )
 }
