@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::Checkout;
 use crate::stats::{InflightGuard, UpstreamErrorKind};
 
 pub enum ProxyBody {
@@ -16,6 +17,8 @@ pub enum ProxyBody {
     /// flight until the body is done or dropped.
     Upstream {
         inner: Incoming,
+        /// The upstream connection, back to its pool once `inner` has ended.
+        conn: Option<Checkout<Incoming>>,
         guard: InflightGuard,
         /// A unit of V2's reserved capacity, released with the body.
         permit: Option<super::Permit>,
@@ -33,6 +36,27 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Full(None)
     }
+
+    pub fn upstream(
+        inner: Incoming,
+        conn: Checkout<Incoming>,
+        guard: InflightGuard,
+        permit: Option<super::Permit>,
+        tee: Option<super::shadow::Tee>,
+    ) -> Self {
+        let mut conn = Some(conn);
+        if inner.is_end_stream() {
+            // HEAD, 204, 304, `content-length: 0`: nothing will be polled.
+            release(&mut conn);
+        }
+        ProxyBody::Upstream {
+            inner,
+            conn,
+            guard,
+            permit,
+            tee,
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -45,7 +69,11 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream {
-                inner, guard, tee, ..
+                inner,
+                conn,
+                guard,
+                tee,
+                ..
             } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
@@ -53,20 +81,25 @@ impl Body for ProxyBody {
                         // The upstream died mid-body: the client sees a truncated
                         // response, the controller sees a reset.
                         guard.record_error(UpstreamErrorKind::Reset);
+                        *conn = None;
                         // No comparison against a truncated answer.
                         *tee = None;
                     }
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(t), Some(data)) = (tee.as_mut(), frame.data_ref()) {
                             t.chunk(data);
-                            // With a known length hyper stops polling after
-                            // the last chunk instead of reading the end.
-                            if inner.is_end_stream() {
+                        }
+                        // With a known length hyper stops polling after the
+                        // last chunk instead of reading the end.
+                        if inner.is_end_stream() {
+                            release(conn);
+                            if let Some(t) = tee.as_mut() {
                                 t.finish(None);
                             }
                         }
                     }
                     Poll::Ready(None) => {
+                        release(conn);
                         if let Some(t) = tee.as_mut() {
                             t.finish(None);
                         }
@@ -92,5 +125,11 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+fn release(conn: &mut Option<Checkout<Incoming>>) {
+    if let Some(c) = conn.take() {
+        c.release();
     }
 }

@@ -1,48 +1,58 @@
-//! The pooled upstream client and the mapping of its failures to error kinds.
+//! The upstream connection pools and the mapping of their failures to error
+//! kinds.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::{Checkout, Pool, PoolConfig, PoolError};
 use crate::config::UpstreamsConfig;
+use crate::routing::Variant;
 use crate::stats::UpstreamErrorKind;
 
-/// One keep-alive pool for both upstreams (the pool is keyed by authority).
+/// One keep-alive pool per upstream, indexed by [`Variant`].
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<HttpConnector, Incoming>,
+    pools: [Pool<Incoming>; 2],
     timeout: Duration,
 }
 
 impl Upstreams {
     pub fn new(cfg: &UpstreamsConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let pool = PoolConfig::from(cfg);
         Self {
-            client,
+            pools: [
+                Pool::new(&cfg.v1.authority, pool),
+                Pool::new(&cfg.v2.authority, pool),
+            ],
             timeout: cfg.timeout,
         }
     }
 
-    /// Sends the request; `Err` says why no usable response came back in time.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+    /// Sends the request (origin-form URI, `Host` set) to `variant`'s
+    /// upstream; `Err` says why no usable response came back in time. The
+    /// checkout goes back to the pool once the response body has been read.
+    pub async fn send(
+        &self,
+        variant: Variant,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Checkout<Incoming>), SendError> {
+        let pool = &self.pools[variant as usize];
+        match tokio::time::timeout(self.timeout, pool.send(req)).await {
             Err(_) => Err(SendError::Upstream(UpstreamErrorKind::Timeout)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(sent)) => Ok(sent),
             Ok(Err(e)) => Err(classify(&e)),
+        }
+    }
+}
+
+impl From<&UpstreamsConfig> for PoolConfig {
+    fn from(cfg: &UpstreamsConfig) -> Self {
+        PoolConfig {
+            connect_timeout: cfg.connect_timeout,
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle: cfg.pool_max_idle_per_host,
         }
     }
 }
@@ -58,23 +68,15 @@ pub enum SendError {
     ClientBody,
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> SendError {
-    if e.is_connect() {
-        return SendError::Upstream(UpstreamErrorKind::Connect);
-    }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() {
-                return SendError::Upstream(UpstreamErrorKind::Protocol);
-            }
-            // A "user" error of the client connection: the body we were
-            // streaming from our own client failed.
-            if h.is_user() {
-                return SendError::ClientBody;
-            }
+fn classify(e: &PoolError) -> SendError {
+    match e {
+        PoolError::Connect(_) => SendError::Upstream(UpstreamErrorKind::Connect),
+        PoolError::Http(h) if h.is_parse() || h.is_parse_status() => {
+            SendError::Upstream(UpstreamErrorKind::Protocol)
         }
-        source = s.source();
+        // A "user" error of the upstream connection: the body we were
+        // streaming from our own client failed.
+        PoolError::Http(h) if h.is_user() => SendError::ClientBody,
+        PoolError::Http(_) => SendError::Upstream(UpstreamErrorKind::Reset),
     }
-    SendError::Upstream(UpstreamErrorKind::Reset)
 }

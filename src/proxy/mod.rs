@@ -9,6 +9,7 @@ pub mod beacon;
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod shadow;
 
 use std::convert::Infallible;
@@ -142,12 +143,12 @@ impl Proxy {
             _ => None,
         };
         drop(route);
-        let result = self.upstreams.send(req).await;
+        let result = self.upstreams.send(variant, req).await;
         let latency = start.elapsed();
 
         // Record and answer.
         let (status, resp) = match result {
-            Ok(resp) => {
+            Ok((resp, conn)) => {
                 let (mut parts, body) = resp.into_parts();
                 let cache_hit = is_cache_hit(&parts.headers);
                 self.telemetry
@@ -162,12 +163,7 @@ impl Proxy {
                 }
                 let resp = Response::from_parts(
                     parts,
-                    ProxyBody::Upstream {
-                        inner: body,
-                        guard: inflight,
-                        permit,
-                        tee,
-                    },
+                    ProxyBody::upstream(body, conn, inflight, permit, tee),
                 );
                 (resp.status(), resp)
             }
@@ -304,26 +300,26 @@ impl Proxy {
     ) {
         let target = &self.targets[variant as usize];
         let incoming_authority = req.uri().authority().cloned();
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| ROOT.clone());
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(target.scheme.clone());
-        parts.authority = Some(target.authority.clone());
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        // Origin-form: the pool's connection already goes to the upstream.
+        if req.uri().scheme().is_some() || req.uri().path_and_query().is_none() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| ROOT.clone());
+            *req.uri_mut() = Uri::from(path);
+        }
         *req.version_mut() = Version::HTTP_11;
 
         let h = req.headers_mut();
         remove_hop_by_hop(h);
         // h2 clients send :authority instead of Host; keep the name they asked for.
         if !h.contains_key(header::HOST) {
-            if let Some(a) = incoming_authority {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    h.insert(header::HOST, v);
-                }
+            let host = incoming_authority
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| HeaderValue::from_str(target.authority.as_str()).ok());
+            if let Some(v) = host {
+                h.insert(header::HOST, v);
             }
         }
         append_forwarded_for(h, peer.ip());

@@ -28,18 +28,16 @@ use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{Config, ShadowConfig, Upstream};
+use crate::config::{Config, ShadowConfig};
 use crate::journeys::JourneyId;
 use crate::stats::shadow::ShadowClass;
 use crate::stats::Telemetry;
 
 use super::headers::{remove_hop_by_hop, X_ROLLGATE_VARIANT};
+use super::pool::{Pool, PoolConfig};
 
 /// Marks mirrored requests for V2's logs and side-effect guards.
 pub static X_ROLLGATE_SHADOW: HeaderName = HeaderName::from_static("x-rollgate-shadow");
@@ -66,8 +64,7 @@ pub struct Shadow {
 pub struct ShadowWorker {
     rx: mpsc::Receiver<MirrorJob>,
     cfg: Arc<ShadowConfig>,
-    v2: Upstream,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    pool: Pool<Empty<Bytes>>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -106,15 +103,13 @@ impl Shadow {
         }
         let (tx, rx) = mpsc::channel(cfg.shadow.queue);
         let shadow_cfg = Arc::new(cfg.shadow.clone());
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.upstreams.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.upstreams.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.shadow.concurrency)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let pool = Pool::new(
+            &cfg.upstreams.v2.authority,
+            PoolConfig {
+                max_idle: cfg.shadow.concurrency,
+                ..PoolConfig::from(&cfg.upstreams)
+            },
+        );
         Some((
             Shadow {
                 tx,
@@ -124,8 +119,7 @@ impl Shadow {
             ShadowWorker {
                 rx,
                 cfg: shadow_cfg,
-                v2: cfg.upstreams.v2.clone(),
-                client,
+                pool,
                 telemetry,
             },
         ))
@@ -205,8 +199,7 @@ impl ShadowWorker {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency));
         let ctx = Arc::new(MirrorCtx {
             cfg: self.cfg.clone(),
-            v2: self.v2.clone(),
-            client: self.client.clone(),
+            pool: self.pool.clone(),
             telemetry: self.telemetry.clone(),
         });
         while let Some(job) = self.rx.recv().await {
@@ -224,8 +217,7 @@ impl ShadowWorker {
 
 struct MirrorCtx {
     cfg: Arc<ShadowConfig>,
-    v2: Upstream,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    pool: Pool<Empty<Bytes>>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -238,27 +230,20 @@ impl MirrorCtx {
             mut headers,
             v1,
         } = job;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.v2.scheme.clone());
-        parts.authority = Some(self.v2.authority.clone());
-        parts.path_and_query = Some(path);
-        let Ok(uri) = Uri::from_parts(parts) else {
-            return;
-        };
         remove_hop_by_hop(&mut headers);
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(X_ROLLGATE_VARIANT.clone(), HeaderValue::from_static("v2"));
         headers.insert(X_ROLLGATE_SHADOW.clone(), HeaderValue::from_static("1"));
         let mut req = Request::new(Empty::new());
         *req.method_mut() = method;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = Uri::from(path);
         *req.headers_mut() = headers;
 
         let start = Instant::now();
         let timeout = self.cfg.timeout;
         let stats = &self.telemetry.shadow;
-        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => resp,
+        let (resp, conn) = match tokio::time::timeout(timeout, self.pool.send(req)).await {
+            Ok(Ok(sent)) => sent,
             _ => {
                 stats.record(journey, ShadowClass::Error, micros(start.elapsed()));
                 return;
@@ -292,6 +277,7 @@ impl MirrorCtx {
         if !matches!(tokio::time::timeout(timeout, read).await, Ok(true)) {
             return;
         }
+        conn.release();
         // V1's answer: the client's response may still be streaming.
         let Ok(Ok(v1)) = tokio::time::timeout(timeout, v1).await else {
             return;
