@@ -6,7 +6,7 @@
 # (perf's hardware counters are not available on this machine: `perf stat -e
 # instructions true` says <not supported>.) See loadtest/PROFILE.md.
 #
-#   loadtest/profile.sh [--requests N] [--out DIR] [--preload LIB]
+#   loadtest/profile.sh [--requests N] [--out DIR] [--preload LIB] [--rollgate-only]
 #   --preload LIB: also profile rollgate with LIB in LD_PRELOAD, e.g. Debian's
 #                  libmimalloc2.0 (/usr/lib/x86_64-linux-gnu/libmimalloc.so.2),
 #                  to see what another malloc would save without rebuilding
@@ -16,11 +16,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=20000
 OUT=""
 PRELOAD=""
+ONLY_RG=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --requests) N=$2; shift ;;
         --out) OUT=$2; shift ;;
         --preload) PRELOAD=$2; shift ;;
+        --rollgate-only) ONLY_RG=1 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -176,8 +178,10 @@ if [ -n "$PRELOAD" ]; then
     rg_conf 18086 true
     PROFILE_ENV="LD_PRELOAD=$PRELOAD" profile rollgate-preload 18086 "$RG" run --config "$OUT/rg-18086/rollgate.toml"
 fi
-profile nginx 18081 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
-profile haproxy 18082 haproxy -db -f "$OUT/haproxy.cfg"
+if [ -z "$ONLY_RG" ]; then
+    profile nginx 18081 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
+    profile haproxy 18082 haproxy -db -f "$OUT/haproxy.cfg"
+fi
 
 echo
 echo "rollgate (telemetry on): top functions by inclusive instructions"

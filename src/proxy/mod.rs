@@ -312,6 +312,8 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         let h = req.headers_mut();
+        // Room for what is added below, so the map grows at most once.
+        h.reserve(5 + route.headers.len());
         remove_hop_by_hop(h);
         // h2 clients send :authority instead of Host; keep the name they asked for.
         if !h.contains_key(header::HOST) {
