@@ -6,14 +6,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rollgate::config::RuntimeMode;
 use rollgate::{App, Config};
 
-/// mimalloc instead of glibc malloc: the request path's remaining
-/// allocations (hyper's head buffers, header maps, per-request futures) are
-/// small and short-lived, which mimalloc's per-thread free lists serve with
-/// fewer instructions (callgrind, loadtest/PROFILE.md). Only the binary sets
-/// it; the library leaves the choice to whoever embeds it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "rollgate",
