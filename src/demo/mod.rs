@@ -119,6 +119,10 @@ impl DemoOptions {
 }
 
 impl Default for DemoOptions {
+    /// The 6 s window: at 5 % and the default 700 req/s, a journey gets
+    /// ~40 V2 samples per window against `min_samples = 20`. With 3 s it got
+    /// ~20, so a slow or busy machine held canary-5 on "insufficient data"
+    /// until the deadline.
     fn default() -> Self {
         Self {
             fault: None,
@@ -126,7 +130,7 @@ impl Default for DemoOptions {
             rate: 700.0,
             deadline: Duration::from_secs(85),
             verbose: true,
-            window: Duration::from_secs(3),
+            window: Duration::from_secs(6),
             latency_scale: 1.0,
             latency_limit_scale: 1.0,
         }
