@@ -51,6 +51,8 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // One flattened write per response (see `proxy::pool`).
+        .writev(false)
         // hyper rejects anything below 8 KiB; it is the whole read buffer, so
         // it bounds the request head.
         .max_buf_size(limits.max_header_bytes.max(8192))
