@@ -185,7 +185,7 @@ where
         });
     }
 
-    /// Idle connections held (for tests and the debug log).
+    /// Idle connections held (the tests read it).
     pub fn idle_len(&self) -> usize {
         self.inner.idle.lock().map(|q| q.len()).unwrap_or(0)
     }
