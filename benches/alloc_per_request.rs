@@ -3,9 +3,11 @@
 //! client, telemetry) on loopback, in this process.
 //!
 //! A counting global allocator counts only on threads flagged as proxy
-//! threads (the proxy runtime's threads), so the load client and the upstream
-//! app, which run on their own threads, are not charged. The controller and
-//! admin server share the proxy's runtime but are idle (tick = 1 h).
+//! threads (`per_core`: the worker threads, flagged by
+//! `Options::on_worker_start`; `shared`: the runtime's threads, where the
+//! idle controller and admin server also live, tick = 1 h), so the load
+//! client and the upstream app, which run on their own threads, are not
+//! charged.
 //!
 //! `cargo bench --bench alloc_per_request` prints allocations and bytes per
 //! request for `runtime = "per_core"` and `"shared"`, telemetry on and off.
@@ -190,14 +192,16 @@ fn measure(upstream: SocketAddr, runtime: &str, telemetry: bool, n: usize) -> (f
                 .build()
                 .unwrap()
         };
-        COUNTING.with(|c| c.set(true));
+        let opts = rollgate::app::Options {
+            on_worker_start: Some(|_| COUNTING.with(|c| c.set(true))),
+            ..Default::default()
+        };
         rt.block_on(async move {
-            let app = rollgate::App::start(cfg).await.unwrap();
+            let app = rollgate::App::start_with(cfg, opts).await.unwrap();
             addr_tx.send(app.proxy_addr).unwrap();
             let _ = stop_rx.await;
             app.shutdown().await;
         });
-        COUNTING.with(|c| c.set(false));
     });
     let proxy_addr = addr_rx.recv().unwrap();
     let client = tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per proxied request under callgrind, for rollgate (telemetry
-# on and off), nginx and HAProxy with one worker each, plus rollgate's
+# on and off), a bare hyper proxy (examples/bare_proxy.rs: the floor for any
+# proxy on hyper), nginx and HAProxy with one worker each, plus rollgate's
 # hottest functions. Instruction counts do not depend on how busy the
 # machine is, so this works where wall-clock benchmarks are noisy.
 # (perf's hardware counters are not available on this machine: `perf stat -e
@@ -41,8 +42,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-(cd "$ROOT" && cargo build -q --release -p rollgate -p rollgate-load)
+(cd "$ROOT" && cargo build -q --release -p rollgate -p rollgate-load \
+    && cargo build -q --release -p rollgate --example bare_proxy)
 RG="$TARGET_DIR/release/rollgate"
+FLOOR="$TARGET_DIR/release/examples/bare_proxy"
 LOAD="$TARGET_DIR/release/rollgate-load"
 
 PIDS=()
@@ -174,6 +177,9 @@ rg_conf 18083 true
 rg_conf 18084 false
 profile rollgate-telemetry-on 18083 "$RG" run --config "$OUT/rg-18083/rollgate.toml"
 profile rollgate-telemetry-off 18084 "$RG" run --config "$OUT/rg-18084/rollgate.toml"
+# The yardstick: hyper's HTTP/1 server and client and nothing else
+# (examples/bare_proxy.rs), the floor for any proxy built on hyper.
+profile hyper-floor 18085 "$FLOOR" 127.0.0.1:18085 127.0.0.1:18001
 if [ -n "$PRELOAD" ]; then
     rg_conf 18086 true
     PROFILE_ENV="LD_PRELOAD=$PRELOAD" profile rollgate-preload 18086 "$RG" run --config "$OUT/rg-18086/rollgate.toml"

@@ -1,5 +1,7 @@
-//! Wiring: one process runs the proxy listener, the admin listener and the
-//! control task on one tokio runtime, sharing the router and telemetry.
+//! Wiring: one process runs the proxy workers, the admin listener and the
+//! control task, sharing the router and telemetry. In `per_core` mode each
+//! proxy worker has a thread of its own and the caller's runtime runs only
+//! the control plane; in `shared` mode everything is a task on that runtime.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,10 @@ pub enum StartError {
 pub struct Options {
     /// Print every gate report to stdout (the demo does).
     pub echo_reports: bool,
+    /// Called first thing on each `per_core` proxy worker thread, with the
+    /// worker's index: where an embedder pins the thread to a CPU or marks it
+    /// (the allocation bench counts only on proxy threads).
+    pub on_worker_start: Option<fn(usize)>,
 }
 
 /// A running rollgate.
@@ -206,14 +212,8 @@ impl App {
                 addr: cfg.server.listen,
                 source,
             })?;
-        let proxy_listener =
-            TcpListener::from_std(proxy_std).map_err(|source| StartError::Bind {
-                key: "server.listen",
-                addr: cfg.server.listen,
-                source,
-            })?;
         let admin_listener = bind("server.admin_listen", cfg.server.admin_listen).await?;
-        let proxy_addr = proxy_listener.local_addr().expect("bound");
+        let proxy_addr = proxy_std.local_addr().expect("bound");
         let admin_addr = admin_listener.local_addr().expect("bound");
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -265,21 +265,55 @@ impl App {
             tracing::warn!("no admin token configured: every mutating admin call will be refused");
         }
 
-        // Workers 1.. each get a thread with a current-thread runtime and their
-        // own SO_REUSEPORT listener on the same port; worker 0 runs here, beside
-        // the admin server and the controller.
+        // In `per_core` mode every worker gets a thread with a current-thread
+        // runtime and its own SO_REUSEPORT listener on the same port, and this
+        // runtime keeps only the control plane (admin API, controller, shadow
+        // queue). A gate evaluation, a state fsync or a report write then
+        // never holds up a proxied request: on one shared thread they did,
+        // for the whole tick, on every connection of that worker. In `shared`
+        // mode the one worker is a task on this (multi-thread) runtime.
+        let serve_here = cfg.server.runtime == RuntimeMode::Shared;
         let mut threads = Vec::new();
-        for i in 1..workers {
-            let std_listener =
-                reuseport_listener(proxy_addr).map_err(|source| StartError::Bind {
-                    key: "server.listen",
-                    addr: proxy_addr,
-                    source,
-                })?;
+        let mut tasks = Vec::new();
+        let mut first_listener = Some(proxy_std);
+        for i in 0..workers {
             let (live, tls, rx) = (live.clone(), tls.clone(), shutdown_rx.clone());
+            // One refcount increment per request buys a consistent view of
+            // config, telemetry and upstream pool across a reload.
+            let handler = move |req, peer| live.load_full().proxies[i].clone().handle(req, peer);
+            if serve_here {
+                let std_listener = first_listener.take().expect("one shared worker");
+                let listener =
+                    TcpListener::from_std(std_listener).map_err(|source| StartError::Bind {
+                        key: "server.listen",
+                        addr: proxy_addr,
+                        source,
+                    })?;
+                tasks.push(tokio::spawn(server::serve_tls(
+                    listener,
+                    tls,
+                    limits,
+                    handler,
+                    stop(rx),
+                )));
+                continue;
+            }
+            let std_listener = match first_listener.take() {
+                Some(l) => Ok(l),
+                None => reuseport_listener(proxy_addr),
+            }
+            .map_err(|source| StartError::Bind {
+                key: "server.listen",
+                addr: proxy_addr,
+                source,
+            })?;
+            let on_start = opts.on_worker_start;
             let thread = std::thread::Builder::new()
                 .name(format!("rollgate-proxy-{i}"))
                 .spawn(move || {
+                    if let Some(f) = on_start {
+                        f(i);
+                    }
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -287,8 +321,6 @@ impl App {
                     rt.block_on(async move {
                         let listener = TcpListener::from_std(std_listener)
                             .expect("listener joins the runtime");
-                        let handler =
-                            move |req, peer| live.load_full().proxies[i].clone().handle(req, peer);
                         server::serve_tls(listener, tls, limits, handler, stop(rx)).await;
                     });
                 })
@@ -299,26 +331,13 @@ impl App {
                 })?;
             threads.push(thread);
         }
-        // One refcount increment per request buys a consistent view of config,
-        // telemetry and upstream pool across a reload.
-        let live0 = live.clone();
-        let handler = move |req, peer| live0.load_full().proxies[0].clone().handle(req, peer);
-        let tasks = vec![
-            tokio::spawn(server::serve_tls(
-                proxy_listener,
-                tls.clone(),
-                limits,
-                handler,
-                stop(shutdown_rx.clone()),
-            )),
-            tokio::spawn(server::serve(
-                admin_listener,
-                limits,
-                move |req, _| admin.clone().handle(req),
-                stop(shutdown_rx.clone()),
-            )),
-            tokio::spawn(controller.run(rx, shutdown_rx)),
-        ];
+        tasks.push(tokio::spawn(server::serve(
+            admin_listener,
+            limits,
+            move |req, _| admin.clone().handle(req),
+            stop(shutdown_rx.clone()),
+        )));
+        tasks.push(tokio::spawn(controller.run(rx, shutdown_rx)));
         // Mirrors in flight are not drained at shutdown: their answers are
         // discarded anyway, and a slow V2 must not delay the exit.
         let shadow_task = shadow_worker.map(|w| tokio::spawn(w.run()));

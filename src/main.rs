@@ -83,9 +83,9 @@ fn init_logs(format: LogFormat, default_level: &str) {
     }
 }
 
-/// The main runtime. In `per_core` mode it is single-threaded: it hosts proxy
-/// worker 0, the admin API and the controller, and the other workers bring
-/// their own threads.
+/// The main runtime. In `per_core` mode it is single-threaded and hosts only
+/// the control plane (admin API, controller, shadow queue): every proxy
+/// worker brings its own thread and runtime.
 fn runtime(mode: RuntimeMode, workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = match mode {
         RuntimeMode::PerCore => tokio::runtime::Builder::new_current_thread(),

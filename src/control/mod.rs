@@ -346,6 +346,7 @@ impl Controller {
     }
 
     fn on_tick(&mut self) {
+        let started = std::time::Instant::now();
         let (now, local) = (Utc::now(), Local::now().time());
         let (ev, interval) = self.evaluate(now);
         let before = self.state.clone();
@@ -355,6 +356,10 @@ impl Controller {
         self.record("tick", now, local, interval, before, out.decision.clone());
         self.apply(out, "controller");
         self.record_history();
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "control tick"
+        );
     }
 
     /// One chart point per tick, after the tick's decision took effect.

@@ -344,6 +344,7 @@ pub async fn run_detailed(opts: DemoOptions) -> Result<(Ending, String), DemoErr
         cfg,
         Options {
             echo_reports: opts.verbose,
+            ..Options::default()
         },
     )
     .await

@@ -351,9 +351,12 @@ impl<'de> Visitor<'de> for NumSeed {
 
 /// `Sec-GPC: 1` or `DNT: 1`: the client asked not to be tracked.
 pub fn opted_out(headers: &http::HeaderMap) -> bool {
-    ["sec-gpc", "dnt"].iter().any(|h| {
+    // Called on every proxied request: typed names skip parsing a `&str`
+    // into a header name on each look-up.
+    static SEC_GPC: http::HeaderName = http::HeaderName::from_static("sec-gpc");
+    [&SEC_GPC, &http::header::DNT].into_iter().any(|h| {
         headers
-            .get(*h)
+            .get(h)
             .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
     })
 }
