@@ -187,8 +187,10 @@ pub struct FileServer {
     pub workers: usize,
     /// `per_core`: each worker is a thread with its own single-threaded
     /// runtime, listener (SO_REUSEPORT) and upstream pool, like nginx's worker
-    /// processes. `shared`: one multi-threaded runtime with `workers` threads
-    /// and one listener.
+    /// processes, and the admin API and controller run on one more thread
+    /// (so a control tick never delays a request). `shared`: one
+    /// multi-threaded runtime with `workers` threads and one listener, which
+    /// also runs the admin API and the controller.
     #[serde(default)]
     pub runtime: RuntimeMode,
     /// Time allowed for a complete request head (slowloris guard). For
