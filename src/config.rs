@@ -866,6 +866,33 @@ impl Config {
         Self::parse(&text, &file)
     }
 
+    /// Valid but probably not what was meant: `rollgate check` prints these
+    /// and `rollgate run` logs them, and both go on.
+    ///
+    /// A phase whose hold is shorter than `gates.cooldown`: a gate that turns
+    /// RED in it must then stay inside the promote band for the whole
+    /// cooldown before the phase can step up, so the phase lasts longer than
+    /// its hold says (a compressed test or demo schedule with the default
+    /// 1-minute cooldown sits "cooling down").
+    pub fn warnings(&self) -> Vec<String> {
+        let cooldown = self.gates.cooldown;
+        self.rollout
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.hold < cooldown)
+            .map(|(i, p)| {
+                format!(
+                    "`rollout.phases[{i}].hold` ({}, phase {:?}) is shorter than `gates.cooldown` ({}): \
+                     after a RED gate the phase waits out the cooldown before it can step up",
+                    humantime::format_duration(p.hold),
+                    p.name,
+                    humantime::format_duration(cooldown),
+                )
+            })
+            .collect()
+    }
+
     /// Parses and validates config text; `file` only names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let raw: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
@@ -1580,6 +1607,32 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn phases_held_shorter_than_the_cooldown_are_warned_about() {
+        let seed = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(seed.warnings(), Vec::<String>::new());
+        let short = format!(
+            "{MINIMAL}
+            [gates]
+            cooldown = \"1m\"
+            [[rollout.phases]]
+            name = \"canary-5\"
+            weight = 5
+            hold = \"10s\"
+            [[rollout.phases]]
+            name = \"full\"
+            weight = 100
+            hold = \"1m\"
+            "
+        );
+        let w = Config::parse(&short, "t.toml").unwrap().warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("rollout.phases[0].hold"), "{}", w[0]);
+        assert!(w[0].contains("\"canary-5\""), "{}", w[0]);
+        assert!(w[0].contains("10s") && w[0].contains("1m"), "{}", w[0]);
+        assert!(w[0].contains("gates.cooldown"), "{}", w[0]);
     }
 
     #[test]

@@ -110,6 +110,9 @@ fn main() -> ExitCode {
         Cmd::Admin(cmd) => ExitCode::from(rollgate::cli::run(cmd)),
         Cmd::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {}: {w}", config.display());
+                }
                 println!(
                     "{}: ok ({} journeys, {} phases)",
                     config.display(),
@@ -166,6 +169,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            for w in cfg.warnings() {
+                tracing::warn!(config = %config.display(), "{w}");
+            }
             let rt = match runtime(cfg.server.runtime, cfg.server.workers) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -253,6 +259,9 @@ async fn serve_until_terminated(app: &App, path: &std::path::Path) {
                 _ = hup.recv() => match Config::load(path) {
                     Err(e) => tracing::error!(error = %e, "reload refused: invalid config, keeping the running one"),
                     Ok(cfg) => {
+                        for w in cfg.warnings() {
+                            tracing::warn!(config = %path.display(), "{w}");
+                        }
                         if let Err(e) = app.reload(cfg).await {
                             tracing::error!(error = %e, "reload refused, keeping the running config");
                         }

@@ -865,6 +865,21 @@ fn bad_config_files_name_file_key_and_reason() {
         assert!(!st.success(), "{name}: run accepted it: {run_out}");
         assert!(run_out.contains(key), "{name}: run: {run_out}");
     }
+    // Valid but suspicious: accepted (exit 0) with a warning naming the key.
+    let path = dir.path().join("short-hold.toml");
+    let text = format!(
+        "{BASE}[gates]\ncooldown = \"1m\"\n[[rollout.phases]]\nname = \"canary-5\"\nweight = 5\nhold = \"10s\"\n[[rollout.phases]]\nname = \"full\"\nweight = 100\nhold = \"2m\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let (st, out) = run_bin(&["check"], &path);
+    assert!(st.success(), "short hold refused: {out}");
+    assert!(
+        out.contains("warning:")
+            && out.contains("short-hold.toml")
+            && out.contains("rollout.phases[0].hold")
+            && out.contains("gates.cooldown"),
+        "{out}"
+    );
     // A file that is not there.
     let (st, out) = run_bin(&["check"], &dir.path().join("absent.toml"));
     assert!(!st.success());
