@@ -38,6 +38,11 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start proxy worker {index} (`server.workers`): {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -307,6 +312,17 @@ impl App {
                 addr: proxy_addr,
                 source,
             })?;
+            // Runtime and listener are set up here, not on the new thread, so
+            // a failure is a start error instead of a worker silently missing.
+            let worker_err = |source| StartError::Worker { index: i, source };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(worker_err)?;
+            let listener = {
+                let _in_rt = rt.enter();
+                TcpListener::from_std(std_listener).map_err(worker_err)?
+            };
             let on_start = opts.on_worker_start;
             let thread = std::thread::Builder::new()
                 .name(format!("rollgate-proxy-{i}"))
@@ -314,21 +330,9 @@ impl App {
                     if let Some(f) = on_start {
                         f(i);
                     }
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("worker runtime");
-                    rt.block_on(async move {
-                        let listener = TcpListener::from_std(std_listener)
-                            .expect("listener joins the runtime");
-                        server::serve_tls(listener, tls, limits, handler, stop(rx)).await;
-                    });
+                    rt.block_on(server::serve_tls(listener, tls, limits, handler, stop(rx)));
                 })
-                .map_err(|source| StartError::Bind {
-                    key: "server.workers",
-                    addr: proxy_addr,
-                    source,
-                })?;
+                .map_err(worker_err)?;
             threads.push(thread);
         }
         tasks.push(tokio::spawn(server::serve(
