@@ -278,22 +278,24 @@ impl App {
         // for the whole tick, on every connection of that worker. In `shared`
         // mode the one worker is a task on this (multi-thread) runtime.
         let serve_here = cfg.server.runtime == RuntimeMode::Shared;
+        let bind_err = |source| StartError::Bind {
+            key: "server.listen",
+            addr: proxy_addr,
+            source,
+        };
+        let mut listeners = vec![proxy_std];
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(proxy_addr).map_err(bind_err)?);
+        }
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
-        let mut first_listener = Some(proxy_std);
-        for i in 0..workers {
+        for (i, std_listener) in listeners.into_iter().enumerate() {
             let (live, tls, rx) = (live.clone(), tls.clone(), shutdown_rx.clone());
             // One refcount increment per request buys a consistent view of
             // config, telemetry and upstream pool across a reload.
             let handler = move |req, peer| live.load_full().proxies[i].clone().handle(req, peer);
             if serve_here {
-                let std_listener = first_listener.take().expect("one shared worker");
-                let listener =
-                    TcpListener::from_std(std_listener).map_err(|source| StartError::Bind {
-                        key: "server.listen",
-                        addr: proxy_addr,
-                        source,
-                    })?;
+                let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
                 tasks.push(tokio::spawn(server::serve_tls(
                     listener,
                     tls,
@@ -303,15 +305,6 @@ impl App {
                 )));
                 continue;
             }
-            let std_listener = match first_listener.take() {
-                Some(l) => Ok(l),
-                None => reuseport_listener(proxy_addr),
-            }
-            .map_err(|source| StartError::Bind {
-                key: "server.listen",
-                addr: proxy_addr,
-                source,
-            })?;
             // Runtime and listener are set up here, not on the new thread, so
             // a failure is a start error instead of a worker silently missing.
             let worker_err = |source| StartError::Worker { index: i, source };

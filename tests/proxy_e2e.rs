@@ -109,6 +109,31 @@ async fn split_accuracy_at_0_10_and_100_percent() {
     h.shutdown().await;
 }
 
+/// Both runtime layouts route by the same rule: `shared` (one worker, a task
+/// on the caller's runtime) and `per_core` with two worker threads (each its
+/// own SO_REUSEPORT listener, the control plane on the caller's runtime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_and_multi_worker_per_core_runtimes_route_by_the_same_rule() {
+    let _serial = SERIAL.read().await;
+    let keys: Vec<String> = (0..2_000).map(|i| format!("layout-{i}")).collect();
+    for server in [
+        "runtime = \"shared\"\nworkers = 2",
+        "runtime = \"per_core\"\nworkers = 2",
+    ] {
+        let (_v1, _v2, setup) = Setup::echo_pair().await;
+        let h = setup.server(server).start().await;
+        h.set_weight(50.0).await;
+        // 16 connections, so the kernel spreads them over both listeners.
+        let got = variants(&h, &keys, 16).await;
+        for (k, v) in keys.iter().zip(&got) {
+            assert_eq!(v, expected_variant(k, 50.0), "{server}: user {k}");
+        }
+        let v2 = count_v2(&got);
+        assert!(v2 > 0 && v2 < keys.len(), "{server}: {v2} on V2");
+        h.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn same_key_same_variant_and_raising_the_weight_is_forward_only() {
     let _serial = SERIAL.read().await;

@@ -213,6 +213,8 @@ pub async fn closed_port() -> SocketAddr {
 pub struct Setup {
     pub v1: String,
     pub v2: String,
+    /// Extra lines of `[server]` (e.g. `runtime`, `workers`).
+    pub server: String,
     /// Extra lines of `[upstreams]`.
     pub upstreams: String,
     /// Lines of `[routing]`.
@@ -229,6 +231,7 @@ impl Setup {
         Self {
             v1: v1.into(),
             v2: v2.into(),
+            server: String::new(),
             upstreams: String::new(),
             routing: String::new(),
             rollout: "auto_start = false\ntick = \"1h\"\nwindow = \"1h\"\n".into(),
@@ -242,6 +245,11 @@ impl Setup {
         let v2 = Upstream::start("v2", Mode::Echo).await;
         let setup = Setup::new(v1.url(), v2.url()).routing("sticky_header = \"x-user-id\"");
         (v1, v2, setup)
+    }
+
+    pub fn server(mut self, s: &str) -> Self {
+        self.server = s.into();
+        self
     }
 
     pub fn upstreams(mut self, s: &str) -> Self {
@@ -266,13 +274,14 @@ impl Setup {
 
     pub fn toml(&self, state_dir: &std::path::Path) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{TOKEN}\"\nstate_dir = {state:?}\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{TOKEN}\"\nstate_dir = {state:?}\n{server}\n\n\
              [upstreams]\nv1 = {v1:?}\nv2 = {v2:?}\n{upstreams}\n\n\
              [routing]\n{routing}\n\n\
              [rollout]\n{rollout}\n\n{extra}\n",
             state = state_dir.display().to_string(),
             v1 = self.v1,
             v2 = self.v2,
+            server = self.server,
             upstreams = self.upstreams,
             routing = self.routing,
             rollout = self.rollout,
