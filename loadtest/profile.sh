@@ -42,8 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-(cd "$ROOT" && cargo build -q --release -p rollgate -p rollgate-load \
-    && cargo build -q --release -p rollgate --example bare_proxy)
+(cd "$ROOT" && cargo build -q --release -p rollgate -p rollgate-load --bins --example bare_proxy)
 RG="$TARGET_DIR/release/rollgate"
 FLOOR="$TARGET_DIR/release/examples/bare_proxy"
 LOAD="$TARGET_DIR/release/rollgate-load"

@@ -83,6 +83,16 @@ fn init_logs(format: LogFormat, default_level: &str) {
     }
 }
 
+/// Loads a config for `run` or a SIGHUP reload; its warnings
+/// ([`Config::warnings`]) go to the log and the config is used anyway.
+fn load_logging_warnings(path: &std::path::Path) -> Result<Config, rollgate::config::ConfigError> {
+    let cfg = Config::load(path)?;
+    for w in cfg.warnings() {
+        tracing::warn!(config = %path.display(), "{w}");
+    }
+    Ok(cfg)
+}
+
 /// The main runtime. In `per_core` mode it is single-threaded and hosts only
 /// the control plane (admin API, controller, shadow queue): every proxy
 /// worker brings its own thread and runtime.
@@ -162,16 +172,13 @@ fn main() -> ExitCode {
             json,
         } => replay(&config, from.as_deref(), state_dir, json),
         Cmd::Run { config } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match load_logging_warnings(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
             };
-            for w in cfg.warnings() {
-                tracing::warn!(config = %config.display(), "{w}");
-            }
             let rt = match runtime(cfg.server.runtime, cfg.server.workers) {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -256,12 +263,9 @@ async fn serve_until_terminated(app: &App, path: &std::path::Path) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = term.recv() => return,
-                _ = hup.recv() => match Config::load(path) {
+                _ = hup.recv() => match load_logging_warnings(path) {
                     Err(e) => tracing::error!(error = %e, "reload refused: invalid config, keeping the running one"),
                     Ok(cfg) => {
-                        for w in cfg.warnings() {
-                            tracing::warn!(config = %path.display(), "{w}");
-                        }
                         if let Err(e) = app.reload(cfg).await {
                             tracing::error!(error = %e, "reload refused, keeping the running config");
                         }
