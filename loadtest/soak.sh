@@ -16,8 +16,8 @@
 #   SOAK_SECONDS=120  loadtest/soak.sh          # the 2-minute version
 #   SOAK_RATE=800 SOAK_SECONDS=600 OUT=/tmp/s loadtest/soak.sh
 #
-# Not part of CI (too long for its budget). Loopback only; ports from the
-# kernel. Needs: cargo, python3, curl.
+# The 2-minute version runs in CI (scripts/test.sh); the 30-minute one does
+# not. Loopback only; ports from the kernel. Needs: cargo, python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
