@@ -14,14 +14,15 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
-pub mod journeys;
-pub mod metrics;
-pub mod proxy;
+pub mod edge;
 pub mod routing;
-pub mod server;
-pub mod stats;
-pub mod sticky;
+pub mod telemetry;
 
 pub use app::App;
 pub use config::Config;
-pub mod tls;
+// Old paths, kept while the restructure lands.
+pub use edge as proxy;
+pub use edge::{server, sticky, tls};
+pub use routing::journeys;
+pub use telemetry as stats;
+pub use telemetry::prometheus as metrics;

@@ -1,15 +1,17 @@
 //! The upstream connection pools and the mapping of their failures to error
 //! kinds.
 
+pub mod pool;
+
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::pool::{Checkout, Pool, PoolConfig, PoolError};
 use crate::config::UpstreamsConfig;
 use crate::routing::Variant;
 use crate::stats::UpstreamErrorKind;
+use pool::{Checkout, Pool, PoolConfig, PoolError};
 
 /// One keep-alive pool per upstream, indexed by [`Variant`].
 #[derive(Clone)]

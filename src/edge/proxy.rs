@@ -4,14 +4,6 @@
 //! never fails: upstream problems become 502/504 responses here, malformed
 //! requests were already answered 400/431 by hyper before reaching it.
 
-pub mod access_log;
-pub mod beacon;
-pub mod body;
-pub mod forward;
-pub mod headers;
-pub mod pool;
-pub mod shadow;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +14,11 @@ use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use super::access_log::AccessLog;
+use super::body::ProxyBody;
+use super::headers::*;
+use super::upstream::{SendError, Upstreams};
+use super::{beacon, shadow};
 use crate::config::{BeaconsConfig, Config, RoutingConfig, Upstream};
 use crate::control::tripwire::PaymentTrip;
 use crate::journeys::{JourneyKind, Journeys};
@@ -29,10 +26,6 @@ use crate::routing::{RouteTable, Router, Variant};
 use crate::stats::beacons::BeaconReject;
 use crate::stats::{Telemetry, UpstreamErrorKind};
 use crate::sticky::{Resolved, Source, Sticky};
-use access_log::AccessLog;
-use body::ProxyBody;
-use forward::{SendError, Upstreams};
-use headers::*;
 
 /// Everything the request path reads; built once, shared by all connections.
 pub struct Proxy {
