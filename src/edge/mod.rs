@@ -11,6 +11,8 @@
 //! [`crate::routing`] (weights, the request-path tripwire) and in the telemetry
 //! cells.
 
+#![deny(clippy::disallowed_types)]
+
 pub mod access_log;
 pub mod beacon;
 pub mod body;

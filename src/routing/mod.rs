@@ -6,6 +6,8 @@
 //! and `store` it, so a change is visible to the very next request and a
 //! rollback is a single swap.
 
+#![deny(clippy::disallowed_types)]
+
 pub mod journeys;
 
 use std::sync::Arc;

@@ -166,6 +166,9 @@ pub(crate) fn stripe_index() -> usize {
     })
 }
 
+/// One bit per user bucket (10 000): which buckets made a request. Counting
+/// distinct buckets counts users without keeping any identifier; a bucket
+/// shared by several users only makes V1 and V2 saturate alike, so the share
 /// stays unbiased.
 pub(super) struct UserBits {
     pub(super) words: Box<[AtomicU64]>,

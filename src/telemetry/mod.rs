@@ -11,6 +11,8 @@
 //! deltas between successive snapshots so the controller can ask for "the last
 //! N seconds" (see [`IntervalRing::window`]).
 
+#![deny(clippy::disallowed_types)]
+
 pub mod beacons;
 mod cells;
 mod classes;
@@ -233,10 +235,6 @@ impl Telemetry {
         }
     }
 }
-
-/// One bit per user bucket (10 000): which buckets made a request. Counting
-/// distinct buckets counts users without keeping any identifier; a bucket
-/// shared by several users only makes V1 and V2 saturate alike, so the share
 
 /// Decrements the in-flight gauge when the response (body included) is done.
 pub struct InflightGuard {

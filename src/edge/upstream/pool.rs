@@ -20,6 +20,11 @@
 //! Idle connections are reused last-in first-out: the warmest socket serves
 //! the next request and the surplus ages out.
 
+// The idle stack is the one lock of the data plane: it is held for one push or
+// pop (no await, no I/O under it), where a lock-free stack of connections would
+// need hazard pointers or epochs for the same effect.
+#![expect(clippy::disallowed_types, reason = "the idle stack's mutex, see above")]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
