@@ -72,7 +72,9 @@ pub enum SendError {
 
 fn classify(e: &PoolError) -> SendError {
     match e {
-        PoolError::Connect(_) => SendError::Upstream(UpstreamErrorKind::Connect),
+        PoolError::ConnectTimeout | PoolError::Connect(_) | PoolError::Handshake(_) => {
+            SendError::Upstream(UpstreamErrorKind::Connect)
+        }
         PoolError::Http(h) if h.is_parse() || h.is_parse_status() => {
             SendError::Upstream(UpstreamErrorKind::Protocol)
         }

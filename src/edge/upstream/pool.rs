@@ -48,8 +48,12 @@ pub struct PoolConfig {
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connect: {0}")]
-    Connect(String),
+    #[error("connect: timed out")]
+    ConnectTimeout,
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
+    #[error("connect: HTTP/1 handshake")]
+    Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -147,8 +151,8 @@ where
             match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&self.inner.addr))
                 .await
             {
-                Err(_) => return Err(PoolError::Connect("timed out".into())),
-                Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+                Err(_) => return Err(PoolError::ConnectTimeout),
+                Ok(Err(e)) => return Err(PoolError::Connect(e)),
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
@@ -161,7 +165,7 @@ where
             .writev(false)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+            .map_err(PoolError::Handshake)?;
         // The connection's I/O runs on the current runtime (in per-core mode,
         // this worker's own); it ends when the last sender is dropped.
         tokio::spawn(async move {
