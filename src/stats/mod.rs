@@ -15,7 +15,6 @@ pub mod beacons;
 pub mod histogram;
 pub mod names;
 pub mod shadow;
-pub mod significance;
 
 use std::cell::Cell as StdCell;
 use std::collections::VecDeque;
