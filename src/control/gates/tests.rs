@@ -805,3 +805,93 @@ fn shadow_phase_judges_the_mirrors() {
         GateStatus::Yellow
     );
 }
+
+// ===== gate keys: typed, but printed, ordered and serialised as before =====
+
+#[test]
+fn gate_names_round_trip_and_never_contain_a_slash() {
+    let mut names: Vec<&str> = Gate::ALL.iter().map(|g| g.as_str()).collect();
+    for g in Gate::ALL {
+        assert_eq!(g.as_str().parse::<Gate>().unwrap(), g);
+        assert!(!g.as_str().contains('/'), "{g}");
+    }
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), Gate::ALL.len());
+    assert!("latency".parse::<Gate>().is_err());
+}
+
+#[test]
+fn gate_keys_print_and_order_as_their_old_text() {
+    let keys = [
+        GateKey::new(Gate::SplitSkew, Some("eu")),
+        GateKey::new(Gate::ErrorRate, None),
+        GateKey::new(Gate::LatencyP95, Some("search")),
+        GateKey::new(Gate::LatencyP95, Some("payments/api")),
+        GateKey::new(Gate::LatencyVsControl, Some("search")),
+        GateKey::new(Gate::ErrorBudget, None),
+        GateKey::new(Gate::ShadowDiff, None),
+        GateKey::new(Gate::ShadowDiff, Some("search")),
+    ];
+    let mut typed: Vec<GateKey> = keys.to_vec();
+    typed.sort();
+    let mut text: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    text.sort();
+    assert_eq!(
+        typed.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        text
+    );
+    let k = &keys[3];
+    assert_eq!(k.to_string(), "latency_p95/payments/api");
+    assert_eq!(
+        (k.gate(), k.label()),
+        (Gate::LatencyP95, Some("payments/api"))
+    );
+    assert_eq!(k.as_str().parse::<GateKey>().unwrap(), *k);
+    assert_eq!(keys[1].label(), None);
+    assert!("nope/search".parse::<GateKey>().is_err());
+}
+
+#[test]
+fn gate_keys_serialise_as_the_text_they_always_were() {
+    // A state-file map keyed by gate: same JSON as when it was keyed by String.
+    let typed: BTreeMap<GateKey, GateStatus> = BTreeMap::from([
+        (
+            GateKey::new(Gate::LatencyP95, Some("search")),
+            GateStatus::Red,
+        ),
+        (GateKey::new(Gate::ErrorRate, None), GateStatus::Yellow),
+        (
+            GateKey::new(Gate::Funnel, Some("search_ctr")),
+            GateStatus::Green,
+        ),
+    ]);
+    let text: BTreeMap<String, GateStatus> =
+        typed.iter().map(|(k, s)| (k.to_string(), *s)).collect();
+    let json = serde_json::to_string(&typed).unwrap();
+    assert_eq!(json, serde_json::to_string(&text).unwrap());
+    let back: BTreeMap<GateKey, GateStatus> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, typed);
+    // Looked up by its printed key.
+    assert_eq!(typed.get("error_rate"), Some(&GateStatus::Yellow));
+
+    // A result's `name` is the family's name, `journey` its label.
+    let g = GateResult {
+        name: Gate::CacheHit,
+        journey: Some("search".into()),
+        status: GateStatus::Green,
+        value: Some(0.9),
+        threshold: 0.85,
+        samples: 100,
+        reason: "ok".into(),
+        p_value: None,
+        recovery: None,
+    };
+    let json = serde_json::to_string(&g).unwrap();
+    assert!(
+        json.starts_with(r#"{"name":"cache_hit","journey":"search","status":"GREEN""#),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_str::<GateResult>(&json).unwrap(), g);
+    assert_eq!(g.key(), "cache_hit/search");
+}
