@@ -14,7 +14,7 @@
 //! variants need `min_samples`.
 //!
 //! A breach counts only when a one-sided test of "V2 is worse than allowed"
-//! is significant at `gates.alpha` ([`significance`]):
+//! is significant at `gates.alpha` (`significance.rs`):
 //! Mann-Whitney U on latency/timing buckets against V1, two-proportion z on
 //! the 5xx rate against V1, rate tests for JS errors and funnels, and for
 //! absolute thresholds a binomial test of the bad share against the share the
