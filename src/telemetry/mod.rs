@@ -21,8 +21,6 @@ mod layout;
 pub mod names;
 pub mod prometheus;
 pub mod shadow;
-#[path = "../stats/significance.rs"]
-pub mod significance;
 mod window;
 
 #[cfg(test)]
