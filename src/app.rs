@@ -16,7 +16,7 @@ use crate::admin::Admin;
 use crate::config::{Config, RuntimeMode};
 use crate::control::report::ReportStore;
 use crate::control::state::StateError;
-use crate::control::tripwire::PaymentTrip;
+use crate::routing::tripwire::PaymentTrip;
 use crate::control::{ControlHandle, Controller};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;

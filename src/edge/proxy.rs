@@ -21,7 +21,7 @@ use super::headers::*;
 use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
 use crate::config::{BeaconsConfig, Config, RoutingConfig, Upstream};
-use crate::control::tripwire::PaymentTrip;
+use crate::routing::tripwire::PaymentTrip;
 use crate::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::{RouteTable, Router, Variant};
 use crate::stats::beacons::BeaconReject;

@@ -9,6 +9,7 @@
 #![deny(clippy::disallowed_types)]
 
 pub mod journeys;
+pub mod tripwire;
 
 use std::sync::Arc;
 
