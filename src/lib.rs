@@ -22,7 +22,8 @@ pub use app::App;
 pub use config::Config;
 // Old paths, kept while the restructure lands.
 pub use edge as proxy;
-pub use edge::{server, sticky, tls};
+pub(crate) use edge::tls;
+pub use edge::{server, sticky};
 pub use routing::journeys;
 pub use telemetry as stats;
-pub use telemetry::prometheus as metrics;
+pub(crate) use telemetry::prometheus as metrics;

@@ -13,7 +13,7 @@ pub mod replay;
 pub mod report;
 pub mod rollout;
 pub mod state;
-pub use crate::routing::tripwire;
+pub(crate) use crate::routing::tripwire;
 pub mod webhook;
 
 use std::collections::BTreeMap;

@@ -13,15 +13,15 @@
 
 #![deny(clippy::disallowed_types)]
 
-pub mod access_log;
+pub(crate) mod access_log;
 pub mod beacon;
-pub mod body;
-pub mod headers;
-pub mod proxy;
+pub(crate) mod body;
+pub(crate) mod headers;
+pub(crate) mod proxy;
 pub mod server;
-pub mod shadow;
+pub(crate) mod shadow;
 pub mod sticky;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod tls;
+pub(crate) mod upstream;
 
-pub use proxy::Proxy;
+pub(crate) use proxy::Proxy;

@@ -9,7 +9,7 @@
 #![deny(clippy::disallowed_types)]
 
 pub mod journeys;
-pub mod tripwire;
+pub(crate) mod tripwire;
 
 use std::sync::Arc;
 

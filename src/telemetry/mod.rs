@@ -18,8 +18,8 @@ mod cells;
 mod classes;
 pub mod histogram;
 mod layout;
-pub mod names;
-pub mod prometheus;
+pub(crate) mod names;
+pub(crate) mod prometheus;
 pub mod shadow;
 mod window;
 

@@ -195,6 +195,7 @@ where
     }
 
     /// Idle connections held (the tests read it).
+    #[cfg(test)]
     pub fn idle_len(&self) -> usize {
         self.inner.idle.lock().map(|q| q.len()).unwrap_or(0)
     }
