@@ -1,10 +1,20 @@
 //! rollgate: a canary edge proxy.
 //!
-//! Data path (per request): [`server`] accepts -> [`journeys`] classifies ->
-//! [`sticky`] + [`routing`] pick the variant -> [`proxy`] forwards -> [`stats`]
-//! records. Control path (per tick): [`stats::IntervalRing`] snapshot ->
-//! [`control::gates`] evaluate -> [`control::rollout`] decides -> the
-//! [`routing::Router`] swap -> [`control::report`].
+//! The map (ARCHITECTURE.md has the picture):
+//! - [`config`]: the TOML file, one module per section, checked once at load.
+//! - [`routing`]: what both planes share: variants, weights, the [`routing::Router`]
+//!   swap, the journey table and the request-path payment tripwire.
+//! - [`edge`]: the data plane. A request flows accept ([`edge::server`]) ->
+//!   classify journey ([`routing::journeys`]) -> pick variant ([`edge::sticky`] +
+//!   the router) -> forward -> record ([`telemetry`]); it imports nothing from
+//!   [`control`].
+//! - [`telemetry`]: lock-free counters written by the request path, and the
+//!   snapshots and windows the controller reads.
+//! - [`control`]: the control plane. A tick flows snapshot -> evaluate gates ->
+//!   decide -> swap weights -> report.
+//! - [`admin`], [`api`], [`cli`]: the operator's HTTP API, its wire types, and
+//!   the command line that speaks them.
+//! - [`app`] wires it all together; [`demo`] is the self-contained showcase.
 
 #![forbid(unsafe_code)]
 
