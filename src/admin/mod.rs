@@ -213,7 +213,7 @@ impl Admin {
         let path = req.uri().path().to_string();
         let route = match find_route(req.method(), &path) {
             Ok(route) => route,
-            Err(refusal) => return refusal,
+            Err(no) => return no.response(req.method(), &path),
         };
         if route.mutating && !self.authorized(&req) {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -369,8 +369,36 @@ impl Admin {
     }
 }
 
-/// The route for a request, or the 404 / 405 (with `Allow`) refusing it.
-fn find_route(method: &Method, path: &str) -> Result<&'static Route, Resp> {
+/// Why no route serves a request.
+#[derive(Debug, PartialEq)]
+enum NoRoute {
+    /// No endpoint has this path: 404.
+    Unknown,
+    /// The path exists for these other methods: 405 with `Allow`.
+    Method(Vec<&'static str>),
+}
+
+impl NoRoute {
+    fn response(self, method: &Method, path: &str) -> Resp {
+        match self {
+            NoRoute::Unknown => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            NoRoute::Method(allowed) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}"),
+                );
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_str(&allowed.join(", ")).expect("ascii"),
+                );
+                r
+            }
+        }
+    }
+}
+
+/// The route for a request.
+fn find_route(method: &Method, path: &str) -> Result<&'static Route, NoRoute> {
     let known = ROUTES
         .iter()
         .filter(|r| matches_path(r.path, path))
@@ -379,23 +407,9 @@ fn find_route(method: &Method, path: &str) -> Result<&'static Route, Resp> {
         return Ok(route);
     }
     if known.is_empty() {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-        ));
+        return Err(NoRoute::Unknown);
     }
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {path}"),
-    );
-    let allow = known
-        .iter()
-        .map(|r| r.method)
-        .collect::<Vec<_>>()
-        .join(", ");
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_str(&allow).expect("ascii"));
-    Err(r)
+    Err(NoRoute::Method(known.iter().map(|r| r.method).collect()))
 }
 
 fn matches_path(pattern: &str, path: &str) -> bool {

@@ -32,12 +32,15 @@ fn admin_route_lookup() {
         Some(Endpoint::Weights)
     );
 
-    let refused = |m: Method, p: &str| find_route(&m, p).err().expect("refused");
     assert_eq!(
-        refused(Method::GET, "/nope").status(),
-        StatusCode::NOT_FOUND
+        find_route(&Method::GET, "/nope").err(),
+        Some(NoRoute::Unknown)
     );
-    let r = refused(Method::GET, "/api/v1/weights");
+    let no = find_route(&Method::GET, "/api/v1/weights").expect_err("refused");
+    assert_eq!(no, NoRoute::Method(vec!["PUT"]));
+    let r = no.response(&Method::GET, "/api/v1/weights");
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()[header::ALLOW], "PUT");
+    let r = NoRoute::Unknown.response(&Method::GET, "/nope");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
