@@ -66,8 +66,7 @@ pub(crate) struct ReportList {
 }
 
 /// `GET /api/v1/history`. `P` is the borrowed view when the server writes it
-/// and a `Vec` of points when a client reads it. The fields are declared in
-/// the sorted order this endpoint has always answered in.
+/// and a `Vec` of points when a client reads it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct HistoryAnswer<P> {
     pub max_points: usize,

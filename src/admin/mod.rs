@@ -7,6 +7,11 @@
 //! The status page (`status.html`, compiled in) is read-only: it polls the
 //! GET endpoints and draws everything itself, so it works offline and needs
 //! no token. Actions stay on the token-protected API (or `rollgate` CLI).
+//!
+//! Adding an endpoint: one line in [`ROUTES`] (`read` or `change`, which
+//! decides whether it needs the token), an `Endpoint` variant and its arm
+//! in `Admin::route`, and its request and answer types in [`crate::api`],
+//! where the CLI finds them too.
 
 pub(crate) mod report_html;
 
@@ -116,6 +121,7 @@ pub const ROUTES: &[Route] = &[
     change("POST", "/api/v1/rollout/rollback", Endpoint::Rollback),
 ];
 
+/// What the admin server serves from: one per process, shared by every connection.
 pub(crate) struct Admin {
     pub control: ControlHandle,
     pub metrics: Arc<Metrics>,
