@@ -4,9 +4,14 @@
 //!
 //! Every command is one HTTP call; the server does all validation, so the
 //! CLI cannot drift from the API. What the CLI adds is presentation: a
-//! compact human view by default, the server's JSON untouched with `--json`,
-//! and one clear sentence (and a distinct exit code) for each way a call can
-//! fail: unreachable, wrong token, frozen, conflict, bad value.
+//! compact human view by default, drawn from the typed answers of
+//! [`crate::api`] (so an answer it does not understand is an error, never a
+//! blank cell); the server's JSON, pretty-printed, with `--json`; and one
+//! clear sentence (and a distinct exit code) for each way a call can fail:
+//! unreachable, wrong token, frozen, conflict, bad value.
+//!
+//! `args` is the command line, `client` the HTTP calls, `render` the human
+//! view; this module ties them together, one arm per command.
 
 mod args;
 mod client;
