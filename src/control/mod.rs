@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Local, Utc};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, PhaseMode};
@@ -31,48 +30,15 @@ use crate::routing::{RouteTable, Router, WeightBp};
 use crate::stats::names::*;
 use crate::stats::{IntervalRing, Telemetry};
 use audit::{AuditEntry, AuditLog};
-use gates::{Evaluation, GateContext, GateResult};
+use gates::{Evaluation, GateContext};
 use history::{History, HistoryPoint, HistoryView};
 use report::{Report, ReportStore, TriggerStatus};
 pub use rollout::{Command, CommandError};
 use rollout::{Core, Outcome};
-use state::{Action, Approval, Decision, Incident, RolloutState, StateError, StateName, Trigger};
+use state::{Action, Decision, RolloutState, StateError, StateName, Trigger};
 use tripwire::PaymentTrip;
 
-/// `GET /api/v1/status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct StatusView {
-    pub state: StateName,
-    pub phase: Option<String>,
-    pub phase_index: Option<usize>,
-    pub weights: Weights,
-    pub gates: Vec<GateResult>,
-    pub flags: BTreeMap<String, i64>,
-    pub approvals: Vec<Approval>,
-    pub incidents: Vec<Incident>,
-    pub last_decision: Option<Decision>,
-    pub frozen: bool,
-    /// What the controller is waiting for right now.
-    pub detail: String,
-    pub phase_started_at: Option<DateTime<Utc>>,
-    pub phases: Vec<PhaseView>,
-    pub evaluation: Evaluation,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct Weights {
-    pub v1: f64,
-    pub v2: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PhaseView {
-    pub name: String,
-    pub weight: f64,
-    pub hold_s: u64,
-    pub p95_ms: f64,
-    pub approval: Option<String>,
-}
+pub use crate::api::{PhaseView, StatusView, Weights};
 
 pub struct CommandMsg {
     cmd: Command,
