@@ -29,10 +29,10 @@ use crate::api::{
     ApprovalRequest, ErrorBody, FieldError, FlagsRequest, HistoryAnswer, IncidentRequest,
     ReportList, WeightsRequest,
 };
-use crate::app::Live;
 use crate::control::history::Since;
 use crate::control::report::{markdown, ReportStore};
 use crate::control::{Command, CommandError, ControlHandle};
+use crate::edge::Live;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 

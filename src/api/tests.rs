@@ -16,7 +16,7 @@ pub(crate) fn sample_status() -> StatusView {
     let gate =
         |name: &str, journey: Option<&str>, status, value, threshold, samples, reason: &str| {
             GateResult {
-                name: name.into(),
+                name: name.parse().expect("a gate name"),
                 journey: journey.map(String::from),
                 status,
                 value,

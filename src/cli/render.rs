@@ -130,7 +130,7 @@ const GATE_COLUMNS: [&str; 6] = ["STATUS", "GATE", "JOURNEY", "VALUE", "THRESHOL
 fn gate_row(g: &GateResult) -> Vec<Cell> {
     vec![
         (g.status.word().to_string(), Some(status_color(g.status))),
-        (g.name.clone(), None),
+        (g.name.to_string(), None),
         (g.journey.as_deref().unwrap_or("all").to_string(), None),
         (fmt_value(g.value), None),
         (fmt_value(Some(g.threshold)), None),
