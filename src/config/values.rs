@@ -1,0 +1,64 @@
+//! Value types and checks that several sections share.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, Invalid};
+
+/// A duration written as a string: "250ms", "15s", "6h", "1h 30m".
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (use e.g. \"15s\", \"6h\")"
+            ))
+        })
+    }
+}
+
+/// Serde default of the switches that are on unless turned off.
+pub(super) fn yes() -> bool {
+    true
+}
+
+pub(super) fn fraction(key: &str, v: f64) -> Result<f64, Invalid> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(
+            key,
+            format!("{v} must be a fraction between 0 and 1"),
+        ))
+    }
+}
+
+pub(super) fn positive_ms(key: &str, v: f64) -> Result<f64, Invalid> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(
+            key,
+            format!("{v} must be a positive number of milliseconds"),
+        ))
+    }
+}
+
+pub(super) fn label_name(key: &str, s: &str) -> Result<(), Invalid> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{s:?} must be 1-64 characters of a-z, 0-9, '_' or '-'"),
+        ))
+    }
+}
