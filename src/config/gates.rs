@@ -5,24 +5,29 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{fraction, label_name, Dur};
+use super::values::{defaults, fraction, label_name, Dur};
 use super::{invalid, BeaconsConfig, Invalid};
 use crate::journeys::Journeys;
 
-/// Shared with the significance tests, whose documented error rates assume it.
-const DEFAULT_ALPHA: f64 = crate::stats::significance::DEFAULT_ALPHA;
-/// Both the promote and the rollback band.
-const DEFAULT_BAND: f64 = 0.05;
-const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
-const DEFAULT_LATENCY_VS_CONTROL_MAX: f64 = 0.10;
-const DEFAULT_LATENCY_VS_CONTROL_SLACK_MS: f64 = 1.0;
-const DEFAULT_JS_ERRORS_MAX_INCREASE: f64 = 0.10;
-const DEFAULT_CACHE_HIT_MIN: f64 = 0.85;
-const DEFAULT_SLO_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
-const DEFAULT_ERROR_BUDGET_MAX: f64 = 0.05;
-const DEFAULT_SPLIT_SKEW_TOLERANCE: f64 = 0.20;
-const DEFAULT_FUNNEL_MAX_DROP: f64 = 0.03;
-const DEFAULT_TIMING_MAX_INCREASE: f64 = 0.05;
+defaults! {
+    /// Shared with the significance tests, whose documented error rates assume it.
+    const DEFAULT_ALPHA: f64 = crate::stats::significance::DEFAULT_ALPHA
+        => fn default_alpha() -> f64;
+    /// Both the promote and the rollback band.
+    const DEFAULT_BAND: f64 = 0.05 => fn default_band() -> f64;
+    const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60) => fn default_cooldown() -> Dur;
+    const DEFAULT_LATENCY_VS_CONTROL_MAX: f64 = 0.10 => fn default_latency_vs_control_max() -> f64;
+    const DEFAULT_LATENCY_VS_CONTROL_SLACK_MS: f64 = 1.0
+        => fn default_latency_vs_control_slack_ms() -> f64;
+    const DEFAULT_JS_ERRORS_MAX_INCREASE: f64 = 0.10 => fn default_js_errors_max_increase() -> f64;
+    const DEFAULT_CACHE_HIT_MIN: f64 = 0.85 => fn default_cache_hit_min() -> f64;
+    const DEFAULT_SLO_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600)
+        => fn default_slo_period() -> Dur;
+    const DEFAULT_ERROR_BUDGET_MAX: f64 = 0.05 => fn default_error_budget_max() -> f64;
+    const DEFAULT_SPLIT_SKEW_TOLERANCE: f64 = 0.20 => fn default_split_skew_tolerance() -> f64;
+    const DEFAULT_FUNNEL_MAX_DROP: f64 = 0.03 => fn default_funnel_max_drop() -> f64;
+    const DEFAULT_TIMING_MAX_INCREASE: f64 = 0.05 => fn default_timing_max_increase() -> f64;
+}
 
 /// `[gates]`: how the gates judge, beyond the thresholds of `[rollout]`.
 #[derive(Debug, Deserialize)]
@@ -99,43 +104,6 @@ impl Default for FileGates {
     fn default() -> Self {
         toml::from_str("").expect("every gates key has a default")
     }
-}
-
-fn default_alpha() -> f64 {
-    DEFAULT_ALPHA
-}
-fn default_band() -> f64 {
-    DEFAULT_BAND
-}
-fn default_cooldown() -> Dur {
-    Dur(DEFAULT_COOLDOWN)
-}
-fn default_latency_vs_control_max() -> f64 {
-    DEFAULT_LATENCY_VS_CONTROL_MAX
-}
-fn default_latency_vs_control_slack_ms() -> f64 {
-    DEFAULT_LATENCY_VS_CONTROL_SLACK_MS
-}
-fn default_js_errors_max_increase() -> f64 {
-    DEFAULT_JS_ERRORS_MAX_INCREASE
-}
-fn default_cache_hit_min() -> f64 {
-    DEFAULT_CACHE_HIT_MIN
-}
-fn default_slo_period() -> Dur {
-    Dur(DEFAULT_SLO_PERIOD)
-}
-fn default_error_budget_max() -> f64 {
-    DEFAULT_ERROR_BUDGET_MAX
-}
-fn default_split_skew_tolerance() -> f64 {
-    DEFAULT_SPLIT_SKEW_TOLERANCE
-}
-fn default_funnel_max_drop() -> f64 {
-    DEFAULT_FUNNEL_MAX_DROP
-}
-fn default_timing_max_increase() -> f64 {
-    DEFAULT_TIMING_MAX_INCREASE
 }
 
 /// How gates judge (see `control::gates` for the bands and the cooldown).

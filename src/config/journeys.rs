@@ -7,7 +7,7 @@ use super::{invalid, Invalid};
 use crate::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
 
 /// Bounds metric label cardinality regardless of config mistakes.
-pub(crate) const MAX_JOURNEYS: usize = 256;
+const MAX_JOURNEYS: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

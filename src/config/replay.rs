@@ -2,10 +2,12 @@
 
 use serde::Deserialize;
 
-use super::values::yes;
+use super::values::{defaults, yes};
 use super::{invalid, Invalid};
 
-const DEFAULT_REPLAY_MAX_BYTES: u64 = 256 * 1024 * 1024;
+defaults! {
+    const DEFAULT_REPLAY_MAX_BYTES: u64 = 256 * 1024 * 1024 => fn default_replay_max_bytes() -> u64;
+}
 
 /// `[replay]`: the evaluation records `rollgate replay` reads.
 #[derive(Debug, Deserialize)]
@@ -29,10 +31,6 @@ impl Default for FileReplay {
 pub struct ReplayConfig {
     pub record: bool,
     pub max_bytes: u64,
-}
-
-fn default_replay_max_bytes() -> u64 {
-    DEFAULT_REPLAY_MAX_BYTES
 }
 
 pub(super) fn validate(r: FileReplay) -> Result<ReplayConfig, Invalid> {

@@ -9,28 +9,35 @@ use http::uri::Scheme;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
-use super::values::{fraction, label_name, positive_ms, yes, Dur};
+use super::values::{defaults, fraction, label_name, positive_ms, yes, Dur};
 use super::{invalid, Invalid};
 use crate::routing::WeightBp;
 
-const DEFAULT_TICK: Duration = Duration::from_secs(15);
-const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
-const DEFAULT_MIN_SAMPLES: u64 = 50;
-const DEFAULT_ERROR_RATE_MAX: f64 = 0.005;
-const DEFAULT_ERROR_RATE_MARGIN: f64 = 0.001;
-const DEFAULT_PAYMENT_SUCCESS_MIN: f64 = 0.995;
-const DEFAULT_P95_ROLLBACK_MS: f64 = 160.0;
-const DEFAULT_RED_ROLLBACK_AFTER: Duration = Duration::from_secs(300);
-const DEFAULT_CONSECUTIVE_PAYMENT_FAILURES: u32 = 5;
-const DEFAULT_FULL_SUSTAIN: Duration = Duration::from_secs(2 * 3600);
+defaults! {
+    const DEFAULT_TICK: Duration = Duration::from_secs(15) => fn default_tick() -> Dur;
+    const DEFAULT_WINDOW: Duration = Duration::from_secs(300) => fn default_window() -> Dur;
+    const DEFAULT_MIN_SAMPLES: u64 = 50 => fn default_min_samples() -> u64;
+    const DEFAULT_ERROR_RATE_MAX: f64 = 0.005 => fn default_error_rate_max() -> f64;
+    const DEFAULT_ERROR_RATE_MARGIN: f64 = 0.001 => fn default_error_rate_margin() -> f64;
+    const DEFAULT_PAYMENT_SUCCESS_MIN: f64 = 0.995 => fn default_payment_success_min() -> f64;
+    const DEFAULT_P95_ROLLBACK_MS: f64 = 160.0 => fn default_p95_rollback_ms() -> f64;
+    const DEFAULT_RED_ROLLBACK_AFTER: Duration = Duration::from_secs(300)
+        => fn default_red_rollback_after() -> Dur;
+    const DEFAULT_CONSECUTIVE_PAYMENT_FAILURES: u32 = 5
+        => fn default_consecutive_payment_failures() -> u32;
+    const DEFAULT_FULL_SUSTAIN: Duration = Duration::from_secs(2 * 3600)
+        => fn default_full_sustain() -> Dur;
+    const DEFAULT_SEV2_HOLD_COUNT: u32 = 2 => fn default_sev2_hold() -> u32;
+    const DEFAULT_UPDATE_EVERY: Duration = Duration::from_secs(15 * 60)
+        => fn default_update_every() -> Dur;
+    /// A phase's P95 gate.
+    const DEFAULT_P95_MS: f64 = 130.0 => fn default_p95_ms() -> f64;
+}
+// Not values of their field's type: their functions build those by hand.
 const DEFAULT_PROMOTION_WINDOW: &str = "always";
-const DEFAULT_SEV2_HOLD_COUNT: u32 = 2;
 /// Flags that must all be 1 before the first live phase, unless configured otherwise.
-pub(crate) const DEFAULT_REQUIRED_FLAGS: [&str; 3] =
+const DEFAULT_REQUIRED_FLAGS: [&str; 3] =
     ["SHADOW_PASS_24H", "A2_V26_COMPLIANT", "EVIDENCE_BUNDLE"];
-const DEFAULT_UPDATE_EVERY: Duration = Duration::from_secs(15 * 60);
-/// A phase's P95 gate.
-const DEFAULT_P95_MS: f64 = 130.0;
 
 #[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(untagged)]
@@ -115,53 +122,14 @@ impl Default for FileRollout {
     }
 }
 
-fn default_tick() -> Dur {
-    Dur(DEFAULT_TICK)
-}
-fn default_window() -> Dur {
-    Dur(DEFAULT_WINDOW)
-}
-fn default_min_samples() -> u64 {
-    DEFAULT_MIN_SAMPLES
-}
-fn default_error_rate_max() -> f64 {
-    DEFAULT_ERROR_RATE_MAX
-}
-fn default_error_rate_margin() -> f64 {
-    DEFAULT_ERROR_RATE_MARGIN
-}
-fn default_payment_success_min() -> f64 {
-    DEFAULT_PAYMENT_SUCCESS_MIN
-}
-fn default_p95_rollback_ms() -> f64 {
-    DEFAULT_P95_ROLLBACK_MS
-}
-fn default_red_rollback_after() -> Dur {
-    Dur(DEFAULT_RED_ROLLBACK_AFTER)
-}
-fn default_consecutive_payment_failures() -> u32 {
-    DEFAULT_CONSECUTIVE_PAYMENT_FAILURES
-}
-fn default_full_sustain() -> Dur {
-    Dur(DEFAULT_FULL_SUSTAIN)
-}
 fn default_promotion_window() -> FilePromotionWindow {
     FilePromotionWindow::Keyword(DEFAULT_PROMOTION_WINDOW.into())
-}
-fn default_sev2_hold() -> u32 {
-    DEFAULT_SEV2_HOLD_COUNT
 }
 fn default_required_flags() -> Vec<String> {
     DEFAULT_REQUIRED_FLAGS
         .iter()
         .map(|s| s.to_string())
         .collect()
-}
-fn default_p95_ms() -> f64 {
-    DEFAULT_P95_MS
-}
-fn default_update_every() -> Dur {
-    Dur(DEFAULT_UPDATE_EVERY)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,12 +4,14 @@
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::values::{label_name, yes};
+use super::values::{defaults, label_name, yes};
 use super::{invalid, Invalid};
 
-const DEFAULT_SALT: &str = "rollgate";
+defaults! {
+    const DEFAULT_SALT: &str = "rollgate" => fn default_salt() -> String;
+}
 /// Bounds the region label set.
-pub(crate) const MAX_REGIONS: usize = 32;
+const MAX_REGIONS: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,10 +46,6 @@ impl Default for FileRouting {
             regions: Vec::new(),
         }
     }
-}
-
-fn default_salt() -> String {
-    DEFAULT_SALT.into()
 }
 
 #[derive(Debug, Clone)]

@@ -6,16 +6,22 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{yes, Dur};
+use super::values::{defaults, yes, Dur};
 use super::{invalid, Invalid};
 
-pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-pub(crate) const DEFAULT_STATE_DIR: &str = "./rollgate-state";
-pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
-const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
-const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
-const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 1.0;
+defaults! {
+    pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901"
+        => fn default_admin_listen() -> String;
+    const DEFAULT_STATE_DIR: &str = "./rollgate-state" => fn default_state_dir() -> PathBuf;
+    pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024
+        => fn default_max_header_bytes() -> usize;
+    const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20)
+        => fn default_header_read_timeout() -> Dur;
+    const DEFAULT_MAX_CONNECTIONS: usize = 10_000 => fn default_max_connections() -> usize;
+    const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15)
+        => fn default_drain_timeout() -> Dur;
+    const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 1.0 => fn default_access_log_sample() -> f64;
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,28 +83,6 @@ pub(crate) struct FileTls {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-}
-
-fn default_admin_listen() -> String {
-    DEFAULT_ADMIN_LISTEN.into()
-}
-fn default_state_dir() -> PathBuf {
-    DEFAULT_STATE_DIR.into()
-}
-fn default_max_header_bytes() -> usize {
-    DEFAULT_MAX_HEADER_BYTES
-}
-fn default_header_read_timeout() -> Dur {
-    Dur(DEFAULT_HEADER_READ_TIMEOUT)
-}
-fn default_max_connections() -> usize {
-    DEFAULT_MAX_CONNECTIONS
-}
-fn default_drain_timeout() -> Dur {
-    Dur(DEFAULT_DRAIN_TIMEOUT)
-}
-fn default_access_log_sample() -> f64 {
-    DEFAULT_ACCESS_LOG_SAMPLE
 }
 
 #[derive(Debug, Clone)]

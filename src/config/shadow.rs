@@ -5,15 +5,18 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{fraction, yes, Dur};
+use super::values::{defaults, fraction, yes, Dur};
 use super::{invalid, Invalid};
 use crate::journeys::{JourneyKind, Journeys};
 
-const DEFAULT_SHADOW_QUEUE: usize = 1024;
-const DEFAULT_SHADOW_CONCURRENCY: usize = 64;
-const DEFAULT_SHADOW_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_SHADOW_MAX_BODY: usize = 256 * 1024;
-const DEFAULT_SHADOW_DIFF_RATE_MAX: f64 = 0.01;
+defaults! {
+    const DEFAULT_SHADOW_QUEUE: usize = 1024 => fn default_shadow_queue() -> usize;
+    const DEFAULT_SHADOW_CONCURRENCY: usize = 64 => fn default_shadow_concurrency() -> usize;
+    const DEFAULT_SHADOW_TIMEOUT: Duration = Duration::from_secs(10)
+        => fn default_shadow_timeout() -> Dur;
+    const DEFAULT_SHADOW_MAX_BODY: usize = 256 * 1024 => fn default_shadow_max_body() -> usize;
+    const DEFAULT_SHADOW_DIFF_RATE_MAX: f64 = 0.01 => fn default_shadow_diff_rate_max() -> f64;
+}
 
 /// `[shadow]`: mirroring during `mode = "shadow"` phases.
 #[derive(Debug, Deserialize)]
@@ -49,22 +52,6 @@ impl Default for FileShadow {
     fn default() -> Self {
         toml::from_str("").expect("every shadow key has a default")
     }
-}
-
-fn default_shadow_queue() -> usize {
-    DEFAULT_SHADOW_QUEUE
-}
-fn default_shadow_concurrency() -> usize {
-    DEFAULT_SHADOW_CONCURRENCY
-}
-fn default_shadow_timeout() -> Dur {
-    Dur(DEFAULT_SHADOW_TIMEOUT)
-}
-fn default_shadow_max_body() -> usize {
-    DEFAULT_SHADOW_MAX_BODY
-}
-fn default_shadow_diff_rate_max() -> f64 {
-    DEFAULT_SHADOW_DIFF_RATE_MAX
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,18 +6,23 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 use serde::Deserialize;
 
-use super::values::Dur;
+use super::values::{defaults, Dur};
 use super::{invalid, Invalid};
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Per worker and upstream. Above the in-flight concurrency a worker sees,
-/// so a burst does not close connections it will need again a moment later:
-/// at 1,024 client connections on one worker a cap of 256 cost ~20 % of
-/// req/s in connect churn (BENCHMARKS.md). Idle ones still expire after
-/// `pool_idle_timeout`.
-const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 1024;
+defaults! {
+    const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2)
+        => fn default_connect_timeout() -> Dur;
+    const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30)
+        => fn default_response_timeout() -> Dur;
+    const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90)
+        => fn default_pool_idle() -> Dur;
+    /// Per worker and upstream. Above the in-flight concurrency a worker sees,
+    /// so a burst does not close connections it will need again a moment later:
+    /// at 1,024 client connections on one worker a cap of 256 cost ~20 % of
+    /// req/s in connect churn (BENCHMARKS.md). Idle ones still expire after
+    /// `pool_idle_timeout`.
+    const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 1024 => fn default_pool_max_idle() -> usize;
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,19 +42,6 @@ pub(crate) struct FileUpstreams {
     /// V2's in-flight cap; requests beyond it are shed with 503. 0 = no cap.
     #[serde(default)]
     pub reserved_capacity: u32,
-}
-
-fn default_connect_timeout() -> Dur {
-    Dur(DEFAULT_CONNECT_TIMEOUT)
-}
-fn default_response_timeout() -> Dur {
-    Dur(DEFAULT_RESPONSE_TIMEOUT)
-}
-fn default_pool_idle() -> Dur {
-    Dur(DEFAULT_POOL_IDLE_TIMEOUT)
-}
-fn default_pool_max_idle() -> usize {
-    DEFAULT_POOL_MAX_IDLE_PER_HOST
 }
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,30 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+impl From<Duration> for Dur {
+    fn from(d: Duration) -> Self {
+        Dur(d)
+    }
+}
+
+/// Declares each default of a section as a named constant, and the function
+/// serde's `default = "..."` calls for it (serde takes a function, not a
+/// constant). The function turns the constant into the field's file type with
+/// `Into`: `&str` into `String` or `PathBuf`, `Duration` into [`Dur`].
+macro_rules! defaults {
+    ($(
+        $(#[$doc:meta])*
+        $vis:vis const $name:ident: $ty:ty = $value:expr => fn $default:ident() -> $file:ty;
+    )*) => {$(
+        $(#[$doc])*
+        $vis const $name: $ty = $value;
+        fn $default() -> $file {
+            $name.into()
+        }
+    )*};
+}
+pub(super) use defaults;
+
 /// Serde default of the switches that are on unless turned off.
 pub(super) fn yes() -> bool {
     true
