@@ -6,7 +6,7 @@ use super::values::label_name;
 use super::{invalid, Invalid};
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileBeacons {
     /// Accepted event names; any other name rejects the batch (bounded labels).

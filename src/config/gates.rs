@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{defaults, fraction, label_name, Dur};
+use super::values::{defaults, fraction, must_be, unique_label, Dur};
 use super::{invalid, BeaconsConfig, Invalid};
 use crate::journeys::Journeys;
 
@@ -100,12 +100,6 @@ pub(crate) struct FileTiming {
     pub min_samples: Option<u64>,
 }
 
-impl Default for FileGates {
-    fn default() -> Self {
-        toml::from_str("").expect("every gates key has a default")
-    }
-}
-
 /// How gates judge (see `control::gates` for the bands and the cooldown).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatesConfig {
@@ -172,22 +166,15 @@ pub(super) fn validate(
         ));
     }
     let band = |key: &str, v: f64| {
-        if (0.0..=0.5).contains(&v) {
-            Ok(v)
-        } else {
-            Err(invalid(
-                key,
-                format!("{v} must be a share between 0 and 0.5"),
-            ))
-        }
+        must_be(
+            key,
+            v,
+            (0.0..=0.5).contains(&v),
+            "a share between 0 and 0.5",
+        )
     };
-    let non_negative = |key: &str, v: f64| {
-        if v.is_finite() && v >= 0.0 {
-            Ok(v)
-        } else {
-            Err(invalid(key, format!("{v} must be a number >= 0")))
-        }
-    };
+    let non_negative =
+        |key: &str, v: f64| must_be(key, v, v.is_finite() && v >= 0.0, "a number >= 0");
     Ok(GatesConfig {
         alpha: g.alpha,
         promote_band: band("gates.promote_band", g.promote_band)?,
@@ -264,10 +251,7 @@ fn funnels(
     let mut out: Vec<Funnel> = Vec::with_capacity(list.len());
     for (i, f) in list.into_iter().enumerate() {
         let key = |k: &str| format!("gates.funnels[{i}].{k}");
-        label_name(&key("name"), &f.name)?;
-        if out.iter().any(|x| x.name == f.name) {
-            return Err(invalid(key("name"), format!("{:?} is used twice", f.name)));
-        }
+        unique_label(&key("name"), &f.name, out.iter().map(|x| x.name.as_str()))?;
         if !(0.0..1.0).contains(&f.max_drop) {
             return Err(invalid(
                 key("max_drop"),

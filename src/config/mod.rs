@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::journeys::Journeys;
+use values::empty_section;
 
 mod beacons;
 mod gates;
@@ -83,19 +84,19 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
 pub(crate) struct FileConfig {
     pub server: server::FileServer,
     pub upstreams: upstreams::FileUpstreams,
-    #[serde(default)]
+    #[serde(default = "empty_section")]
     pub routing: routing::FileRouting,
     #[serde(default)]
     pub journeys: Vec<journeys::FileJourney>,
-    #[serde(default)]
+    #[serde(default = "empty_section")]
     pub rollout: rollout::FileRollout,
-    #[serde(default)]
+    #[serde(default = "empty_section")]
     pub gates: gates::FileGates,
-    #[serde(default)]
+    #[serde(default = "empty_section")]
     pub beacons: beacons::FileBeacons,
-    #[serde(default)]
+    #[serde(default = "empty_section")]
     pub shadow: shadow::FileShadow,
-    #[serde(default)]
+    #[serde(default = "empty_section")]
     pub replay: replay::FileReplay,
 }
 

@@ -21,12 +21,6 @@ pub(crate) struct FileReplay {
     pub max_bytes: u64,
 }
 
-impl Default for FileReplay {
-    fn default() -> Self {
-        toml::from_str("").expect("every replay key has a default")
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplayConfig {
     pub record: bool,

@@ -9,7 +9,7 @@ use http::uri::Scheme;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
-use super::values::{defaults, fraction, label_name, positive_ms, yes, Dur};
+use super::values::{defaults, fraction, header_name, positive_ms, unique_label, yes, Dur};
 use super::{invalid, Invalid};
 use crate::routing::WeightBp;
 
@@ -114,12 +114,6 @@ pub(crate) struct FileRollout {
     pub command_center_url: Option<String>,
     #[serde(default = "default_update_every")]
     pub update_every: Dur,
-}
-
-impl Default for FileRollout {
-    fn default() -> Self {
-        toml::from_str("").expect("every rollout key has a default")
-    }
 }
 
 fn default_promotion_window() -> FilePromotionWindow {
@@ -240,10 +234,11 @@ pub(super) fn validate(r: FileRollout) -> Result<RolloutConfig, Invalid> {
     let mut phases: Vec<Phase> = Vec::with_capacity(phase_files.len());
     for (i, p) in phase_files.into_iter().enumerate() {
         let key = |k: &str| format!("rollout.phases[{i}].{k}");
-        label_name(&key("name"), &p.name)?;
-        if phases.iter().any(|x| x.name == p.name) {
-            return Err(invalid(key("name"), format!("{:?} is used twice", p.name)));
-        }
+        unique_label(
+            &key("name"),
+            &p.name,
+            phases.iter().map(|x| x.name.as_str()),
+        )?;
         let weight = WeightBp::from_percent(p.weight).ok_or_else(|| {
             invalid(
                 key("weight"),
@@ -280,8 +275,7 @@ pub(super) fn validate(r: FileRollout) -> Result<RolloutConfig, Invalid> {
         positive_ms(&key("p95_ms"), p.p95_ms)?;
         let mut headers = Vec::new();
         for (name, value) in &p.headers {
-            let n = HeaderName::try_from(name.to_ascii_lowercase())
-                .map_err(|_| invalid(key("headers"), format!("{name:?} is not a header name")))?;
+            let n = header_name(&key("headers"), name)?;
             let v = HeaderValue::try_from(value.as_str()).map_err(|_| {
                 invalid(
                     format!("rollout.phases[{i}].headers.{name}"),

@@ -4,7 +4,7 @@
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::values::{defaults, label_name, yes};
+use super::values::{defaults, header_name, label_name, yes};
 use super::{invalid, Invalid};
 
 defaults! {
@@ -31,21 +31,6 @@ pub(crate) struct FileRouting {
     /// The region values counted separately; any other value is `other`.
     #[serde(default)]
     pub regions: Vec<String>,
-}
-
-impl Default for FileRouting {
-    fn default() -> Self {
-        Self {
-            sticky_header: None,
-            sticky_cookie: None,
-            expose_variant_header: true,
-            allow_override_header: false,
-            salt: default_salt(),
-            cookie_secret: None,
-            region_header: None,
-            regions: Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,14 +70,7 @@ pub(super) fn validate(r: FileRouting) -> Result<RoutingConfig, Invalid> {
     let sticky_header = r
         .sticky_header
         .filter(|h| !h.is_empty())
-        .map(|h| {
-            HeaderName::try_from(h.to_ascii_lowercase()).map_err(|_| {
-                invalid(
-                    "routing.sticky_header",
-                    format!("{h:?} is not a header name"),
-                )
-            })
-        })
+        .map(|h| header_name("routing.sticky_header", &h))
         .transpose()?;
     if r.salt.is_empty() {
         return Err(invalid("routing.salt", "must not be empty"));
@@ -109,14 +87,7 @@ pub(super) fn validate(r: FileRouting) -> Result<RoutingConfig, Invalid> {
     let region_header = r
         .region_header
         .filter(|h| !h.is_empty())
-        .map(|h| {
-            HeaderName::try_from(h.to_ascii_lowercase()).map_err(|_| {
-                invalid(
-                    "routing.region_header",
-                    format!("{h:?} is not a header name"),
-                )
-            })
-        })
+        .map(|h| header_name("routing.region_header", &h))
         .transpose()?;
     if r.regions.len() > MAX_REGIONS {
         return Err(invalid(

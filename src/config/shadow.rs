@@ -48,12 +48,6 @@ pub(crate) struct FileShadow {
     pub diff_rate_max: f64,
 }
 
-impl Default for FileShadow {
-    fn default() -> Self {
-        toml::from_str("").expect("every shadow key has a default")
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowConfig {
     pub queue: usize,

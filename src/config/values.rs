@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{invalid, Invalid};
@@ -45,31 +47,57 @@ macro_rules! defaults {
 }
 pub(super) use defaults;
 
+/// A label name (see [`label_name`]) that no earlier entry of its list uses.
+pub(super) fn unique_label<'a>(
+    key: &str,
+    name: &str,
+    mut earlier: impl Iterator<Item = &'a str>,
+) -> Result<(), Invalid> {
+    label_name(key, name)?;
+    if earlier.any(|n| n == name) {
+        return Err(invalid(key, format!("{name:?} is used twice")));
+    }
+    Ok(())
+}
+
+/// A header name as written in the file, in any case.
+pub(super) fn header_name(key: &str, h: &str) -> Result<HeaderName, Invalid> {
+    HeaderName::try_from(h.to_ascii_lowercase())
+        .map_err(|_| invalid(key, format!("{h:?} is not a header name")))
+}
+
+/// A section the file leaves out reads as an empty one, so every key takes
+/// the default its serde attribute names (written once, there).
+pub(super) fn empty_section<T: DeserializeOwned>() -> T {
+    toml::from_str("").expect("every key of a section that may be left out has a default")
+}
+
 /// Serde default of the switches that are on unless turned off.
 pub(super) fn yes() -> bool {
     true
 }
 
-pub(super) fn fraction(key: &str, v: f64) -> Result<f64, Invalid> {
-    if (0.0..=1.0).contains(&v) {
+/// `v` when `ok`, else the error that says what `v` must be.
+pub(super) fn must_be(key: &str, v: f64, ok: bool, what: &str) -> Result<f64, Invalid> {
+    if ok {
         Ok(v)
     } else {
-        Err(invalid(
-            key,
-            format!("{v} must be a fraction between 0 and 1"),
-        ))
+        Err(invalid(key, format!("{v} must be {what}")))
     }
 }
 
+pub(super) fn fraction(key: &str, v: f64) -> Result<f64, Invalid> {
+    must_be(
+        key,
+        v,
+        (0.0..=1.0).contains(&v),
+        "a fraction between 0 and 1",
+    )
+}
+
 pub(super) fn positive_ms(key: &str, v: f64) -> Result<f64, Invalid> {
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(invalid(
-            key,
-            format!("{v} must be a positive number of milliseconds"),
-        ))
-    }
+    let ok = v.is_finite() && v > 0.0;
+    must_be(key, v, ok, "a positive number of milliseconds")
 }
 
 pub(super) fn label_name(key: &str, s: &str) -> Result<(), Invalid> {
