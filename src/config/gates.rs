@@ -10,7 +10,7 @@ use super::{invalid, BeaconsConfig, Invalid};
 use crate::journeys::Journeys;
 
 defaults! {
-    /// Shared with the significance tests, whose documented error rates assume it.
+    /// Defined beside the significance tests, whose documented error rates assume it.
     const DEFAULT_ALPHA: f64 = crate::stats::significance::DEFAULT_ALPHA
         => fn default_alpha() -> f64;
     /// Both the promote and the rollback band.
@@ -166,15 +166,13 @@ pub(super) fn validate(
         ));
     }
     let band = |key: &str, v: f64| {
-        must_be(
-            key,
-            v,
-            (0.0..=0.5).contains(&v),
-            "a share between 0 and 0.5",
-        )
+        let ok = (0.0..=0.5).contains(&v);
+        must_be(key, v, ok, "a share between 0 and 0.5")
     };
-    let non_negative =
-        |key: &str, v: f64| must_be(key, v, v.is_finite() && v >= 0.0, "a number >= 0");
+    let non_negative = |key: &str, v: f64| {
+        let ok = v.is_finite() && v >= 0.0;
+        must_be(key, v, ok, "a number >= 0")
+    };
     Ok(GatesConfig {
         alpha: g.alpha,
         promote_band: band("gates.promote_band", g.promote_band)?,

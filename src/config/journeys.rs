@@ -120,6 +120,5 @@ pub(super) fn validate(files: Vec<FileJourney>) -> Result<(Journeys, Vec<Journey
         });
     }
     journey_limits.push(JourneyLimits::default());
-    let journeys = Journeys::new(list);
-    Ok((journeys, journey_limits))
+    Ok((Journeys::new(list), journey_limits))
 }

@@ -5,11 +5,16 @@
 //! not silently fall back to a default on the edge of production. Every error
 //! names the file, the key and the reason.
 //!
-//! One file per section: its file type, its checked type, its `DEFAULT_*`
-//! constants (serde's `default = "..."` needs a function, so each default has
-//! a one-line function returning its constant) and its `validate`. This file
-//! keeps what spans sections: [`Config`], loading and parsing, the error
-//! types, and the order the sections are checked in.
+//! One file per section (`server.rs` is `[server]`, ...), each with the
+//! section's file type, its checked type, its `DEFAULT_*` constants (one
+//! `defaults!` table, see `values.rs`) and its `validate`. `values.rs` holds
+//! the value types and checks several sections share. This file keeps what
+//! spans sections: [`Config`], loading and parsing, the error types, and the
+//! order the sections are checked in (the first error is the one reported).
+//!
+//! A new key: a field of the section's file type (with a `defaults!` entry
+//! when it has a default), the field of its checked type, and its check in
+//! the section's `validate`.
 
 use std::path::Path;
 
@@ -79,6 +84,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
 
 // ===== file format =====
 
+/// The file as written: one field per section.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
@@ -179,7 +185,7 @@ impl Config {
 impl FileConfig {
     /// Checks every section, in this order (the first error is the one
     /// reported), and builds the runtime config.
-    pub(crate) fn validate(self) -> Result<Config, Invalid> {
+    fn validate(self) -> Result<Config, Invalid> {
         let server = server::validate(self.server)?;
         let upstreams = upstreams::validate(self.upstreams)?;
         let routing = routing::validate(self.routing)?;

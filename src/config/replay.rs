@@ -1,4 +1,4 @@
-//! `[replay]`: the evaluation records `rollgate replay` reads.
+//! `[replay]`: whether evaluations are recorded for `rollgate replay`, and how much.
 
 use serde::Deserialize;
 

@@ -10,7 +10,7 @@ use super::values::{defaults, yes, Dur};
 use super::{invalid, Invalid};
 
 defaults! {
-    pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901"
+    pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901"
         => fn default_admin_listen() -> String;
     const DEFAULT_STATE_DIR: &str = "./rollgate-state" => fn default_state_dir() -> PathBuf;
     pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024

@@ -1,3 +1,6 @@
+//! Whole config texts through `Config::parse`: defaults, warnings, and errors
+//! that name the file, the key and the reason.
+
 use std::path::Path;
 use std::time::Duration;
 

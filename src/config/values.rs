@@ -87,12 +87,8 @@ pub(super) fn must_be(key: &str, v: f64, ok: bool, what: &str) -> Result<f64, In
 }
 
 pub(super) fn fraction(key: &str, v: f64) -> Result<f64, Invalid> {
-    must_be(
-        key,
-        v,
-        (0.0..=1.0).contains(&v),
-        "a fraction between 0 and 1",
-    )
+    let ok = (0.0..=1.0).contains(&v);
+    must_be(key, v, ok, "a fraction between 0 and 1")
 }
 
 pub(super) fn positive_ms(key: &str, v: f64) -> Result<f64, Invalid> {
