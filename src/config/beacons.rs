@@ -32,7 +32,7 @@ impl BeaconsConfig {
 }
 
 pub(super) fn validate(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
-    use crate::stats::beacons::MAX_BEACON_NAMES;
+    use crate::telemetry::beacons::MAX_BEACON_NAMES;
     if b.names.len() > MAX_BEACON_NAMES {
         return Err(invalid(
             "beacons.names",

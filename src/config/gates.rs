@@ -7,11 +7,11 @@ use serde::Deserialize;
 
 use super::values::{defaults, fraction, must_be, unique_label, Dur};
 use super::{invalid, BeaconsConfig, Invalid};
-use crate::journeys::Journeys;
+use crate::routing::journeys::Journeys;
 
 defaults! {
     /// Defined beside the significance tests, whose documented error rates assume it.
-    const DEFAULT_ALPHA: f64 = crate::stats::significance::DEFAULT_ALPHA
+    const DEFAULT_ALPHA: f64 = crate::control::gates::significance::DEFAULT_ALPHA
         => fn default_alpha() -> f64;
     /// Both the promote and the rollback band.
     const DEFAULT_BAND: f64 = 0.05 => fn default_band() -> f64;

@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use super::values::{fraction, label_name, positive_ms};
 use super::{invalid, Invalid};
-use crate::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
+use crate::routing::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
 
 /// Bounds metric label cardinality regardless of config mistakes.
 const MAX_JOURNEYS: usize = 256;

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::journeys::Journeys;
+use crate::routing::journeys::Journeys;
 use values::empty_section;
 
 mod beacons;

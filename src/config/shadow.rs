@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::values::{defaults, fraction, yes, Dur};
 use super::{invalid, Invalid};
-use crate::journeys::{JourneyKind, Journeys};
+use crate::routing::journeys::{JourneyKind, Journeys};
 
 defaults! {
     const DEFAULT_SHADOW_QUEUE: usize = 1024 => fn default_shadow_queue() -> usize;

@@ -13,7 +13,7 @@ pub mod replay;
 pub mod report;
 pub mod rollout;
 pub mod state;
-pub mod tripwire;
+pub(crate) use crate::routing::tripwire;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -641,7 +641,7 @@ impl Controller {
             .set(s.phase_index.map_or(-1.0, |i| i as f64));
         for g in &self.last_eval.gates {
             let labels = [
-                ("gate", g.name.clone()),
+                ("gate", g.name.to_string()),
                 ("journey", g.journey.clone().unwrap_or_else(|| "all".into())),
             ];
             self.metrics

@@ -222,7 +222,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
 }
 
 fn gate_changes(recorded: &[GateResult], ev: &Evaluation) -> Vec<String> {
-    let old: BTreeMap<String, GateStatus> = recorded.iter().map(|g| (g.key(), g.status)).collect();
+    let old: BTreeMap<_, GateStatus> = recorded.iter().map(|g| (g.key(), g.status)).collect();
     ev.gates
         .iter()
         .filter_map(|g| {

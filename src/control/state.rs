@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::gates::GateStatus;
+use super::gates::{GateKey, GateStatus};
 
 /// The `state` field of `/api/v1/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,12 +133,12 @@ pub struct RolloutState {
     /// Since when every gate has been GREEN without interruption in this phase.
     pub green_since: Option<DateTime<Utc>>,
     /// Previous tick's gate statuses (hysteresis memory).
-    pub gate_status: BTreeMap<String, GateStatus>,
+    pub gate_status: BTreeMap<GateKey, GateStatus>,
     /// Since when each currently RED gate has been RED.
-    pub red_since: BTreeMap<String, DateTime<Utc>>,
+    pub red_since: BTreeMap<GateKey, DateTime<Utc>>,
     /// Gates recovering from a breach, with their cooldown clocks.
     #[serde(default)]
-    pub gate_recovery: BTreeMap<String, super::gates::Recovery>,
+    pub gate_recovery: BTreeMap<GateKey, super::gates::Recovery>,
     /// V2's 5xx responses since this rollout started (the error budget gate).
     #[serde(default)]
     pub v2_bad_requests: u64,
