@@ -41,7 +41,7 @@ pub use beacons::{BeaconsConfig, MAX_BEACON_NAMES};
 pub use gates::{Funnel, GatesConfig, Slo, Step, Timing};
 pub use journeys::JourneyLimits;
 pub use replay::ReplayConfig;
-pub use rollout::{Phase, PhaseMode, PromotionWindow, RolloutConfig};
+pub use rollout::{HeadersTo, Phase, PhaseMode, PromotionWindow, RolloutConfig};
 pub use routing::RoutingConfig;
 // The significance tests check their error rates at the default level.
 #[cfg(test)]

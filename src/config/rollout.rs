@@ -54,6 +54,18 @@ pub enum PhaseMode {
     Shadow,
 }
 
+/// Which variant's requests carry a phase's `headers`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadersTo {
+    /// V2's requests only: the phase describes the canary (e.g. payments in
+    /// test mode for the few users on the new version), not the control.
+    #[default]
+    Canary,
+    /// V1's and V2's requests alike.
+    Both,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FilePhase {
@@ -68,6 +80,8 @@ pub(crate) struct FilePhase {
     pub approval_waived_if_green: bool,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers_to: HeadersTo,
     #[serde(default)]
     pub mode: PhaseMode,
     /// Status webhook cadence during this phase.
@@ -155,6 +169,7 @@ pub struct Phase {
     pub approval: Option<String>,
     pub approval_waived_if_green: bool,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers_to: HeadersTo,
     pub mode: PhaseMode,
     pub update_every: Duration,
 }
@@ -292,6 +307,7 @@ pub(super) fn validate(r: FileRollout) -> Result<RolloutConfig, Invalid> {
             approval: p.approval.filter(|a| !a.is_empty()),
             approval_waived_if_green: p.approval_waived_if_green,
             headers,
+            headers_to: p.headers_to,
             mode: p.mode,
             update_every: p.update_every.map_or(r.update_every.0, |d| d.0),
         });
@@ -334,6 +350,7 @@ fn seed_phases() -> Vec<FilePhase> {
         approval: None,
         approval_waived_if_green: false,
         headers: BTreeMap::from([("x-payment-mode".to_string(), mode.to_string())]),
+        headers_to: HeadersTo::Canary,
         mode: PhaseMode::Live,
         update_every: None,
     };

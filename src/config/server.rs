@@ -1,9 +1,10 @@
 //! `[server]`: the listeners, connection limits, TLS files and access log.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::values::{defaults, yes, Dur};
@@ -66,6 +67,10 @@ pub(crate) struct FileServer {
     /// Share of requests the access log keeps, in (0, 1].
     #[serde(default = "default_access_log_sample")]
     pub access_log_sample: f64,
+    /// Peers (CIDR blocks or single addresses) whose `X-Forwarded-For` and
+    /// `X-Forwarded-Proto` are believed; empty: every client is the edge's own.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +106,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     pub access_log: bool,
     pub access_log_sample: f64,
+    /// Load balancers in front of rollgate; see `edge::forwarded`.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +126,14 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
             format!("{} must be above 0 and at most 1", s.access_log_sample),
         ));
     }
+    let trusted_proxies = s
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, text)| cidr(&format!("server.trusted_proxies[{i}]"), text))
+        .collect::<Result<_, _>>()?;
     let server = ServerConfig {
+        trusted_proxies,
         access_log: s.access_log,
         access_log_sample: s.access_log_sample,
         listen: socket_addr("server.listen", &s.listen)?,
@@ -154,4 +168,27 @@ fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
             format!("{s:?} is not an address like \"127.0.0.1:8080\""),
         )
     })
+}
+
+/// A CIDR block, or one address standing for itself (`/32`, `/128`). A block
+/// with host bits set (`10.0.0.1/8`) is refused rather than silently widened
+/// or narrowed: it is usually a typo for a different range.
+fn cidr(key: &str, s: &str) -> Result<IpNet, Invalid> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = s.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{s:?} is not a CIDR block like \"10.0.0.0/8\" or an address"),
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(invalid(
+            key,
+            format!("{s:?} has host bits set; the block is {}", net.trunc()),
+        ));
+    }
+    Ok(net)
 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 
+use crate::config::HeadersTo;
+
 /// The two versions behind the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,8 +98,21 @@ pub struct RouteTable {
     pub v2: WeightBp,
     /// Extra headers of the current phase sent upstream (e.g. `x-payment-mode`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whose requests get `headers`: the canary's only unless the phase says both.
+    pub headers_to: HeadersTo,
     /// A shadow phase: safe requests are mirrored to V2.
     pub shadow: bool,
+}
+
+impl RouteTable {
+    /// The phase headers a request to `variant` carries.
+    #[inline]
+    pub fn headers_for(&self, variant: Variant) -> &[(HeaderName, HeaderValue)] {
+        match (self.headers_to, variant) {
+            (HeadersTo::Both, _) | (HeadersTo::Canary, Variant::V2) => &self.headers,
+            (HeadersTo::Canary, Variant::V1) => &[],
+        }
+    }
 }
 
 /// The shared routing table.
@@ -123,13 +138,7 @@ impl Router {
 
     /// Sets V2 to zero and drops phase headers in one swap; returns the previous weight.
     pub fn rollback(&self) -> WeightBp {
-        self.table
-            .swap(Arc::new(RouteTable {
-                v2: WeightBp::ZERO,
-                headers: Vec::new(),
-                shadow: false,
-            }))
-            .v2
+        self.table.swap(Arc::new(RouteTable::default())).v2
     }
 }
 
@@ -166,6 +175,7 @@ mod tests {
                 HeaderName::from_static("x-payment-mode"),
                 HeaderValue::from_static("live"),
             )],
+            headers_to: HeadersTo::Both,
             shadow: false,
         });
         let before = r.load();
@@ -174,5 +184,22 @@ mod tests {
         assert!(r.load().headers.is_empty());
         // A request that loaded the old table keeps a consistent view of it.
         assert_eq!(before.v2.bp(), 5_000);
+    }
+
+    #[test]
+    fn phase_headers_go_to_the_canary_unless_the_phase_says_both() {
+        let mut t = RouteTable {
+            headers: vec![(
+                HeaderName::from_static("x-payment-mode"),
+                HeaderValue::from_static("test"),
+            )],
+            ..RouteTable::default()
+        };
+        assert_eq!(t.headers_to, HeadersTo::Canary);
+        assert!(t.headers_for(Variant::V1).is_empty());
+        assert_eq!(t.headers_for(Variant::V2).len(), 1);
+        t.headers_to = HeadersTo::Both;
+        assert_eq!(t.headers_for(Variant::V1).len(), 1);
+        assert_eq!(t.headers_for(Variant::V2).len(), 1);
     }
 }

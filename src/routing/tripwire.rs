@@ -108,8 +108,7 @@ mod tests {
     fn trips_after_more_than_limit_consecutive_v2_failures_only() {
         let router = Arc::new(Router::new(RouteTable {
             v2: WeightBp::from_percent(25.0).unwrap(),
-            headers: vec![],
-            shadow: false,
+            ..RouteTable::default()
         }));
         let trip = PaymentTrip::new(5, router.clone());
         trip.arm(true);
@@ -135,8 +134,7 @@ mod tests {
     fn disarmed_never_trips() {
         let router = Arc::new(Router::new(RouteTable {
             v2: WeightBp::FULL,
-            headers: vec![],
-            shadow: false,
+            ..RouteTable::default()
         }));
         let trip = PaymentTrip::new(1, router.clone());
         for _ in 0..10 {
