@@ -1,8 +1,18 @@
 //! Header rewriting between client and upstream.
-
-use std::net::IpAddr;
+//!
+//! Every header rollgate sets on the upstream request is a statement the app
+//! may act on: which variant it is, that a request is a shadow mirror whose
+//! side effects it may skip, whether a payment is live, who the client is.
+//! So none of them may come from the client: [`UpstreamHeaders::rewrite`]
+//! removes every one of them from the client's request, in every rollout
+//! state, before it sets its own.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::forwarded::{set_forwarding, Peer, TrustedProxies};
+use super::shadow::X_ROLLGATE_SHADOW;
+use crate::config::Config;
+use crate::routing::{RouteTable, Variant};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -10,6 +20,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_ROLLGATE_VARIANT: HeaderName = HeaderName::from_static("x-rollgate-variant");
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -84,52 +95,135 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Appends the client address to `x-forwarded-for` (the proxy is the edge, so
-/// earlier entries are the client's own claims and are kept only for the app
-/// to judge).
-///
-/// Performance: an IPv4 peer without a previous header (the usual case) is
-/// written into a stack buffer; `Ipv4Addr`'s `Display` through `fmt::write`
-/// cost ~1,400 instructions per request in the profile.
-pub fn append_forwarded_for(h: &mut HeaderMap, peer: IpAddr) {
-    let prev = h
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|p| !p.is_empty());
-    let value = match (prev, peer) {
-        (None, IpAddr::V4(v4)) => {
-            let mut buf = [0u8; 15];
-            let n = write_ipv4(&mut buf, v4);
-            HeaderValue::from_bytes(&buf[..n]).ok()
+/// What the upstream request's headers are made of, built once per config.
+pub(crate) struct UpstreamHeaders {
+    /// Names the client may never send upstream (see [`ControlHeaders`]).
+    control: ControlHeaders,
+    /// Peers whose forwarding headers are believed.
+    trusted: TrustedProxies,
+    /// Whether clients reach us over TLS (`x-forwarded-proto`).
+    tls: bool,
+}
+
+impl UpstreamHeaders {
+    pub(crate) fn new(config: &Config, tls: bool) -> Self {
+        Self {
+            control: ControlHeaders::new(
+                config
+                    .rollout
+                    .phases
+                    .iter()
+                    .flat_map(|p| p.headers.iter().map(|(n, _)| n)),
+            ),
+            trusted: TrustedProxies::new(&config.server.trusted_proxies),
+            tls,
         }
-        (Some(prev), _) => HeaderValue::try_from(format!("{prev}, {peer}")).ok(),
-        (None, IpAddr::V6(_)) => HeaderValue::try_from(peer.to_string()).ok(),
-    };
-    if let Some(v) = value {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+
+    /// The sender of a request (see [`TrustedProxies::peer`]).
+    #[inline]
+    pub(crate) fn peer(&self, addr: std::net::SocketAddr, headers: &HeaderMap) -> Peer {
+        self.trusted.peer(addr, headers)
+    }
+
+    /// Rewrites a client's request headers for `variant`'s upstream: hop-by-hop
+    /// and control headers out, HTTP/2 cookie crumbs joined, then rollgate's
+    /// own forwarding headers, request id, variant and the phase's headers.
+    /// `x-forwarded-for`, `x-forwarded-proto` and `x-rollgate-variant` are
+    /// always set with `insert`, which replaces every client field of them.
+    pub(crate) fn rewrite(
+        &self,
+        h: &mut HeaderMap,
+        variant: Variant,
+        route: &RouteTable,
+        peer: &Peer,
+    ) {
+        remove_hop_by_hop(h);
+        self.control.strip(h);
+        join_cookie_crumbs(h);
+        set_forwarding(h, peer, self.tls);
+        ensure_request_id(h);
+        h.insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
+        for (name, value) in route.headers_for(variant) {
+            h.insert(name.clone(), value.clone());
+        }
     }
 }
 
-/// Dotted-quad text of `ip` into `buf`; returns its length.
-fn write_ipv4(buf: &mut [u8; 15], ip: std::net::Ipv4Addr) -> usize {
-    let mut n = 0;
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
+/// The headers rollgate sets upstream only in some states or for some
+/// requests, so a client's copy would otherwise pass through where rollgate
+/// sets none: `x-rollgate-shadow` (only on mirrors), every header any phase
+/// sets (a phase's `x-payment-mode` is absent on V1, after a rollback and
+/// while waiting), and `Forwarded` and `X-Real-IP`, which rollgate replaces by
+/// its own `X-Forwarded-For`.
+pub(crate) struct ControlHeaders {
+    names: Box<[HeaderName]>,
+}
+
+impl ControlHeaders {
+    pub(crate) fn new<'a>(phase_headers: impl IntoIterator<Item = &'a HeaderName>) -> Self {
+        let mut names = vec![
+            X_ROLLGATE_SHADOW.clone(),
+            header::FORWARDED,
+            X_REAL_IP.clone(),
+        ];
+        for n in phase_headers {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
         }
-        if octet >= 100 {
-            buf[n] = b'0' + octet / 100;
-            n += 1;
+        Self {
+            names: names.into(),
         }
-        if octet >= 10 {
-            buf[n] = b'0' + octet / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + octet % 10;
-        n += 1;
     }
-    n
+
+    /// Removes every control header. Performance: clients almost never send
+    /// one, so one pass over the names present, compared without hashing,
+    /// decides; only then is each name removed by a hashed look-up.
+    #[inline]
+    pub(crate) fn strip(&self, h: &mut HeaderMap) {
+        if !h.keys().any(|k| self.names.contains(k)) {
+            return;
+        }
+        for n in &self.names {
+            h.remove(n);
+        }
+    }
+}
+
+/// HTTP/2 lets a client split its cookies into several `Cookie` fields
+/// ("crumbs", for better header compression); an HTTP/1.1 upstream expects
+/// one, so they are joined with `"; "` (RFC 9113 section 8.2.3). One
+/// allocation, only when there are several fields.
+pub(crate) fn join_cookie_crumbs(h: &mut HeaderMap) {
+    let joined = {
+        let mut values = h.get_all(header::COOKIE).iter();
+        let (Some(first), Some(_)) = (values.next(), values.next()) else {
+            return;
+        };
+        let mut joined = Vec::with_capacity(first.len() * 4);
+        for v in h.get_all(header::COOKIE) {
+            let v = v.as_bytes().trim_ascii();
+            if v.is_empty() {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v);
+        }
+        joined
+    };
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        Ok(v) => {
+            h.insert(header::COOKIE, v);
+        }
+        // Only bytes of valid values were copied: unreachable, but never
+        // worth a panic on the request path.
+        Err(_) => {
+            h.remove(header::COOKIE);
+        }
+    }
 }
 
 /// Keeps a sane client request id, else generates a random 128-bit one.
@@ -179,96 +273,4 @@ pub fn is_cache_hit(h: &HeaderMap) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-app", HeaderValue::from_static("kept"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["x-app"], "kept");
-    }
-
-    #[test]
-    fn ipv4_is_written_like_display() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.20.30.40",
-            "255.255.255.255",
-            "1.10.100.209",
-        ] {
-            let a: std::net::Ipv4Addr = ip.parse().unwrap();
-            let mut buf = [0u8; 15];
-            let n = write_ipv4(&mut buf, a);
-            assert_eq!(&buf[..n], ip.as_bytes());
-        }
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "192.168.0.7".parse().unwrap());
-        assert_eq!(h[&X_FORWARDED_FOR], "192.168.0.7");
-    }
-
-    #[test]
-    fn connection_listed_headers_are_removed_with_one_or_several_fields() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-app", HeaderValue::from_static("kept"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        let mut h = HeaderMap::new();
-        h.append(header::CONNECTION, HeaderValue::from_static("x-a"));
-        h.append(header::CONNECTION, HeaderValue::from_static("X-B, close"));
-        h.insert("x-a", HeaderValue::from_static("1"));
-        h.insert("x-b", HeaderValue::from_static("2"));
-        h.insert("x-c", HeaderValue::from_static("3"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["x-c"], "3");
-        let mut h = HeaderMap::new();
-        h.insert("x-c", HeaderValue::from_static("3"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-    }
-
-    #[test]
-    fn forwarded_for_appends_and_request_id_is_kept_or_made() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "10.0.0.1".parse().unwrap());
-        append_forwarded_for(&mut h, "::1".parse().unwrap());
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, ::1");
-        ensure_request_id(&mut h);
-        let id = h[&X_REQUEST_ID].clone();
-        assert_eq!(id.len(), 32);
-        ensure_request_id(&mut h);
-        assert_eq!(h[&X_REQUEST_ID], id);
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-1"));
-        ensure_request_id(&mut h);
-        assert_eq!(h[&X_REQUEST_ID], "abc-1");
-    }
-
-    #[test]
-    fn cache_hits_are_recognised() {
-        let hit = |name: &'static str, v: &'static str| {
-            let mut h = HeaderMap::new();
-            h.insert(name, HeaderValue::from_static(v));
-            is_cache_hit(&h)
-        };
-        assert!(hit("x-cache", "HIT"));
-        assert!(hit("x-cache", "Hit from cloudfront"));
-        assert!(!hit("x-cache", "MISS"));
-        assert!(hit("cache-status", "ExampleCache; hit"));
-        assert!(!hit("cache-status", "ExampleCache; fwd=uri-miss"));
-        assert!(!hit("cache-status", "hitcache; fwd=miss"));
-    }
-}
+mod tests;

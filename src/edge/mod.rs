@@ -16,6 +16,7 @@
 pub(crate) mod access_log;
 pub mod beacon;
 pub(crate) mod body;
+pub(crate) mod forwarded;
 pub(crate) mod headers;
 pub(crate) mod proxy;
 pub(crate) mod region;

@@ -17,17 +17,18 @@ use hyper::body::Incoming;
 
 use super::access_log::AccessLog;
 use super::body::ProxyBody;
+use super::forwarded::Peer;
 use super::headers::*;
 use super::region::Regions;
+use super::sticky::{Resolved, Source, Sticky};
 use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
 use crate::config::{BeaconsConfig, Config, Upstream};
-use crate::journeys::{JourneyId, JourneyKind, Journeys};
+use crate::routing::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::tripwire::PaymentTrip;
 use crate::routing::{RouteTable, Router, Variant};
-use crate::stats::beacons::BeaconReject;
-use crate::stats::{Telemetry, UpstreamErrorKind};
-use crate::sticky::{Resolved, Source, Sticky};
+use crate::telemetry::beacons::BeaconReject;
+use crate::telemetry::{Telemetry, UpstreamErrorKind};
 
 /// Everything the request path reads; built once, shared by all connections.
 pub struct Proxy {
@@ -48,7 +49,9 @@ pub struct Proxy {
     capacity: Arc<Capacity>,
     /// Mirroring during shadow phases (`None` without a shadow phase).
     shadow: Option<shadow::Shadow>,
-    /// Whether clients reach us over TLS (`Secure` cookies, `x-forwarded-proto`).
+    /// The upstream request's headers: what is stripped, who is trusted.
+    upstream_headers: UpstreamHeaders,
+    /// Whether clients reach us over TLS (`Secure` cookies).
     tls: bool,
 }
 
@@ -88,6 +91,7 @@ impl Proxy {
                 inflight: AtomicU32::new(0),
             }),
             shadow,
+            upstream_headers: UpstreamHeaders::new(config, tls),
             tls,
         }
     }
@@ -97,8 +101,10 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        // Who sent it, once per request: per-client limits key on `peer.client`.
+        let peer = self.upstream_headers.peer(addr, req.headers());
         if req.uri().path() == beacon::BEACON_PATH {
             return Ok(self.beacon(req).await);
         }
@@ -161,7 +167,7 @@ impl Proxy {
         journey: JourneyId,
         variant: Variant,
         route: Guard<Arc<RouteTable>>,
-        peer: SocketAddr,
+        peer: Peer,
     ) -> Result<Relayed, Refusal> {
         // V2's reserved capacity: the excess is shed here, before V2 sees it.
         let permit = match variant {
@@ -171,12 +177,12 @@ impl Proxy {
         let inflight = self.telemetry.inflight(journey, variant);
 
         // In a shadow phase, queue a mirror to V2 (never waits).
-        self.prepare_upstream(&mut req, variant, &route, peer);
+        self.prepare_upstream(&mut req, variant, &route, &peer);
         let mut tee = match &self.shadow {
             Some(sh)
                 if route.shadow && variant == Variant::V1 && sh.eligible(journey, req.method()) =>
             {
-                sh.mirror(journey, &req)
+                sh.mirror(journey, &req, route.headers_for(Variant::V2))
             }
             _ => None,
         };
@@ -300,13 +306,13 @@ impl Proxy {
         Variant::from_bytes(req.headers().get(&X_ROLLGATE_VARIANT)?.as_bytes())
     }
 
-    /// Rewrites the request in place for the chosen upstream .
+    /// Rewrites the request in place for the chosen upstream.
     fn prepare_upstream(
         &self,
         req: &mut Request<Incoming>,
         variant: Variant,
         route: &RouteTable,
-        peer: SocketAddr,
+        peer: &Peer,
     ) {
         let target = &self.targets[variant as usize];
         let incoming_authority = req.uri().authority().cloned();
@@ -324,7 +330,7 @@ impl Proxy {
         let h = req.headers_mut();
         // Room for what is added below, so the map grows at most once.
         h.reserve(5 + route.headers.len());
-        remove_hop_by_hop(h);
+        self.upstream_headers.rewrite(h, variant, route, peer);
         // h2 clients send :authority instead of Host; keep the name they asked for.
         if !h.contains_key(header::HOST) {
             let host = incoming_authority
@@ -333,16 +339,6 @@ impl Proxy {
             if let Some(v) = host {
                 h.insert(header::HOST, v);
             }
-        }
-        append_forwarded_for(h, peer.ip());
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if self.tls { "https" } else { "http" }),
-        );
-        ensure_request_id(h);
-        h.insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
-        for (name, value) in &route.headers {
-            h.insert(name.clone(), value.clone());
         }
     }
 }

@@ -32,9 +32,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{Config, ShadowConfig};
-use crate::journeys::JourneyId;
-use crate::stats::shadow::ShadowClass;
-use crate::stats::Telemetry;
+use crate::routing::journeys::JourneyId;
+use crate::telemetry::shadow::ShadowClass;
+use crate::telemetry::Telemetry;
 
 use super::headers::{remove_hop_by_hop, X_ROLLGATE_VARIANT};
 use super::upstream::pool::{Pool, PoolConfig};
@@ -131,10 +131,20 @@ impl Shadow {
         super::proxy::is_safe(method) && self.cfg.mirrored.get(journey.index()) == Some(&true)
     }
 
-    /// Queues a mirror of the (already rewritten) request, or drops it when
-    /// the queue is full. Never waits.
-    pub fn mirror(&self, journey: JourneyId, req: &Request<hyper::body::Incoming>) -> Option<Tee> {
+    /// Queues a mirror of the (already rewritten) V1 request, with the phase
+    /// headers only the canary's requests carry, or drops it when the queue
+    /// is full. Never waits.
+    pub fn mirror(
+        &self,
+        journey: JourneyId,
+        req: &Request<hyper::body::Incoming>,
+        canary_headers: &[(HeaderName, HeaderValue)],
+    ) -> Option<Tee> {
         let (tx, rx) = oneshot::channel();
+        let mut headers = req.headers().clone();
+        for (name, value) in canary_headers {
+            headers.insert(name.clone(), value.clone());
+        }
         let job = MirrorJob {
             journey,
             method: req.method().clone(),
@@ -143,7 +153,7 @@ impl Shadow {
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            headers: req.headers().clone(),
+            headers,
             v1: rx,
         };
         match self.tx.try_send(job) {
