@@ -10,6 +10,13 @@
 //! `rg_bucket` holds `<id:16 hex>.<mac:16 hex>`, the mac being the first 8
 //! bytes of HMAC-SHA256(secret, id). A cookie that fails the check is ignored
 //! and replaced, so a client cannot pick its bucket by editing the cookie.
+//!
+//! Cookies are read from the raw bytes of every `Cookie` field: another
+//! site's cookie with a non-ASCII value (`city=Zürich`, sent as UTF-8 or
+//! Latin-1) must not hide a valid `rg_bucket` next to it, and a browser may
+//! send several `rg_bucket`s (one per path or domain that set one), so each is
+//! tried in order until one verifies. Otherwise the user would be re-bucketed
+//! on every request and flip between V1 and V2.
 
 use hmac::{Hmac, Mac};
 use http::header::COOKIE;
@@ -21,6 +28,13 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 use crate::routing::BUCKETS;
 
 pub const COOKIE_NAME: &str = "rg_bucket";
+/// Length of a signed value: 16 hex digits, a dot, 16 hex digits.
+const SIGNED_LEN: usize = 33;
+/// How many well-formed `rg_bucket` values one request may make us check. A
+/// browser sends one per path and domain that set it, a handful at most; the
+/// cap keeps a client from making rollgate compute an HMAC per cookie for
+/// hundreds of forged ones in one header.
+const MAX_BUCKET_COOKIES: usize = 8;
 /// 30 days, as the spec fixes.
 const COOKIE_ATTRS: &str = "; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000";
 
@@ -88,15 +102,19 @@ impl Sticky {
         if let Some(key) = self
             .user_cookie
             .as_deref()
-            .and_then(|name| cookie(headers, name))
+            .and_then(|name| cookies(headers, name).next())
             .filter(|k| !k.is_empty())
         {
             return Resolved {
-                bucket: self.bucket(key.as_bytes()),
+                bucket: self.bucket(key),
                 source: Source::UserKey,
             };
         }
-        if let Some(id) = cookie(headers, COOKIE_NAME).and_then(|v| self.verify(v)) {
+        if let Some(id) = cookies(headers, COOKIE_NAME)
+            .filter(|v| v.len() == SIGNED_LEN)
+            .take(MAX_BUCKET_COOKIES)
+            .find_map(|v| self.verify(std::str::from_utf8(v).ok()?))
+        {
             return Resolved {
                 bucket: self.bucket(id.as_bytes()),
                 source: Source::Cookie,
@@ -172,16 +190,28 @@ impl std::fmt::Display for HexId {
     }
 }
 
-/// Value of the first cookie called `name` across all `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The values of every cookie called `name`, in order, across all `Cookie`
+/// fields, read from raw bytes (a value need not be ASCII or UTF-8). Quotes
+/// around a value are dropped. No allocation.
+pub(crate) fn cookies<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(move |pair| {
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes())
+                .then(|| unquote(pair[eq + 1..].trim_ascii()))
+        })
+}
+
+fn unquote(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b'"').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b'"').map_or(start, |e| e + 1);
+    &v[start..end]
 }
 
 #[cfg(test)]
@@ -269,8 +299,72 @@ mod tests {
         let other = Sticky::new("rollout-1", b"other", None, None);
         assert_eq!(s.verify(&other.cookie_value(1)), None);
         let sc = s.set_cookie(1, true);
+        assert_eq!(s.cookie_value(1).len(), SIGNED_LEN);
         let sc = sc.to_str().unwrap();
         assert!(sc.starts_with("rg_bucket="));
         assert!(sc.ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000; Secure"));
+    }
+
+    fn with_cookies(fields: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(COOKIE, HeaderValue::from_bytes(f).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_valid_bucket_cookie_is_found_beside_non_ascii_and_bad_ones() {
+        let s = Sticky::new("rollout-1", b"test-secret", None, Some("uid".into()));
+        let good = s.cookie_value(42);
+        let want = s.bucket(b"000000000000002a");
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            // UTF-8 and Latin-1 values of another cookie in the same field.
+            vec![format!("city=Zürich; {COOKIE_NAME}={good}").into_bytes()],
+            vec![[b"city=Z\xfcrich; ".as_slice(), format!("{COOKIE_NAME}={good}").as_bytes()].concat()],
+            // A forged and a malformed one before the real one, in one field
+            // and across HTTP/2 crumbs.
+            vec![format!(
+                "{COOKIE_NAME}=0000000000000001.0000000000000000; {COOKIE_NAME}=junk; {COOKIE_NAME}=\"{good}\""
+            )
+            .into_bytes()],
+            vec![
+                format!("{COOKIE_NAME}=0000000000000001.0000000000000000").into_bytes(),
+                b"x=\xff\xfe".to_vec(),
+                format!("a=1;{COOKIE_NAME} = {good} ").into_bytes(),
+            ],
+        ];
+        for fields in cases {
+            let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            let r = s.resolve(&with_cookies(&refs));
+            assert_eq!(r.source, Source::Cookie, "{fields:?}");
+            assert_eq!(r.bucket, want, "{fields:?}");
+        }
+        // A non-UTF-8 user cookie is still the user's key.
+        let r = s.resolve(&with_cookies(&[b"uid=J\xf6rg"]));
+        assert_eq!(
+            (r.source, r.bucket),
+            (Source::UserKey, s.bucket(b"J\xf6rg"))
+        );
+        // Only forged ones: a new id.
+        let forged = format!("{COOKIE_NAME}=0000000000000001.0000000000000000");
+        assert!(matches!(
+            s.resolve(&with_cookies(&[forged.as_bytes()])).source,
+            Source::New(_)
+        ));
+        // Past the cap of checked values, a real one is not looked for.
+        let many = vec![forged.as_str(); MAX_BUCKET_COOKIES].join("; ");
+        let h = with_cookies(&[many.as_bytes(), format!("{COOKIE_NAME}={good}").as_bytes()]);
+        assert!(matches!(s.resolve(&h).source, Source::New(_)));
+    }
+
+    #[test]
+    fn cookie_values_are_split_from_raw_bytes() {
+        let h = with_cookies(&[b"a=1; b=\"two\"; c=; =x; d", b"b=3;b=4"]);
+        let got: Vec<&[u8]> = cookies(&h, "b").collect();
+        assert_eq!(got, [b"two".as_slice(), b"3", b"4"]);
+        assert_eq!(cookies(&h, "c").collect::<Vec<_>>(), [b"".as_slice()]);
+        assert_eq!(cookies(&h, "d").count(), 0);
+        assert_eq!(unquote(b"\""), b"");
     }
 }
