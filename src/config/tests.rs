@@ -138,3 +138,62 @@ fn shadow_keys_are_checked() {
     let e = err(&format!("{base}[shadow]\ndiff_rate_max = 2"));
     assert!(e.contains("`shadow.diff_rate_max`"), "{e}");
 }
+
+#[test]
+fn trusted_proxies_are_cidr_blocks_or_addresses() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert!(c.server.trusted_proxies.is_empty());
+    let with = |list: &str| {
+        MINIMAL.replace(
+            "[upstreams]",
+            &format!("trusted_proxies = {list}\n[upstreams]"),
+        )
+    };
+    let c = Config::parse(
+        &with(r#"["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]"#),
+        "t.toml",
+    )
+    .unwrap();
+    let got: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(got, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    for (bad, reason) in [
+        (r#"["10.0.0.0/8", "lb.internal"]"#, "not a CIDR block"),
+        (r#"["10.0.0.0/33"]"#, "not a CIDR block"),
+        (
+            r#"["10.0.0.1/8"]"#,
+            "host bits set; the block is 10.0.0.0/8",
+        ),
+    ] {
+        let e = err(&with(bad));
+        assert!(e.starts_with("t.toml: key `server.trusted_proxies["), "{e}");
+        assert!(e.contains(reason), "{e}");
+    }
+    assert!(err(&with("[\"lb\"]")).contains("`server.trusted_proxies[0]`"));
+    assert!(err(&with("\"10.0.0.0/8\"")).contains("trusted_proxies"));
+}
+
+#[test]
+fn phase_headers_go_to_the_canary_unless_the_phase_says_both() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert!(c
+        .rollout
+        .phases
+        .iter()
+        .all(|p| p.headers_to == HeadersTo::Canary));
+    let phase = |to: &str| {
+        format!(
+            "{MINIMAL}\n[[rollout.phases]]\nname = \"full\"\nweight = 100\nheaders = {{ x-payment-mode = \"live\" }}\n{to}"
+        )
+    };
+    let c = Config::parse(&phase("headers_to = \"both\""), "t.toml").unwrap();
+    assert_eq!(c.rollout.phases[0].headers_to, HeadersTo::Both);
+    let c = Config::parse(&phase("headers_to = \"canary\""), "t.toml").unwrap();
+    assert_eq!(c.rollout.phases[0].headers_to, HeadersTo::Canary);
+    let e = err(&phase("headers_to = \"v1\""));
+    assert!(e.contains("headers_to") && e.contains("canary"), "{e}");
+}
