@@ -353,7 +353,7 @@ mod tests {
             Source::New(_)
         ));
         // Past the cap of checked values, a real one is not looked for.
-        let many = vec![forged.as_str(); MAX_BUCKET_COOKIES].join("; ");
+        let many = [forged.as_str(); MAX_BUCKET_COOKIES].join("; ");
         let h = with_cookies(&[many.as_bytes(), format!("{COOKIE_NAME}={good}").as_bytes()]);
         assert!(matches!(s.resolve(&h).source, Source::New(_)));
     }
