@@ -3,7 +3,7 @@
 //!
 //! accept ([`server`], [`tls`]) -> classify journey ([`crate::routing::journeys`])
 //! -> pick variant ([`sticky`] + [`crate::routing::Router`]) -> forward
-//! ([`proxy`], [`headers`], [`upstream`], [`body`]) -> record
+//! ([`proxy`], [`headers`] and [`forwarded`], [`upstream`], [`body`]) -> record
 //! ([`crate::telemetry`]). Beacons ([`beacon`]) are answered here and never
 //! forwarded; shadow mirrors ([`shadow`]) are queued off the request path.
 //!
