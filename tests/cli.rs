@@ -3,14 +3,25 @@
 //! `ROLLGATE_ADMIN_URL`, `--token` and `ROLLGATE_ADMIN_TOKEN`, and the
 //! messages and exit codes for 400, 401, 404, 409, 423 and an unreachable API.
 
-mod operator_support;
+mod harness;
 
 use std::process::{Command, Output};
 
-use operator_support::{manual_rollout, Running, TOKEN};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+use harness::config::{free_port, seed_phases, FLAGS};
+use harness::process::BIN;
+use harness::{Rg, TOKEN};
+
+/// A rollout that only moves when told to: not auto-started, holds of an
+/// hour, and automatic triggers out of reach of a loaded test machine.
+fn manual_rollout() -> String {
+    format!(
+        "[rollout]\ntick = \"250ms\"\nwindow = \"3s\"\nmin_samples = 5\nauto_start = false\n\
+         p95_rollback_ms = 5000\nred_rollback_after = \"1h\"\n\n{FLAGS}\n{}",
+        seed_phases("1h", Some(1000))
+    )
+}
 
 /// Exit codes documented in `rollgate::cli::exit`.
 const REFUSED: i32 = 1;
@@ -77,9 +88,9 @@ async fn rollgate(args: &[&str], env: &[(&str, &str)]) -> Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_command() {
-    let mut rg = Running::start(&manual_rollout()).await;
+    let mut rg = Rg::demo(&manual_rollout()).await;
     rg.traffic(40, 80.0);
-    let admin = rg.admin.clone();
+    let admin = rg.admin("");
     let a = ["--admin", admin.as_str()];
     let t = ["--token", TOKEN];
     let args = |extra: &[&'static str], token: bool| -> Vec<String> {
@@ -343,10 +354,7 @@ async fn every_admin_command() {
     rollgate(&["status", "--admin", "localhost:9901"], &[])
         .await
         .fails(USAGE, "invalid admin URL");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     rollgate(&["status", "--admin", &url], &[]).await.fails(
         UNREACHABLE,

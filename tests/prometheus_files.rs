@@ -9,15 +9,17 @@
 //! event). Every other name must be scraped, so a typo or a renamed metric
 //! fails here rather than in an empty Grafana panel.
 
-mod operator_support;
+mod harness;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use operator_support::{get, short_rollout, Running};
 use rollgate::control::Command as AdminCommand;
+
+use harness::config::short_rollout;
+use harness::Rg;
 
 /// SPEC §8 beacon families that the code may not render yet.
 const SPEC_BEACON_FAMILIES: [&str; 2] = [
@@ -106,10 +108,10 @@ async fn every_referenced_metric_is_scraped() {
     wanted.extend(referenced_names(&rules));
     assert!(wanted.len() >= 10, "{wanted:?}");
 
-    let mut rg = Running::start(&short_rollout("1h")).await;
+    let mut rg = Rg::demo(&short_rollout("1h")).await;
     rg.traffic(60, 120.0);
     // Wait for traffic in the window and evaluated gates, then roll back once.
-    let control = rg.app.as_ref().expect("running").control.clone();
+    let control = rg.app.control.clone();
     for _ in 0..80 {
         if !control.status().gates.is_empty() && control.status().evaluation.v2.requests > 0 {
             break;
@@ -121,7 +123,8 @@ async fn every_referenced_metric_is_scraped() {
         .command(AdminCommand::Rollback, "test")
         .await
         .expect("manual rollback");
-    let (code, scrape) = get(&format!("{}/metrics", rg.admin)).await;
+    let r = rg.client.get(&rg.admin("/metrics"), &[]).await;
+    let (code, scrape) = (r.status, r.text());
     rg.shutdown().await;
     assert_eq!(code, 200);
     let have = scraped_names(&scrape);

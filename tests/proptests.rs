@@ -11,8 +11,7 @@
 //! Beacon bodies are issue 7's. Case counts are proptest's defaults unless
 //! `PROPTEST_CASES` says otherwise.
 
-mod common;
-mod support;
+mod harness;
 
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -402,13 +401,7 @@ fn admin_json_bodies_never_panic_the_admin_api() {
         .enable_all()
         .build()
         .unwrap();
-    let (v1, v2, rg) = rt.block_on(async {
-        let v1 = support::Counting::start("v1").await;
-        let v2 = support::Counting::start("v2").await;
-        let rest = support::quiet_rest(&v1.url(), &v2.url(), "");
-        let rg = support::Rg::start(move |dir| support::config_text(dir, "", &rest)).await;
-        (v1, v2, rg)
-    });
+    let (v1, v2, rg) = rt.block_on(async { harness::Rg::echo("").await });
     let endpoints: Vec<(Method, &str)> = rollgate::admin::ROUTES
         .iter()
         .filter(|r| r.mutating)

@@ -43,6 +43,18 @@ impl Api {
         format!("Bearer {}", self.token)
     }
 
+    /// `GET path` on the proxy.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.client.get(&self.proxy(path), headers).await
+    }
+
+    /// A beacon batch posted through the proxy port.
+    pub async fn beacon(&self, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+        self.client
+            .post(&self.proxy("/_rollgate/beacon"), headers, body)
+            .await
+    }
+
     /// An admin call with the token and a JSON content type.
     pub async fn call(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Resp {
         let auth = self.bearer();

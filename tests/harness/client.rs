@@ -130,6 +130,11 @@ impl Resp {
             .unwrap_or_else(|| panic!("no x-rollgate-variant in {:?}", self.headers))
     }
 
+    /// Status, headers and body, for a test that takes them apart.
+    pub fn parts(self) -> (StatusCode, HeaderMap, Bytes) {
+        (self.status, self.headers, self.body)
+    }
+
     pub fn set_cookies(&self) -> Vec<String> {
         self.headers
             .get_all(http::header::SET_COOKIE)
@@ -137,6 +142,11 @@ impl Resp {
             .map(|v| v.to_str().expect("ascii").to_string())
             .collect()
     }
+}
+
+/// A header's value as text (`None` when absent or not visible ASCII).
+pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// hyper-util's pooled client, over HTTP/1.1 keep-alive or h2c prior knowledge.

@@ -149,6 +149,26 @@ impl Conf {
         self.upstreams("timeout = \"10s\"").section(JOURNEYS)
     }
 
+    /// What the gate, beacon, shadow and replay tests share: salt `tests`,
+    /// a 10 s upstream timeout and no `[rollout]` from the builder (the
+    /// config's defaults, or the test's own table in a section).
+    pub fn own_rollout(self) -> Conf {
+        self.upstreams("timeout = \"10s\"")
+            .routing("salt = \"tests\"")
+            .without_rollout()
+    }
+
+    /// What an operator sees in the demo: its journeys, salt `ops-test`, a
+    /// 2 s upstream timeout, and `rollout` as the whole `[rollout]` text (see
+    /// [`short_rollout`]).
+    pub fn demo(self, rollout: &str) -> Conf {
+        self.upstreams("timeout = \"2s\"")
+            .routing("salt = \"ops-test\"")
+            .without_rollout()
+            .section(rollgate::demo::JOURNEYS)
+            .section(rollout)
+    }
+
     pub fn text(&self, state_dir: &Path) -> String {
         let rollout = self
             .rollout

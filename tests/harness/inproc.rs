@@ -13,7 +13,7 @@ use rollgate::demo::upstream::Profile;
 
 use super::api::{effective_token, Api};
 use super::config::Conf;
-use super::upstream::{DemoApp, Upstream};
+use super::upstream::{healthy, DemoApp, Upstream};
 use super::DEADLINE;
 
 /// A running in-process rollgate. Derefs to its [`Api`].
@@ -58,6 +58,12 @@ impl Rg {
         let mut rg = Rg::start(&conf(Conf::at(a1.addr, a2.addr))).await;
         rg.apps = vec![a1, a2];
         rg
+    }
+
+    /// rollgate in front of the two demo apps as an operator sees them (V2 a
+    /// little faster than V1), on [`Conf::demo`] with `rollout`.
+    pub async fn demo(rollout: &str) -> Rg {
+        Rg::with_apps(demo_v1(), demo_v2(), |c| c.demo(rollout)).await
     }
 
     /// The controller's status (no HTTP).
@@ -112,6 +118,16 @@ impl Rg {
         self.app.shutdown().await;
         self.state
     }
+}
+
+/// The demo's V1 as the operator-facing tests run it.
+pub fn demo_v1() -> Profile {
+    healthy("v1", 30.0, 70.0)
+}
+
+/// The demo's V2, a little faster than V1.
+pub fn demo_v2() -> Profile {
+    healthy("v2", 25.0, 60.0)
 }
 
 impl Deref for Rg {

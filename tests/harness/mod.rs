@@ -103,3 +103,20 @@ pub fn keys_on(pct: f64, n: usize) -> (Vec<String>, Vec<String>) {
     }
     (v1, v2)
 }
+
+/// Every line of `audit.jsonl` in a state dir, each required to be a
+/// complete JSON object (no torn tail, even after a SIGKILL).
+pub fn audit_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("audit.jsonl")).expect("audit.jsonl exists");
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "audit.jsonl ends with a torn line"
+    );
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("audit.jsonl line {}: {e}: {l}", i + 1))
+        })
+        .collect()
+}
