@@ -334,18 +334,7 @@ async fn admin_bad_json_wrong_types_ranges_paths_and_methods() {
         ),
     ];
     for (method, path, body, field) in cases {
-        let r = rg.call(method.clone(), path, body.to_string()).await;
-        assert_eq!(
-            r.status,
-            StatusCode::BAD_REQUEST,
-            "{method} {path} {body}: {}",
-            r.text()
-        );
-        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
-        assert!(
-            err.contains(field),
-            "{method} {path} {body}: does not name `{field}`: {err}"
-        );
+        rg.assert_bad_field(method.clone(), path, body, field).await;
     }
 
     // Unknown paths are 404, known paths with another method 405 + Allow.
@@ -461,6 +450,14 @@ async fn frozen_weights_are_423_until_unfrozen() {
     rg.shutdown().await;
 }
 
+/// `POST /api/v1/incidents`; panics unless 200.
+async fn incident(rig: &Rg, severity: u8, summary: &str) -> harness::Resp {
+    let body = json!({"severity": severity, "summary": summary});
+    let r = rig.call_json(Method::POST, "/api/v1/incidents", body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_api_approvals_incidents_validation_and_conflicts() {
     let rollout = format!(
@@ -522,18 +519,7 @@ async fn admin_api_approvals_incidents_validation_and_conflicts() {
         (Method::PUT, "/api/v1/weights", json!({"v2": 101}), "v2"),
         (Method::PUT, "/api/v1/weights", json!({"v2": "ten"}), "v2"),
     ] {
-        let r = rig.call_json(method.clone(), path, body.clone()).await;
-        assert_eq!(
-            r.status,
-            StatusCode::BAD_REQUEST,
-            "{method} {path} {body}: {}",
-            r.text()
-        );
-        let msg = r.json()["error"].as_str().unwrap_or("").to_string();
-        assert!(
-            msg.contains(field),
-            "{method} {path} {body}: error does not name `{field}`: {msg}"
-        );
+        rig.assert_bad_field(method, path, &body, field).await;
     }
     let auth = format!("Bearer {}", rig.token);
     let r = rig
@@ -557,23 +543,9 @@ async fn admin_api_approvals_incidents_validation_and_conflicts() {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
 
     // One Sev-2 is noted; the second holds for a manual decision.
-    let r = rig
-        .call_json(
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 2, "summary": "slow search"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = incident(&rig, 2, "slow search").await;
     assert_eq!(state_of(&r.json()), "canary");
-    let r = rig
-        .call_json(
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 2, "summary": "slow detail"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = incident(&rig, 2, "slow detail").await;
     let s = r.json();
     assert_eq!(state_of(&s), "holding", "{s}");
     assert_eq!(s["last_decision"]["action"], "HOLD");
@@ -581,14 +553,7 @@ async fn admin_api_approvals_incidents_validation_and_conflicts() {
     assert_eq!(s["weights"]["v2"].as_f64(), Some(5.0));
 
     // A Sev-1 rolls back at once: the answer to the POST already shows it.
-    let r = rig
-        .call_json(
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 1, "summary": "payments down"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = incident(&rig, 1, "payments down").await;
     let s = r.json();
     assert_eq!(state_of(&s), "rolled_back", "{s}");
     assert_eq!(s["last_decision"]["action"], "ROLLBACK");

@@ -17,6 +17,21 @@ const BEACONS: &str = r#"
 names = ["page_view", "js_error", "first_result_ms", "search_result_click"]
 "#;
 
+async fn start() -> Rg {
+    Rg::with_apps(fast("v1"), fast("v2"), |c| c.own_rollout().section(BEACONS)).await
+}
+
+/// Started with half the users on V2.
+async fn at_half() -> Rg {
+    let rig = start().await;
+    rig.app
+        .control
+        .command(Command::SetWeight(50.0), "test")
+        .await
+        .unwrap();
+    rig
+}
+
 fn events(page: &str, t: &str, name: &str, variant: &str) -> f64 {
     series(
         page,
@@ -28,12 +43,7 @@ fn events(page: &str, t: &str, name: &str, variant: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_batch_is_counted_for_the_routed_variant() {
-    let rig = Rg::with_apps(fast("v1"), fast("v2"), |c| c.own_rollout().section(BEACONS)).await;
-    rig.app
-        .control
-        .command(Command::SetWeight(50.0), "test")
-        .await
-        .unwrap();
+    let rig = at_half().await;
     // The body claims V2 for everyone: it must not matter.
     let batch = r#"[{"type":"funnel","name":"page_view","variant":"v2"},
                     {"type":"js_error","name":"js_error"},
@@ -76,7 +86,7 @@ async fn a_good_batch_is_counted_for_the_routed_variant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_input_is_a_400_with_its_reason_and_counted() {
-    let rig = Rg::with_apps(fast("v1"), fast("v2"), |c| c.own_rollout().section(BEACONS)).await;
+    let rig = start().await;
     let ok = r#"{"type":"funnel","name":"page_view"}"#;
     let too_many = format!("[{}]", vec![ok; 101].join(","));
     let too_large = format!("[{ok}{}]", " ".repeat(70 * 1024));
@@ -123,17 +133,13 @@ async fn each_bad_input_is_a_400_with_its_reason_and_counted() {
     let (status, h, _) = rig.get("/_rollgate/beacon", &[]).await.parts();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(header(&h, "allow"), Some("POST"));
+    rig.assert_serving("rejected beacons").await;
     rig.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_beacon_without_a_key_gets_a_bucket_and_opt_outs_are_counted_without_one() {
-    let rig = Rg::with_apps(fast("v1"), fast("v2"), |c| c.own_rollout().section(BEACONS)).await;
-    rig.app
-        .control
-        .command(Command::SetWeight(50.0), "test")
-        .await
-        .unwrap();
+    let rig = at_half().await;
     let batch = r#"[{"type":"funnel","name":"page_view"}]"#;
     let (status, h, _) = rig.beacon(&[], batch).await.parts();
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -164,13 +170,7 @@ async fn a_beacon_without_a_key_gets_a_bucket_and_opt_outs_are_counted_without_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_concurrent_beacons_lose_no_count() {
-    let rig =
-        Arc::new(Rg::with_apps(fast("v1"), fast("v2"), |c| c.own_rollout().section(BEACONS)).await);
-    rig.app
-        .control
-        .command(Command::SetWeight(50.0), "test")
-        .await
-        .unwrap();
+    let rig = Arc::new(at_half().await);
     let batch = r#"[{"type":"funnel","name":"page_view"},
                     {"type":"funnel","name":"search_result_click"},
                     {"type":"timing","name":"first_result_ms","value":42.5}]"#;

@@ -1,5 +1,5 @@
 //! `rollgate demo` as a user runs it: the healthy run and each
-//! `--canary-fault` end with the exact final line of SPEC §2 and exit 0.
+//! `--canary-fault` end with the documented final line and exit 0.
 //!
 //! The runs are serialized (one lock): each demo drives ~700 requests/s of
 //! synthetic users, and four at once on a small machine would measure the
@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use harness::process::{finish, BIN};
-/// The demo ends itself within 90 s (SPEC §2); this only stops a hung child.
+/// The demo ends itself within 90 s; this only stops a hung child.
 const KILL_AFTER: Duration = Duration::from_secs(150);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -16,26 +16,15 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use harness::client::{many_headers, one_big_header, start_of};
 use harness::{raw_exchange, raw_status, HttpClient, Rg, DEADLINE};
-
-fn head(answer: &str) -> &str {
-    &answer[..answer.len().min(300)]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_heads_are_431_on_http1_and_refused_on_h2() {
     let (_v1, _v2, rg) = Rg::echo("max_header_bytes = 16384").await;
     let addr = rg.app.proxy_addr;
-    let one_big = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(20 * 1024)
-    );
-    let many_small = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        (0..300)
-            .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(80)))
-            .collect::<String>()
-    );
+    let one_big = one_big_header(20 * 1024);
+    let many_small = many_headers(300, 80);
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(20 * 1024));
     for (what, req) in [
         ("one 20 KiB header", &one_big),
@@ -45,7 +34,7 @@ async fn oversize_heads_are_431_on_http1_and_refused_on_h2() {
         let answer = raw_exchange(addr, req.as_bytes()).await;
         let status = raw_status(&answer);
         println!("{what}: {status}");
-        assert_eq!(status, 431, "{what}: {}", head(&answer));
+        assert_eq!(status, 431, "{what}: {}", start_of(&answer));
         rg.assert_serving(what).await;
     }
 

@@ -1,4 +1,4 @@
-//! `/metrics` carries every SPEC §8 family that exists, each with HELP and
+//! `/metrics` carries every documented metric family that exists, each with HELP and
 //! TYPE, with consistent values, and passes `promtool check metrics`.
 
 mod harness;
@@ -11,7 +11,7 @@ use harness::metrics::{parse_samples, promtool_check};
 use harness::upstream::closed_port;
 use harness::{metric, Conf, Mode, Rg, Upstream};
 
-/// SPEC §8 families and their Prometheus type.
+/// The documented families and their Prometheus type.
 const FAMILIES: &[(&str, &str)] = &[
     ("rollgate_requests_total", "counter"),
     ("rollgate_request_duration_seconds", "histogram"),
@@ -24,7 +24,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rollgate_shed_requests_total", "counter"),
 ];
 
-/// SPEC §8 families that only exist once beacons are implemented; checked when present.
+/// Families that only have series once a beacon arrived; checked when present.
 const LATER_FAMILIES: &[(&str, &str)] = &[
     ("rollgate_beacon_events_total", "counter"),
     ("rollgate_beacon_rejected_total", "counter"),

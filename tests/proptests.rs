@@ -1,4 +1,4 @@
-//! Parsers under attack (issue 5), as properties:
+//! Parsers under attack, as properties:
 //! - config parsing never panics on arbitrary TOML-ish text, and every error
 //!   names a key (in backticks) or a parse position (`line N`);
 //! - the sticky cookie check never panics and accepts exactly the values it
@@ -8,7 +8,7 @@
 //! - admin JSON bodies never panic the admin API: a running server answers
 //!   every generated body with a documented status.
 //!
-//! Beacon bodies are issue 7's. Case counts are proptest's defaults unless
+//! Beacon bodies are `beacons.rs`'s. Case counts are proptest's defaults unless
 //! `PROPTEST_CASES` says otherwise.
 
 mod harness;

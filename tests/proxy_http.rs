@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::RwLock;
 
-use harness::client::{drain, empty, Repeat};
+use harness::client::{drain, empty, many_headers, one_big_header, start_of, Repeat};
 use harness::metrics::sum;
 use harness::upstream::{Seen, STREAM_PREFIX};
 use harness::{
@@ -26,10 +26,6 @@ use harness::{
 /// The memory test measures the whole process, so it runs alone: every other
 /// test holds this lock shared, the memory test holds it exclusively.
 static SERIAL: RwLock<()> = RwLock::const_new(());
-
-fn head(answer: &str) -> &str {
-    &answer[..answer.len().min(300)]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarded_headers_are_added_and_request_ids_kept_or_made() {
@@ -325,7 +321,7 @@ async fn malformed_request_lines_and_invalid_header_bytes_are_400() {
     ];
     for (what, req) in cases {
         let answer = raw_exchange(addr, req).await;
-        assert_eq!(raw_status(&answer), 400, "{what}: {}", head(&answer));
+        assert_eq!(raw_status(&answer), 400, "{what}: {}", start_of(&answer));
         rg.assert_serving(what).await;
     }
     // None of them reached an upstream; only the probes did.
@@ -343,16 +339,8 @@ async fn oversized_headers_are_431_malformed_requests_400_and_service_continues(
     let addr = h.app.proxy_addr;
 
     // One header of 40 KiB, then many small ones adding up to 40 KiB.
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(40 * 1024)
-    );
-    let many = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
-        (0..400)
-            .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(100)))
-            .collect::<String>()
-    );
+    let big = one_big_header(40 * 1024);
+    let many = many_headers(400, 100);
     for req in [&big, &many] {
         let answer = raw_exchange(addr, req.as_bytes()).await;
         assert_eq!(
@@ -485,11 +473,11 @@ async fn smuggling_attempts_are_400_or_one_well_defined_request() {
         assert!(
             new.iter().all(|s| s.path != "/smuggled"),
             "{what}: the pipelined request reached an upstream: {new:?}\nanswer: {}",
-            head(&answer)
+            start_of(&answer)
         );
         match want {
             Some(code) => {
-                assert_eq!(status, code, "{what}: {}", head(&answer));
+                assert_eq!(status, code, "{what}: {}", start_of(&answer));
                 assert!(new.is_empty(), "{what}: reached an upstream: {new:?}");
             }
             None => {
@@ -499,7 +487,7 @@ async fn smuggling_attempts_are_400_or_one_well_defined_request() {
                 assert!(
                     status == 200 || status == 400,
                     "{what}: a client's framing is never a gateway error: {}",
-                    head(&answer)
+                    start_of(&answer)
                 );
                 for s in &new {
                     assert!(
@@ -522,7 +510,7 @@ async fn smuggling_attempts_are_400_or_one_well_defined_request() {
             answer.matches("HTTP/1.1 ").count(),
             1,
             "{what}: more than one answer: {}",
-            head(&answer)
+            start_of(&answer)
         );
         rg.assert_serving(what).await;
     }
@@ -562,13 +550,13 @@ async fn broken_request_bodies_are_not_counted_against_the_upstream() {
             .await
             .expect("closed within the deadline");
         let answer = String::from_utf8_lossy(&out).into_owned();
-        println!("{what}: {:?}", head(&answer).lines().next());
+        println!("{what}: {:?}", start_of(&answer).lines().next());
         if !answer.is_empty() {
             let status = raw_status(&answer);
             assert!(
                 status == 400 || status == 408,
                 "{what}: a client error must not be a gateway error: {}",
-                head(&answer)
+                start_of(&answer)
             );
         }
         rg.assert_serving(what).await;

@@ -177,6 +177,15 @@ fn bucket_cookie(r: &Resp) -> String {
     value.to_string()
 }
 
+/// The new `rg_bucket` a request with the cookie `rg_bucket=<value>` is given.
+async fn replaced_cookie(h: &Rg, url: &str, value: &str) -> String {
+    let r = h
+        .client
+        .get(url, &[("cookie", &format!("rg_bucket={value}"))])
+        .await;
+    bucket_cookie(&r)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rg_bucket_cookie_is_set_kept_and_replaced_when_tampered() {
     let (_v1, _v2, h) = Rg::echo("").await;
@@ -213,11 +222,7 @@ async fn rg_bucket_cookie_is_set_kept_and_replaced_when_tampered() {
         let last = forged.len() - 1;
         forged[last] = if forged[last] == b'0' { b'1' } else { b'0' };
         let forged = String::from_utf8(forged).unwrap();
-        let r = h
-            .client
-            .get(&url, &[("cookie", &format!("rg_bucket={forged}"))])
-            .await;
-        let replaced = bucket_cookie(&r);
+        let replaced = replaced_cookie(&h, &url, &forged).await;
         assert_ne!(replaced, forged);
         assert_ne!(replaced, value);
         variants_seen.insert(variant);
@@ -236,11 +241,7 @@ async fn rg_bucket_cookie_is_set_kept_and_replaced_when_tampered() {
         "0123456789abcdef.zz",
         "a.b.c",
     ] {
-        let r = h
-            .client
-            .get(&url, &[("cookie", &format!("rg_bucket={bad}"))])
-            .await;
-        let replaced = bucket_cookie(&r);
+        let replaced = replaced_cookie(&h, &url, bad).await;
         assert_ne!(replaced, bad);
     }
 

@@ -8,6 +8,7 @@ mod harness;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -82,6 +83,14 @@ async fn tls_terminates_with_alpn_h2_and_http1() {
     rg.shutdown().await;
 }
 
+/// The status of `GET /` as user `u` on an open HTTP/1.1 connection.
+async fn status(send: &mut SendRequest<Empty<Bytes>>) -> http::StatusCode {
+    send.send_request(get("/", Some("u")))
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_reload_keeps_open_connections_and_serves_the_new_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,28 +108,14 @@ async fn certificate_reload_keeps_open_connections_and_serves_the_new_one() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    assert_eq!(
-        old_send
-            .send_request(get("/", Some("u")))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(&mut old_send).await, 200);
 
     app.reload(with(&b))
         .await
         .expect("reload with a new certificate");
 
     // The open connection was not dropped.
-    assert_eq!(
-        old_send
-            .send_request(get("/", Some("u")))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(&mut old_send).await, 200);
     // A new handshake gets certificate B (trusting only B proves it).
     let fresh = tls_connect(app.proxy_addr, &[&b.der], b"http/1.1").await;
     assert_eq!(fresh.get_ref().1.peer_certificates().unwrap()[0], b.der);

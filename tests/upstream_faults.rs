@@ -55,22 +55,8 @@ async fn v2_down_is_502_counted_as_connect_and_v1_users_are_unaffected() {
         ),
         Some(0.0)
     );
-    assert_eq!(
-        metric(
-            &m,
-            "rollgate_requests_total",
-            &[("journey", "other"), ("variant", "v2"), ("class", "5xx")]
-        ),
-        Some(v2_keys.len() as f64)
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "rollgate_requests_total",
-            &[("journey", "other"), ("variant", "v1"), ("class", "2xx")]
-        ),
-        Some(v1_keys.len() as f64)
-    );
+    assert_eq!(requests(&m, "v2", "5xx"), Some(v2_keys.len() as f64));
+    assert_eq!(requests(&m, "v1", "2xx"), Some(v1_keys.len() as f64));
     h.shutdown().await;
 }
 
@@ -155,6 +141,15 @@ async fn split_keys(rg: &Rg, n: usize) -> (Vec<String>, Vec<String>) {
         }
     }
     (v1, v2)
+}
+
+/// `rollgate_requests_total` of the `other` journey.
+fn requests(m: &str, variant: &str, class: &str) -> Option<f64> {
+    metric(
+        m,
+        "rollgate_requests_total",
+        &[("journey", "other"), ("variant", variant), ("class", class)],
+    )
 }
 
 fn errors(m: &str, variant: &str, kind: &str) -> f64 {

@@ -81,6 +81,23 @@ impl Api {
         self.call(method, path, body).await
     }
 
+    /// An admin call with the JSON `body` that must be refused with a 400
+    /// whose error names `field`.
+    pub async fn assert_bad_field(&self, method: Method, path: &str, body: &Value, field: &str) {
+        let r = self.call(method.clone(), path, body.to_string()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {}",
+            r.text()
+        );
+        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            err.contains(field),
+            "{method} {path} {body}: error does not name `{field}`: {err}"
+        );
+    }
+
     /// `GET /api/v1/status`; panics unless 200.
     pub async fn status(&self) -> Value {
         let r = self.client.get(&self.admin("/api/v1/status"), &[]).await;

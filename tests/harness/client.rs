@@ -259,6 +259,29 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The first 300 bytes of a raw answer, for a failure message.
+pub fn start_of(answer: &str) -> &str {
+    &answer[..answer.len().min(300)]
+}
+
+/// `GET /` with one header `X-Big` of `len` bytes.
+pub fn one_big_header(len: usize) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(len)
+    )
+}
+
+/// `GET /` with `n` headers of `len` bytes each.
+pub fn many_headers(n: usize, len: usize) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..n)
+            .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(len)))
+            .collect::<String>()
+    )
+}
+
 /// The status code of a raw HTTP/1.1 answer (`HTTP/1.1 431 ...`).
 pub fn raw_status(answer: &str) -> u16 {
     answer
