@@ -8,11 +8,13 @@ mod harness;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use harness::config::MINIMAL;
 use harness::process::run_bin;
 use harness::Conf;
 
-/// A minimal valid config, for `check` only (nothing is bound or contacted).
-const BASE: &str = "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:9901\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
+/// A minimal valid config with both listeners, for `check` (nothing is bound
+/// or contacted).
+const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
 
 /// Upstreams that `run` never reaches: it refuses to start before.
 fn unreached() -> Conf {
@@ -26,13 +28,13 @@ fn bad_config_files_name_file_key_and_reason() {
     let cases: Vec<(&str, String, &str, &[&str])> = vec![
         (
             "listen.toml",
-            BASE.replace("127.0.0.1:8080", "localhost:http"),
+            BASE.replacen("127.0.0.1:0", "localhost:http", 1),
             "server.listen",
             &["not an address"],
         ),
         (
             "port.toml",
-            BASE.replace("127.0.0.1:8080", "127.0.0.1:99999"),
+            BASE.replacen("127.0.0.1:0", "127.0.0.1:99999", 1),
             "server.listen",
             &["not an address"],
         ),
@@ -92,7 +94,7 @@ fn bad_config_files_name_file_key_and_reason() {
         ),
         (
             "missing.toml",
-            "[server]\nlisten = \"127.0.0.1:8080\"\n".to_string(),
+            "[server]\nlisten = \"127.0.0.1:0\"\n".to_string(),
             "upstreams",
             &["missing"],
         ),
@@ -209,7 +211,7 @@ fn unusable_state_dir_stops_run_with_a_precise_message() {
 #[test]
 fn check_names_the_bad_key_and_accepts_the_shipped_configs() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
+    let base = MINIMAL;
     let good = dir.path().join("good.toml");
     std::fs::write(&good, base).unwrap();
     let (st, out) = run_bin(&["check"], &good);

@@ -22,9 +22,9 @@ use rollgate::sticky::Sticky;
 use rollgate::Config;
 use serde_json::Value;
 
-// ===== config =====
+use harness::config::MINIMAL;
 
-const BASE: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
+// ===== config =====
 
 fn toml_value() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -105,7 +105,7 @@ fn toml_line() -> impl Strategy<Value = String> {
 fn toml_text() -> impl Strategy<Value = String> {
     (any::<bool>(), prop::collection::vec(toml_line(), 0..14)).prop_map(|(base, lines)| {
         let mut s = if base {
-            BASE.to_string()
+            MINIMAL.to_string()
         } else {
             String::new()
         };

@@ -7,6 +7,10 @@ use std::path::Path;
 
 use super::TOKEN;
 
+/// The smallest valid config: a proxy listener and two upstreams nobody
+/// contacts, for `check` and the parser.
+pub const MINIMAL: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
+
 /// The pre-flight flags, all set.
 pub const FLAGS: &str = include_str!("../fixtures/flags.toml");
 /// A rollout that never moves by itself: no auto start, an hour-long tick, so
