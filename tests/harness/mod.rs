@@ -1,8 +1,9 @@
 //! The one harness of the integration tests: rollgate in this process
 //! ([`Rg`]) and as the real binary ([`process`]), upstreams with settable
 //! behaviour ([`upstream`]), config text over `tests/fixtures/*.toml`
-//! ([`config`]), HTTP/1.1, h2c, raw-TCP and TLS clients ([`client`]), and a
-//! `/metrics` reader ([`metrics`]).
+//! ([`config`]), HTTP/1.1, h2c, raw-TCP and TLS clients ([`client`]), a
+//! `/metrics` reader ([`metrics`]), and the routing rule to check the proxy
+//! against ([`routing`]).
 //!
 //! Every server binds `127.0.0.1:0`; the binary, which needs addresses in
 //! its file, gets ports the kernel picked ([`config::Ports`]). Deadlines only
@@ -19,6 +20,7 @@ pub mod config;
 pub mod inproc;
 pub mod metrics;
 pub mod process;
+pub mod routing;
 pub mod upstream;
 
 use std::future::Future;
@@ -29,6 +31,7 @@ pub use client::{raw_exchange, raw_status, HttpClient, Lenient, Resp};
 pub use config::{Conf, Ports};
 pub use inproc::Rg;
 pub use metrics::{metric, series};
+pub use routing::{expected_variant, keys_on, SALT};
 pub use upstream::{DemoApp, Mode, Upstream};
 
 /// The admin token of every test config.
@@ -67,41 +70,6 @@ where
             Err(_) => tokio::time::sleep(every).await,
         }
     }
-}
-
-/// The salt of the test configs (rollgate's default).
-pub const SALT: &str = "rollgate";
-
-/// The variant the routing rule gives a user key at `pct` % on V2 (V2 iff
-/// xxh3(key, salt) mod 10000 < weight in basis points), as the proxy's
-/// `x-rollgate-variant` names it.
-pub fn expected_variant(key: &str, pct: f64) -> &'static str {
-    use rollgate::routing::{Variant, WeightBp};
-    let sticky = rollgate::sticky::Sticky::new(SALT, b"unused-for-buckets", None, None);
-    match WeightBp::from_percent(pct)
-        .unwrap()
-        .pick(sticky.bucket(key.as_bytes()))
-    {
-        Variant::V1 => "v1",
-        Variant::V2 => "v2",
-    }
-}
-
-/// `n` user keys the routing rule puts on V1 and `n` on V2 at `pct` %.
-pub fn keys_on(pct: f64, n: usize) -> (Vec<String>, Vec<String>) {
-    let (mut v1, mut v2) = (Vec::new(), Vec::new());
-    for i in 0.. {
-        let k = format!("u-{i}");
-        match expected_variant(&k, pct) {
-            "v1" if v1.len() < n => v1.push(k),
-            "v2" if v2.len() < n => v2.push(k),
-            _ => {}
-        }
-        if v1.len() == n && v2.len() == n {
-            break;
-        }
-    }
-    (v1, v2)
 }
 
 /// Every line of `audit.jsonl` in a state dir, each required to be a
