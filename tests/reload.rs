@@ -1,5 +1,6 @@
 //! Live config reload: `App::reload` applies new journeys to the next
-//! request and refuses a changed phase list (the old config keeps running);
+//! request, keeps counting beacons under their names, and refuses a changed
+//! phase list (the old config keeps running);
 //! SIGHUP to the real binary with an invalid file is logged and the old
 //! config keeps serving.
 
@@ -7,9 +8,12 @@ mod harness;
 
 use std::io::Read as _;
 
+use http::StatusCode;
+
 use harness::config::QUIET_ROLLOUT;
 use harness::process::Proc;
-use harness::{metric, Conf, HttpClient, Ports, Rg, Upstream};
+use harness::upstream::fast;
+use harness::{metric, series, Conf, HttpClient, Ports, Rg, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_journeys_and_refuses_a_changed_phase_list() {
@@ -101,4 +105,69 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config_serving() {
         err.contains("reload refused") && err.contains("bogus_key"),
         "{err}"
     );
+}
+
+// ===== beacons across a reload =====
+
+fn beacons(names: &str) -> String {
+    format!("[beacons]\nnames = [{names}]\n")
+}
+
+fn events(page: &str, name: &str, variant: &str) -> f64 {
+    series(
+        page,
+        &format!(
+            "rollgate_beacon_events_total{{type=\"funnel\",name=\"{name}\",variant=\"{variant}\"}}"
+        ),
+    )
+}
+
+/// Posts one `page_view` as `user`; returns its variant.
+async fn page_view(rig: &Rg, user: &str) -> String {
+    let r = rig
+        .beacon(
+            &[("x-user-id", user)],
+            r#"[{"type":"funnel","name":"page_view"}]"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    r.variant().to_string()
+}
+
+/// Start-up and reload must lay telemetry out the same way: a reload that
+/// changes the journeys, or only the order of the beacon names, keeps every
+/// beacon counted, under its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beacons_are_counted_after_reloads_that_change_journeys_or_beacon_names() {
+    let names = "\"page_view\", \"js_error\"";
+    let rig = Rg::with_apps(fast("v1"), fast("v2"), |c| {
+        c.own_rollout().section(&beacons(names))
+    })
+    .await;
+    // Reloads the same config with these beacon names and a search journey.
+    let reload = |names: &str| {
+        let journey = "[[journeys]]\nname = \"search\"\npath_prefix = \"/search\"\n";
+        let conf = Conf::at(rig.apps[0].addr, rig.apps[1].addr)
+            .own_rollout()
+            .section(&beacons(names))
+            .section(journey);
+        rig.app.reload(conf.parse(rig.state.path()))
+    };
+    let v = page_view(&rig, "u1").await;
+    assert_eq!(events(&rig.metrics().await, "page_view", &v), 1.0);
+
+    // A new journey: beacons are still counted.
+    reload(names).await.expect("reload with a new journey");
+    let v = page_view(&rig, "u1").await;
+    assert_eq!(events(&rig.metrics().await, "page_view", &v), 2.0);
+
+    // Beacon names in another order: counted under the right name.
+    reload("\"js_error\", \"page_view\"")
+        .await
+        .expect("reload with the beacon names swapped");
+    let v = page_view(&rig, "u1").await;
+    let page = rig.metrics().await;
+    assert_eq!(events(&page, "page_view", &v), 3.0, "{page}");
+    assert_eq!(events(&page, "js_error", &v), 0.0, "{page}");
+    rig.shutdown().await;
 }
