@@ -600,5 +600,4 @@ impl Core<'_> {
 }
 
 #[cfg(test)]
-#[path = "rollout_tests.rs"]
 mod tests;
