@@ -1,4 +1,4 @@
-//! Explainable, replayable decisions (SPEC §10).
+//! Explainable, replayable decisions.
 //!
 //! Every controller tick appends one JSON line to
 //! `state_dir/evaluations.jsonl`: the interval of counts that tick added to
@@ -15,7 +15,8 @@
 //! GREEN hold clock) evolves under NEW as long as the recorded rollout stays
 //! in the same phase; the rest of the state (phase, weight, flags, approvals)
 //! is the recorded one at every tick, so each difference reads as "at this
-//! moment, NEW would have decided X instead of Y".
+//! moment, NEW would have decided X instead of Y". The window, the gates and
+//! the decision are the live controller's own [`step`](super::step).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -25,13 +26,39 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::gates::{self, Evaluation, GateResult, GateStatus};
-use super::rollout::Core;
+use super::gates::{Evaluation, GateResult, GateStatus};
 use super::state::{Action, Decision, RolloutState};
+use super::step::{self, TickTime};
 use crate::config::Config;
-use crate::stats::{Interval, IntervalRing};
+use crate::stats::Interval;
 
 pub const EVALUATIONS_FILE: &str = "evaluations.jsonl";
+
+/// Why an evaluation was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// A tick: a decision was taken.
+    Tick,
+    /// A request-path trip: its interval still belongs to the window.
+    Trip,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Tick => "tick",
+            RecordKind::Trip => "trip",
+        }
+    }
+}
+
+/// Compares with the written form (`"tick"`, `"trip"`).
+impl PartialEq<&str> for RecordKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// One recorded evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,9 +69,7 @@ pub struct EvalRecord {
     pub now_ms: u64,
     /// Local wall-clock time of the tick (promotion window).
     pub local: NaiveTime,
-    /// `tick`: a decision was taken; `trip`: an evaluation for a request-path
-    /// trip, whose interval still belongs to the window.
-    pub kind: String,
+    pub kind: RecordKind,
     /// The counts this evaluation added to the window; `None` on the first.
     pub interval: Option<Interval>,
     /// The state the decision started from.
@@ -148,9 +173,8 @@ pub struct ReplayReport {
 
 /// Re-evaluates `records` (oldest first, from `from` on) under `cfg`.
 pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>) -> ReplayReport {
-    let core = Core { cfg: &cfg.rollout };
     // Keep enough intervals for the new window, whatever the old one was.
-    let mut ring = IntervalRing::new(cfg.rollout.window + cfg.rollout.tick * 2);
+    let mut ring = step::ring(cfg);
     let mut report = ReplayReport::default();
     // The gate memory evolved under the new config, and the phase it belongs to.
     let mut memory: Option<(Option<usize>, RolloutState)> = None;
@@ -171,7 +195,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
             i.end_ms = now_ms;
             ring.push_interval(i);
         }
-        if r.kind != "tick" || from.is_some_and(|f| r.at < f) {
+        if r.kind != RecordKind::Tick || from.is_some_and(|f| r.at < f) {
             continue;
         }
         let mut s = r.state.clone();
@@ -183,23 +207,23 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
                 s.green_since = m.green_since;
             }
         }
-        let window = ring.window(cfg.journeys.len(), now_ms, cfg.rollout.window);
-        let ev = gates::evaluate(&window, &super::gate_context(cfg, &s, r.at));
         let phase = s.phase_index;
-        let out = core.tick(&mut s, &ev, r.at, r.local);
+        let t = TickTime {
+            ms: now_ms,
+            at: r.at,
+            local: r.local,
+        };
+        let (ev, out) = step::tick(cfg, &ring, &mut s, &t);
         report.ticks += 1;
-        let replayed = out.decision.unwrap_or_else(|| Decision {
+        let none = || Decision {
             action: Action::None,
             reason: String::new(),
             at: r.at,
             trigger: None,
-        });
-        let recorded = r.decision.clone().unwrap_or(Decision {
-            action: Action::None,
-            reason: String::new(),
-            at: r.at,
-            trigger: None,
-        });
+            cause: None,
+        };
+        let replayed = out.decision.unwrap_or_else(none);
+        let recorded = r.decision.clone().unwrap_or_else(none);
         if replayed.action != recorded.action {
             report.differences.push(Difference {
                 at: r.at,
@@ -222,7 +246,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
 }
 
 fn gate_changes(recorded: &[GateResult], ev: &Evaluation) -> Vec<String> {
-    let old: BTreeMap<String, GateStatus> = recorded.iter().map(|g| (g.key(), g.status)).collect();
+    let old: BTreeMap<_, GateStatus> = recorded.iter().map(|g| (g.key(), g.status)).collect();
     ev.gates
         .iter()
         .filter_map(|g| {
@@ -286,7 +310,6 @@ impl ReplayReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::gate_context;
     use crate::stats::histogram::{bucket_index, SparseHistogram};
     use crate::stats::SparseCounts;
     use chrono::TimeZone;
@@ -347,10 +370,9 @@ mod tests {
     /// tick, 400 search requests at 100 ms split by the weight in force) and
     /// returns the records it would write.
     fn record_run(cfg: &Config, ticks: u64) -> Vec<EvalRecord> {
-        let core = Core { cfg: &cfg.rollout };
         let mut s = RolloutState::new(cfg.rollout.flags.clone());
         s.started = true;
-        let mut ring = IntervalRing::new(cfg.rollout.window + cfg.rollout.tick * 2);
+        let mut ring = step::ring(cfg);
         let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
         let mut out = Vec::new();
         for k in 1..=ticks {
@@ -369,15 +391,18 @@ mod tests {
                 shadow_dropped: 0,
             };
             ring.push_interval(interval.clone());
-            let w = ring.window(cfg.journeys.len(), now_ms, cfg.rollout.window);
-            let ev = gates::evaluate(&w, &gate_context(cfg, &s, at));
+            let t = TickTime {
+                ms: now_ms,
+                at,
+                local: at.time(),
+            };
             let before = s.clone();
-            let o = core.tick(&mut s, &ev, at, at.time());
+            let (ev, o) = step::tick(cfg, &ring, &mut s, &t);
             out.push(EvalRecord {
                 at,
                 now_ms,
                 local: at.time(),
-                kind: "tick".into(),
+                kind: RecordKind::Tick,
                 interval: Some(interval),
                 state: before,
                 gates: ev.gates,

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveTime, Utc};
 
 use super::gates::{Evaluation, GateStatus};
-use super::state::{Action, Approval, Decision, Incident, RolloutState, StateName, Trigger};
+use super::state::{
+    Action, Approval, Decision, HoldCause, Incident, RolloutState, StateName, Trigger,
+};
 use super::tripwire::Trip;
 use crate::config::{PhaseMode, PromotionWindow, RolloutConfig};
 
@@ -76,6 +78,7 @@ fn decision(action: Action, reason: impl Into<String>, at: DateTime<Utc>) -> Dec
         reason: reason.into(),
         at,
         trigger: None,
+        cause: None,
     }
 }
 
@@ -139,25 +142,39 @@ impl Core<'_> {
         }
     }
 
-    fn hold(&self, s: &mut RolloutState, reason: String, now: DateTime<Utc>) -> Outcome {
+    /// Holds on `cause`; `red` when the cause is a RED gate.
+    fn hold(
+        &self,
+        s: &mut RolloutState,
+        cause: HoldCause,
+        detail: impl std::fmt::Display,
+        red: bool,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        self.hold_with(s, cause.reason(detail), cause, red, now)
+    }
+
+    fn hold_with(
+        &self,
+        s: &mut RolloutState,
+        reason: String,
+        cause: HoldCause,
+        red: bool,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         if s.state == StateName::Canary {
             s.state = StateName::Holding;
         }
         // One report when a hold starts or its cause changes, not every tick.
-        // The cause is the text before the first ':' (for gates, the gate's
-        // identity, not its colour). The same cause again after more than a
-        // window without a HOLD (e.g. GREEN ticks in between) is a new hold; a
-        // flicker within one is not. Within one hold, the first escalation to
-        // RED is reported too, so YELLOW "insufficient data" turning into a
-        // breach is on record, while a gate flickering RED/YELLOW is not spammed.
-        let key = |r: &str| r.split(':').next().unwrap_or("").to_string();
-        let red = reason
-            .split(':')
-            .nth(1)
-            .is_some_and(|r| r.trim_start().starts_with("RED"));
+        // The cause is the gate's identity, not its colour. The same cause
+        // again after more than a window without a HOLD (e.g. GREEN ticks in
+        // between) is a new hold; a flicker within one is not. Within one
+        // hold, the first escalation to RED is reported too, so YELLOW
+        // "insufficient data" turning into a breach is on record, while a gate
+        // flickering RED/YELLOW is not spammed.
         let window = chrono::TimeDelta::from_std(self.cfg.window).unwrap_or(chrono::TimeDelta::MAX);
         let same_hold = s.last_decision.as_ref().is_some_and(|d| {
-            d.action == Action::Hold && key(&d.reason) == key(&reason) && now - d.at <= window
+            d.action == Action::Hold && d.cause.as_ref() == Some(&cause) && now - d.at <= window
         });
         let report = !same_hold || (red && !s.hold_red_reported);
         s.hold_red_reported = if same_hold {
@@ -165,7 +182,8 @@ impl Core<'_> {
         } else {
             red
         };
-        let d = decision(Action::Hold, reason, now);
+        let mut d = decision(Action::Hold, reason, now);
+        d.cause = Some(cause);
         s.last_decision = Some(d.clone());
         Outcome {
             decision: Some(d),
@@ -313,7 +331,13 @@ impl Core<'_> {
         let first = &self.cfg.phases[0];
         let missing = self.missing_flags(s);
         if first.mode == PhaseMode::Live && !missing.is_empty() {
-            return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
+            return self.hold(
+                s,
+                HoldCause::StartConditions,
+                missing.join(", "),
+                false,
+                now,
+            );
         }
         self.enter_phase(s, 0, now);
         // A rollout starts: its error budget account starts empty.
@@ -353,19 +377,19 @@ impl Core<'_> {
             } else {
                 s.green_since = None;
             }
-            return self.hold(s, reason, now);
+            return self.hold_with(s, reason, HoldCause::ManualDecision, false, now);
         }
         if let Some(g) = ev.worst() {
             s.green_since = None;
-            let what = g
-                .journey
-                .as_deref()
-                .map_or(String::new(), |j| format!(" ({j})"));
-            // The hold's cause (for report de-duplication) is the text before
-            // the first ':': the gate's identity, not its colour, so a gate
-            // flickering RED/YELLOW is one hold, reported once.
-            let reason = format!("gate {}{what}: {} {}", g.name, g.status.word(), g.reason);
-            return self.hold(s, reason, now);
+            // The hold's cause is the gate's identity, not its colour, so a
+            // gate flickering RED/YELLOW is one hold, reported once.
+            let cause = HoldCause::Gate {
+                name: g.name.clone(),
+                journey: g.journey.clone(),
+            };
+            let red = g.status == GateStatus::Red;
+            let detail = format_args!("{} {}", g.status.word(), g.reason);
+            return self.hold(s, cause, detail, red, now);
         }
         let since = *s.green_since.get_or_insert(now);
         let green_for = now - since;
@@ -399,7 +423,13 @@ impl Core<'_> {
             s.flags.insert("SHADOW_PASS_24H".into(), 1);
             let missing = self.missing_flags(s);
             if !missing.is_empty() {
-                return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
+                return self.hold(
+                    s,
+                    HoldCause::StartConditions,
+                    missing.join(", "),
+                    false,
+                    now,
+                );
             }
         }
         if let Some(role) = &next.approval {
@@ -407,7 +437,9 @@ impl Core<'_> {
             if !waived && !s.has_approval(role) {
                 return self.hold(
                     s,
-                    format!("approval: {} needs approval by role {role}", next.name),
+                    HoldCause::Approval,
+                    format_args!("{} needs approval by role {role}", next.name),
+                    false,
                     now,
                 );
             }
@@ -419,7 +451,9 @@ impl Core<'_> {
             };
             return self.hold(
                 s,
-                format!("promotion window: outside it, step-ups resume at {resume} local"),
+                HoldCause::PromotionWindow,
+                format_args!("outside it, step-ups resume at {resume} local"),
+                false,
                 now,
             );
         }
@@ -584,10 +618,10 @@ impl Core<'_> {
                 }
                 let sev2 = s.sev_count(2);
                 if severity == 2 && sev2 >= self.cfg.sev2_hold_count as usize {
-                    let reason = format!("incidents: {sev2} Sev-2 incidents, holding for a manual decision (resume, promote or rollback)");
+                    let reason = HoldCause::ManualDecision.reason(format_args!("{sev2} Sev-2 incidents, holding for a manual decision (resume, promote or rollback)"));
                     s.manual_hold = Some(reason.clone());
                     // `hold` turns `canary` into `holding`; an operator's pause stands.
-                    return Ok(self.hold(s, reason, now));
+                    return Ok(self.hold_with(s, reason, HoldCause::ManualDecision, false, now));
                 }
                 Ok(Outcome::default())
             }
@@ -600,4 +634,4 @@ impl Core<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
