@@ -30,7 +30,7 @@ pub mod state;
 mod status;
 mod step;
 pub mod tripwire;
-pub mod webhook;
+pub(crate) mod webhook;
 
 use std::collections::BTreeMap;
 

@@ -80,7 +80,7 @@ pub struct EvalRecord {
 }
 
 /// Appends records, rotating past `max_bytes`.
-pub struct Recorder {
+pub(crate) struct Recorder {
     path: PathBuf,
     max_bytes: u64,
     file: Option<File>,
@@ -88,7 +88,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(dir: &Path, max_bytes: u64) -> Self {
+    pub(crate) fn new(dir: &Path, max_bytes: u64) -> Self {
         let path = dir.join(EVALUATIONS_FILE);
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
         Self {
@@ -99,7 +99,7 @@ impl Recorder {
         }
     }
 
-    pub fn record(&mut self, r: &EvalRecord) -> std::io::Result<()> {
+    pub(crate) fn record(&mut self, r: &EvalRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {

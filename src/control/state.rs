@@ -129,7 +129,7 @@ pub enum HoldCause {
 
 impl HoldCause {
     /// How a hold's reason begins: `LEAD: detail`.
-    pub fn lead(&self) -> String {
+    pub(crate) fn lead(&self) -> String {
         match self {
             HoldCause::StartConditions => "start conditions".into(),
             HoldCause::ManualDecision => "incidents".into(),
@@ -147,7 +147,7 @@ impl HoldCause {
     }
 
     /// The reason an operator reads: the lead, then what is seen now.
-    pub fn reason(&self, detail: impl std::fmt::Display) -> String {
+    pub(crate) fn reason(&self, detail: impl std::fmt::Display) -> String {
         format!("{}: {detail}", self.lead())
     }
 
@@ -320,7 +320,7 @@ pub enum StateError {
     },
 }
 
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 
 /// Loads the state, `None` when there is no state file yet.
 pub fn load(dir: &Path) -> Result<Option<RolloutState>, StateError> {
@@ -341,7 +341,7 @@ pub fn save(dir: &Path, state: &RolloutState) -> Result<(), StateError> {
 }
 
 /// temp + fsync + rename + fsync(dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
