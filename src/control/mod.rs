@@ -1,15 +1,15 @@
 //! The control plane. A tick flows:
 //!
-//! 1. **snapshot**: the [`shell`] reads the telemetry counters and the clock,
-//!    and the pure [`step`] takes the counts since the last tick into the
-//!    sliding window;
+//! 1. **snapshot**: the loop shell (`shell`) reads the telemetry counters and
+//!    the clock, and the pure `step` takes the counts since the last tick
+//!    into the sliding window;
 //! 2. **evaluate**: [`gates`] judge the window (significance, zones,
 //!    cooldowns);
 //! 3. **decide**: the pure [`rollout::Core`] turns the evaluation and the
 //!    rollout state into an outcome (GO, HOLD, ROLLBACK, PROMOTE or NONE);
-//! 4. **swap**: [`effects`] store the new routing table and persist the state;
-//! 5. **report**: [`effects`] write the audit line, gate report, metrics and
-//!    evaluation record, and the [`status`] board publishes the status view.
+//! 4. **swap**: `effects` store the new routing table and persist the state;
+//! 5. **report**: `effects` write the audit line, gate report, metrics and
+//!    evaluation record, and the `status` board publishes the status view.
 //!
 //! Steps 1 to 3 are the same code for the live loop and `rollgate replay`
 //! ([`replay`]), so a replayed decision is the one the controller would have

@@ -16,7 +16,7 @@
 //! in the same phase; the rest of the state (phase, weight, flags, approvals)
 //! is the recorded one at every tick, so each difference reads as "at this
 //! moment, NEW would have decided X instead of Y". The window, the gates and
-//! the decision are the live controller's own [`step`](super::step).
+//! the decision are the live controller's own `step`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

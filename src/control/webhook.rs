@@ -131,7 +131,10 @@ pub(crate) fn status_text(v: &StatusView) -> String {
 }
 
 /// Writes the golden baseline (per-journey KPIs) and returns its path and sha256.
-pub(crate) fn write_baseline(state_dir: &Path, ev: &Evaluation) -> std::io::Result<(PathBuf, String)> {
+pub(crate) fn write_baseline(
+    state_dir: &Path,
+    ev: &Evaluation,
+) -> std::io::Result<(PathBuf, String)> {
     let body = serde_json::to_vec_pretty(&serde_json::json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "journeys": ev.journeys,
@@ -150,7 +153,11 @@ pub(crate) fn write_baseline(state_dir: &Path, ev: &Evaluation) -> std::io::Resu
 }
 
 /// POSTs the baseline to the command center, GETs it back and checks the checksum.
-pub(crate) async fn round_trip_baseline(url: Uri, path: PathBuf, sha: String) -> Result<(), String> {
+pub(crate) async fn round_trip_baseline(
+    url: Uri,
+    path: PathBuf,
+    sha: String,
+) -> Result<(), String> {
     let body = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
     let client = client();
     let result = async {

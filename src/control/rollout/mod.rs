@@ -436,7 +436,12 @@ impl Core<'_> {
     }
 
     /// The request path tripped on consecutive payment failures (it already swapped the weights).
-    pub(crate) fn payment_trip(&self, s: &mut RolloutState, trip: Trip, now: DateTime<Utc>) -> Outcome {
+    pub(crate) fn payment_trip(
+        &self,
+        s: &mut RolloutState,
+        trip: Trip,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         let detail = format!(
             "{} consecutive failed payments on V2 (limit {}); weights swapped {} µs after the last failure",
             trip.failures,

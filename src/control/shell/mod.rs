@@ -161,10 +161,26 @@ impl Situation {
     }
 }
 
-/// Where a tick's counts come from: the telemetry, and the window they go in.
+/// What comes in: the request path's counts and trips, and the window the
+/// counts go in.
 struct Intake {
     telemetry: Arc<Telemetry>,
     ring: IntervalRing,
+    /// The weight in force, recorded with each interval.
+    router: Arc<Router>,
+    /// Request-path trips (consecutive V2 payment failures).
+    trip: Arc<PaymentTrip>,
+}
+
+impl Intake {
+    /// Takes the counts since the last look into the window.
+    fn take(&mut self, s: &mut RolloutState, t: &TickTime) -> Option<Interval> {
+        let mut snapshot = self.telemetry.snapshot();
+        snapshot.users = self.telemetry.take_users();
+        // The weight in force since the last tick: the interval was routed with it.
+        snapshot.weight_v2_bp = self.router.load().v2.bp();
+        step::intake(&mut self.ring, s, t.ms, snapshot)
+    }
 }
 
 pub(crate) struct Controller {
@@ -173,8 +189,6 @@ pub(crate) struct Controller {
     clock: Clock,
     effects: Effects,
     board: Board,
-    router: Arc<Router>,
-    trip: Arc<PaymentTrip>,
     /// Print each report to stdout (the demo).
     pub(crate) echo_reports: bool,
 }
@@ -213,6 +227,8 @@ impl Controller {
             intake: Intake {
                 telemetry,
                 ring: step::ring(&cfg),
+                router,
+                trip,
             },
             sit: Situation {
                 cfg,
@@ -223,8 +239,6 @@ impl Controller {
             clock: Clock::start(),
             effects,
             board,
-            router,
-            trip,
             echo_reports: false,
         };
         ctl.board.publish(&ctl.sit);
@@ -249,7 +263,7 @@ impl Controller {
         };
         let mut tick = self.sit.cfg.rollout.tick;
         let mut interval = every(tick);
-        let trip = self.trip.clone();
+        let trip = self.intake.trip.clone();
         loop {
             if self.sit.cfg.rollout.tick != tick {
                 tick = self.sit.cfg.rollout.tick;
@@ -268,28 +282,10 @@ impl Controller {
         self.effects.persist(&self.sit);
     }
 
-    /// Takes the counts since the last look into the window.
-    fn take(&mut self, t: &TickTime) -> Option<Interval> {
-        let telemetry = &self.intake.telemetry;
-        let mut snapshot = telemetry.snapshot();
-        snapshot.users = telemetry.take_users();
-        // The weight in force since the last tick: the interval was routed with it.
-        snapshot.weight_v2_bp = self.router.load().v2.bp();
-        step::intake(&mut self.intake.ring, &mut self.sit.state, t.ms, snapshot)
-    }
-
     fn on_tick(&mut self) {
         // The cost of a tick in real time, whatever the controller's clock says.
         let started = std::time::Instant::now();
-        let t = self.clock.read();
-        let interval = self.take(&t);
-        let before = self.sit.state.clone();
-        let (ev, out) = step::tick(&self.sit.cfg, &self.intake.ring, &mut self.sit.state, &t);
-        self.sit.last_eval = ev;
-        let decision = out.decision.clone();
-        self.effects
-            .record(RecordKind::Tick, &t, interval, before, &self.sit, decision);
-        self.apply(out, "controller");
+        let t = self.step(RecordKind::Tick, "controller", step::tick);
         self.board.record_history(t.at, &self.sit);
         tracing::debug!(
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -298,27 +294,40 @@ impl Controller {
     }
 
     fn on_trip(&mut self) {
-        let Some(trip) = self.trip.take_trip() else {
+        let Some(trip) = self.intake.trip.take_trip() else {
             return;
         };
         if matches!(self.sit.state.state, StateName::RolledBack) {
             return;
         }
+        self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
+            step::trip(cfg, ring, s, trip, t)
+        });
+    }
+
+    /// Reads the clock and the counts, runs the pure `decide` step, records
+    /// the evaluation and carries out the outcome on behalf of `by`.
+    fn step(
+        &mut self,
+        kind: RecordKind,
+        by: &str,
+        decide: impl FnOnce(
+            &Config,
+            &IntervalRing,
+            &mut RolloutState,
+            &TickTime,
+        ) -> (Evaluation, Outcome),
+    ) -> TickTime {
         let t = self.clock.read();
-        let interval = self.take(&t);
+        let interval = self.intake.take(&mut self.sit.state, &t);
         let before = self.sit.state.clone();
-        let (ev, out) = step::trip(
-            &self.sit.cfg,
-            &self.intake.ring,
-            &mut self.sit.state,
-            trip,
-            &t,
-        );
+        let (ev, out) = decide(&self.sit.cfg, &self.intake.ring, &mut self.sit.state, &t);
         self.sit.last_eval = ev;
         let decision = out.decision.clone();
         self.effects
-            .record(RecordKind::Trip, &t, interval, before, &self.sit, decision);
-        self.apply(out, "request-path");
+            .record(kind, &t, interval, before, &self.sit, decision);
+        self.apply(out, by);
+        t
     }
 
     fn on_reload(&mut self, r: ReloadMsg) {
