@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::control::rollout::tests::{self, ALL_FLAGS, PLAIN_PHASES};
+use crate::control::state::Trigger;
 use crate::journeys::JourneyId;
 use crate::routing::{RouteTable, Variant, WeightBp};
 use crate::stats::Telemetry;
@@ -64,8 +65,8 @@ fn start(dir: &Path) -> Rig {
 }
 
 impl Rig {
-    /// Healthy, identical traffic on both variants, five times a tick.
-    fn traffic(&self) -> tokio::task::JoinHandle<()> {
+    /// Traffic on both variants, five times a tick: V1 at 60 ms, V2 at `v2_ms`.
+    fn traffic(&self, v2_ms: u64) -> tokio::task::JoinHandle<()> {
         let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
             loop {
@@ -74,7 +75,7 @@ impl Rig {
                         telemetry.record(
                             JourneyId::new(0),
                             v,
-                            Duration::from_millis(60),
+                            Duration::from_millis(if v == Variant::V2 { v2_ms } else { 60 }),
                             200,
                             false,
                         );
@@ -115,7 +116,7 @@ async fn a_green_hold_elapses_and_the_weight_steps_up() {
     let dir = tempfile::tempdir().unwrap();
     let real = std::time::Instant::now();
     let rig = start(dir.path());
-    let traffic = rig.traffic();
+    let traffic = rig.traffic(60);
     rig.until("start", |s| s.phase_index == Some(0)).await;
     let entered = Instant::now();
     assert_eq!(rig.router.load().v2, WeightBp::from_percent(5.0).unwrap());
@@ -188,4 +189,26 @@ async fn commands_go_through_the_loop_and_come_back_with_the_status() {
         .map(|e| e.action.as_str())
         .collect();
     assert_eq!(admin, ["pause", "weights", "pause"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gate_red_for_red_rollback_after_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = start(dir.path());
+    let red_after = config(dir.path()).rollout.red_rollback_after;
+    // Over the phase's 130 ms P95 threshold, under the 160 ms hard limit.
+    let traffic = rig.traffic(145);
+    rig.until("RED", |s| s.detail.contains(": RED ")).await;
+    let red = Instant::now();
+    let s = rig
+        .until("rollback", |s| s.state == StateName::RolledBack)
+        .await;
+    let held = red.elapsed();
+    assert!(held + TICK >= red_after, "rolled back after {held:?}");
+    assert!(held <= red_after + TICK * 2, "rolled back after {held:?}");
+    let last = s.last_decision.as_ref().expect("a decision");
+    assert_eq!(last.trigger, Some(Trigger::GateRedSustained), "{last:?}");
+    assert_eq!(rig.router.load().v2, WeightBp::ZERO);
+    traffic.abort();
+    rig.stop().await;
 }
