@@ -63,7 +63,7 @@ if [ "$#" -eq 0 ]; then
     loadtest/compare.sh --quick
 fi
 
-# The 2-minute soak (issue 5): release build, 500 req/s open loop through a
+# The 2-minute soak: release build, 500 req/s open loop through a
 # whole compressed rollout; fails on RSS drift beyond 10 %, fd growth, any
 # error but the injected ones, or no promotion. On a fresh clone it took
 # 6 min 10 s including the release build (BENCHMARKS.md, "Soak").

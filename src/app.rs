@@ -16,13 +16,13 @@ use crate::admin::Admin;
 use crate::config::{Config, RuntimeMode};
 use crate::control::report::ReportStore;
 use crate::control::state::StateError;
-use crate::control::tripwire::PaymentTrip;
 use crate::control::{ControlHandle, Controller};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::routing::tripwire::PaymentTrip;
 use crate::routing::{RouteTable, Router};
 use crate::server::{self, Limits};
-use crate::stats::Telemetry;
+use crate::telemetry::{Layout, Telemetry};
 use crate::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,9 +190,7 @@ impl App {
         let cfg = Arc::new(cfg);
         let secret = cookie_secret(&cfg)?;
         let telemetry = Arc::new(Telemetry::with_layout(
-            cfg.journeys.len(),
-            cfg.beacons.names.len(),
-            cfg.routing.region_labels.len(),
+            Layout::of(&cfg),
             cfg.server.telemetry,
         ));
         let router = Arc::new(Router::new(RouteTable::default()));
@@ -398,14 +396,18 @@ impl App {
         }
         new.server = s.clone();
         new.server.tls = new.server.tls.clone();
-        // Counters survive a reload unless the journey set changed, which
-        // changes the cells' layout: then telemetry starts afresh (Prometheus
-        // sees a counter reset; the controller's window refills).
-        let telemetry = if new.journeys.names() == old.config.journeys.names() {
+        // Counters survive a reload unless a journey, beacon name or region
+        // changed: then every slot may mean another name, so telemetry starts
+        // afresh (Prometheus sees a counter reset; the controller's window
+        // refills).
+        let layout = Layout::of(&new);
+        let telemetry = if *old.telemetry.layout() == layout {
             old.telemetry.clone()
         } else {
-            tracing::warn!("reload: the journey list changed; telemetry windows restart");
-            Arc::new(Telemetry::new(new.journeys.len(), new.server.telemetry))
+            tracing::warn!(
+                "reload: the journey, beacon or region list changed; telemetry windows restart"
+            );
+            Arc::new(Telemetry::with_layout(layout, new.server.telemetry))
         };
         self.trip
             .set_limit(new.rollout.consecutive_payment_failures);

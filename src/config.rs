@@ -553,7 +553,7 @@ fn default_p95_ms() -> f64 {
     130.0
 }
 fn default_alpha() -> f64 {
-    crate::stats::significance::DEFAULT_ALPHA
+    crate::control::gates::significance::DEFAULT_ALPHA
 }
 fn default_band() -> f64 {
     0.05

@@ -1,10 +1,20 @@
 //! rollgate: a canary edge proxy.
 //!
-//! Data path (per request): [`server`] accepts -> [`journeys`] classifies ->
-//! [`sticky`] + [`routing`] pick the variant -> [`proxy`] forwards -> [`stats`]
-//! records. Control path (per tick): [`stats::IntervalRing`] snapshot ->
-//! [`control::gates`] evaluate -> [`control::rollout`] decides -> the
-//! [`routing::Router`] swap -> [`control::report`].
+//! The map (ARCHITECTURE.md has the picture):
+//! - [`config`]: the TOML file, one module per section, checked once at load.
+//! - [`routing`]: what both planes share: variants, weights, the [`routing::Router`]
+//!   swap, the journey table and the request-path payment tripwire.
+//! - [`edge`]: the data plane. A request flows accept ([`edge::server`]) ->
+//!   classify journey ([`routing::journeys`]) -> pick variant ([`edge::sticky`] +
+//!   the router) -> forward -> record ([`telemetry`]); it imports nothing from
+//!   [`control`].
+//! - [`telemetry`]: lock-free counters written by the request path, and the
+//!   snapshots and windows the controller reads.
+//! - [`control`]: the control plane. A tick flows snapshot -> evaluate gates ->
+//!   decide -> swap weights -> report.
+//! - [`admin`], [`api`], [`cli`]: the operator's HTTP API, its wire types, and
+//!   the command line that speaks them.
+//! - [`app`] wires it all together; [`demo`] is the self-contained showcase.
 
 #![forbid(unsafe_code)]
 
@@ -14,14 +24,16 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
-pub mod journeys;
-pub mod metrics;
-pub mod proxy;
+pub mod edge;
 pub mod routing;
-pub mod server;
-pub mod stats;
-pub mod sticky;
+pub mod telemetry;
 
 pub use app::App;
 pub use config::Config;
-pub mod tls;
+// Old paths, kept while the restructure lands.
+pub use edge as proxy;
+pub(crate) use edge::tls;
+pub use edge::{server, sticky};
+pub use routing::journeys;
+pub use telemetry as stats;
+pub(crate) use telemetry::prometheus as metrics;

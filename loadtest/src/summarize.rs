@@ -521,7 +521,7 @@ pub fn markdown(r: &Results, meta: &Meta, chart: Option<&str>) -> String {
 
     let v = verdicts(r);
     if !v.is_empty() {
-        let _ = writeln!(s, "### Targets (issue 4)\n");
+        let _ = writeln!(s, "### Targets\n");
         for x in v {
             let _ = writeln!(
                 s,

@@ -20,10 +20,10 @@ use super::step::TickTime;
 use super::tripwire::PaymentTrip;
 use super::webhook;
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::routing::{RouteTable, Router, WeightBp};
-use crate::stats::names::*;
-use crate::stats::Interval;
+use crate::telemetry::names::*;
+use crate::telemetry::prometheus::Metrics;
+use crate::telemetry::Interval;
 
 /// The routing table for a state.
 pub(crate) fn route_table(cfg: &Config, s: &RolloutState) -> RouteTable {
@@ -277,7 +277,7 @@ impl Effects {
             .set(s.phase_index.map_or(-1.0, |i| i as f64));
         for g in &sit.last_eval.gates {
             let labels = [
-                ("gate", g.name.clone()),
+                ("gate", g.name.to_string()),
                 ("journey", g.journey.clone().unwrap_or_else(|| "all".into())),
             ];
             self.metrics

@@ -29,7 +29,7 @@ mod shell;
 pub mod state;
 mod status;
 mod step;
-pub mod tripwire;
+pub(crate) use crate::routing::tripwire;
 pub(crate) mod webhook;
 
 use std::collections::BTreeMap;

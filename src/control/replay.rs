@@ -30,7 +30,7 @@ use super::gates::{Evaluation, GateResult, GateStatus};
 use super::state::{Action, Decision, RolloutState};
 use super::step::{self, TickTime};
 use crate::config::Config;
-use crate::stats::Interval;
+use crate::telemetry::Interval;
 
 pub const EVALUATIONS_FILE: &str = "evaluations.jsonl";
 
@@ -310,8 +310,8 @@ impl ReplayReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::histogram::{bucket_index, SparseHistogram};
-    use crate::stats::SparseCounts;
+    use crate::telemetry::histogram::{bucket_index, SparseHistogram};
+    use crate::telemetry::SparseCounts;
     use chrono::TimeZone;
 
     fn config(p95_ms: u32) -> Config {

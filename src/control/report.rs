@@ -74,7 +74,7 @@ pub(crate) fn payment_success(ev: &Evaluation) -> Option<f64> {
     let (n, bad) = ev
         .journeys
         .iter()
-        .filter(|j| j.kind == crate::journeys::JourneyKind::Payment)
+        .filter(|j| j.kind == crate::routing::journeys::JourneyKind::Payment)
         .fold((0, 0), |(n, bad), j| {
             (n + j.v2.requests, bad + j.v2.server_errors)
         });

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::gates::GateStatus;
+use super::gates::{GateKey, GateStatus};
 
 /// The `state` field of `/api/v1/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,10 +117,7 @@ pub enum HoldCause {
     /// Sev-2 incidents asked for a manual decision.
     ManualDecision,
     /// A gate that is not GREEN: which gate, never its colour.
-    Gate {
-        name: String,
-        journey: Option<String>,
-    },
+    Gate(GateKey),
     /// The next phase needs an approval.
     Approval,
     /// Outside the promotion window.
@@ -133,14 +130,10 @@ impl HoldCause {
         match self {
             HoldCause::StartConditions => "start conditions".into(),
             HoldCause::ManualDecision => "incidents".into(),
-            HoldCause::Gate {
-                name,
-                journey: None,
-            } => format!("gate {name}"),
-            HoldCause::Gate {
-                name,
-                journey: Some(j),
-            } => format!("gate {name} ({j})"),
+            HoldCause::Gate(key) => match key.label() {
+                None => format!("gate {}", key.gate()),
+                Some(j) => format!("gate {} ({j})", key.gate()),
+            },
             HoldCause::Approval => "approval".into(),
             HoldCause::PromotionWindow => "promotion window".into(),
         }
@@ -164,16 +157,12 @@ impl HoldCause {
             "promotion window" => HoldCause::PromotionWindow,
             _ => {
                 let gate = lead.strip_prefix("gate ")?;
-                match gate.strip_suffix(')').and_then(|g| g.split_once(" (")) {
-                    Some((name, j)) => HoldCause::Gate {
-                        name: name.into(),
-                        journey: Some(j.into()),
-                    },
-                    None => HoldCause::Gate {
-                        name: gate.into(),
-                        journey: None,
-                    },
-                }
+                let (name, journey) = match gate.strip_suffix(')').and_then(|g| g.split_once(" ("))
+                {
+                    Some((name, j)) => (name, Some(j)),
+                    None => (gate, None),
+                };
+                HoldCause::Gate(GateKey::new(name.parse().ok()?, journey))
             }
         };
         Some(cause)
@@ -248,12 +237,12 @@ pub struct RolloutState {
     /// Since when every gate has been GREEN without interruption in this phase.
     pub green_since: Option<DateTime<Utc>>,
     /// Previous tick's gate statuses (hysteresis memory).
-    pub gate_status: BTreeMap<String, GateStatus>,
+    pub gate_status: BTreeMap<GateKey, GateStatus>,
     /// Since when each currently RED gate has been RED.
-    pub red_since: BTreeMap<String, DateTime<Utc>>,
+    pub red_since: BTreeMap<GateKey, DateTime<Utc>>,
     /// Gates recovering from a breach, with their cooldown clocks.
     #[serde(default)]
-    pub gate_recovery: BTreeMap<String, super::gates::Recovery>,
+    pub gate_recovery: BTreeMap<GateKey, super::gates::Recovery>,
     /// V2's 5xx responses since this rollout started (the error budget gate).
     #[serde(default)]
     pub v2_bad_requests: u64,
@@ -392,14 +381,8 @@ mod tests {
         let causes = [
             HoldCause::StartConditions,
             HoldCause::ManualDecision,
-            HoldCause::Gate {
-                name: "latency_p95".into(),
-                journey: Some("search".into()),
-            },
-            HoldCause::Gate {
-                name: "error_budget".into(),
-                journey: None,
-            },
+            HoldCause::Gate("latency_p95/search".parse().unwrap()),
+            HoldCause::Gate("error_budget".parse().unwrap()),
             HoldCause::Approval,
             HoldCause::PromotionWindow,
         ];

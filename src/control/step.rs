@@ -13,7 +13,7 @@ use super::state::RolloutState;
 use super::tripwire::Trip;
 use crate::config::{Config, PhaseMode};
 use crate::routing::Variant;
-use crate::stats::{Interval, IntervalRing, Snapshot, StatusClass};
+use crate::telemetry::{Interval, IntervalRing, Snapshot, StatusClass};
 
 /// The clock readings a step uses.
 #[derive(Clone, Copy, Debug, PartialEq)]

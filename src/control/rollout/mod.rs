@@ -342,10 +342,7 @@ impl Core<'_> {
             s.green_since = None;
             // The hold's cause is the gate's identity, not its colour, so a
             // gate flickering RED/YELLOW is one hold, reported once.
-            let cause = HoldCause::Gate {
-                name: g.name.clone(),
-                journey: g.journey.clone(),
-            };
+            let cause = HoldCause::Gate(g.key());
             let red = g.status == GateStatus::Red;
             let detail = format_args!("{} {}", g.status.word(), g.reason);
             return self.hold(s, cause, detail, red, now);

@@ -9,9 +9,9 @@ use crate::config::Config;
 use crate::control::gates::{self, GateContext, GateResult, JourneyKpi, VariantKpi};
 use crate::control::state::{Action, RolloutState, StateName, Trigger};
 use crate::control::tripwire::Trip;
-use crate::journeys::JourneyKind;
+use crate::routing::journeys::JourneyKind;
 use crate::routing::Variant;
-use crate::stats::{CellCounts, Window};
+use crate::telemetry::{CellCounts, Window};
 
 // ===== configs =====
 
@@ -101,7 +101,7 @@ fn gate(name: &str, journey: Option<&str>, status: GateStatus) -> GateResult {
         GateStatus::Red => "breaches threshold".to_string(),
     };
     GateResult {
-        name: name.into(),
+        name: name.parse().expect("a gate name"),
         journey: journey.map(String::from),
         status,
         value: Some(1.0),
@@ -159,7 +159,7 @@ fn with(key: &str, status: GateStatus) -> Evaluation {
         .iter_mut()
         .find(|g| g.key() == key)
         .unwrap_or_else(|| panic!("no gate {key}"));
-    *g = gate(&g.name.clone(), g.journey.clone().as_deref(), status);
+    *g = gate(g.name.as_str(), g.journey.clone().as_deref(), status);
     ev
 }
 

@@ -21,9 +21,9 @@ use super::step::{self, TickTime};
 use super::tripwire::PaymentTrip;
 use super::StatusView;
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::stats::{Interval, IntervalRing, Telemetry};
+use crate::telemetry::prometheus::Metrics;
+use crate::telemetry::{Interval, IntervalRing, Telemetry};
 use arc_swap::ArcSwap;
 
 // === messages ===

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use super::*;
 use crate::control::rollout::tests::{self, ALL_FLAGS, PLAIN_PHASES};
 use crate::control::state::Trigger;
-use crate::journeys::JourneyId;
+use crate::routing::journeys::JourneyId;
 use crate::routing::{RouteTable, Variant, WeightBp};
-use crate::stats::Telemetry;
+use crate::telemetry::Telemetry;
 
 /// The first phase's hold in `PLAIN_PHASES`.
 const HOLD: Duration = Duration::from_secs(600);

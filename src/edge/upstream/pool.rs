@@ -20,6 +20,11 @@
 //! Idle connections are reused last-in first-out: the warmest socket serves
 //! the next request and the surplus ages out.
 
+// The idle stack is the one lock of the data plane: it is held for one push or
+// pop (no await, no I/O under it), where a lock-free stack of connections would
+// need hazard pointers or epochs for the same effect.
+#![expect(clippy::disallowed_types, reason = "the idle stack's mutex, see above")]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -43,8 +48,12 @@ pub struct PoolConfig {
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connect: {0}")]
-    Connect(String),
+    #[error("connect: timed out")]
+    ConnectTimeout,
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
+    #[error("connect: HTTP/1 handshake")]
+    Handshake(#[source] hyper::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -142,8 +151,8 @@ where
             match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&self.inner.addr))
                 .await
             {
-                Err(_) => return Err(PoolError::Connect("timed out".into())),
-                Ok(Err(e)) => return Err(PoolError::Connect(e.to_string())),
+                Err(_) => return Err(PoolError::ConnectTimeout),
+                Ok(Err(e)) => return Err(PoolError::Connect(e)),
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
@@ -156,7 +165,7 @@ where
             .writev(false)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+            .map_err(PoolError::Handshake)?;
         // The connection's I/O runs on the current runtime (in per-core mode,
         // this worker's own); it ends when the last sender is dropped.
         tokio::spawn(async move {
@@ -186,6 +195,7 @@ where
     }
 
     /// Idle connections held (the tests read it).
+    #[cfg(test)]
     pub fn idle_len(&self) -> usize {
         self.inner.idle.lock().map(|q| q.len()).unwrap_or(0)
     }

@@ -6,6 +6,11 @@
 //! and `store` it, so a change is visible to the very next request and a
 //! rollback is a single swap.
 
+#![deny(clippy::disallowed_types)]
+
+pub mod journeys;
+pub(crate) mod tripwire;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;

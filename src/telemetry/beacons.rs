@@ -4,7 +4,7 @@
 //! at start-up, striped by thread, recorded with relaxed `fetch_add`s.
 //!
 //! No identifier of any kind is stored: only counts and timings by name and
-//! variant (SPEC §5).
+//! variant, so a beacon can never carry a user's data into rollgate.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -1,4 +1,5 @@
-//! Every exported metric family name, in one place (SPEC §8 fixes them).
+//! Every exported metric family name, in one place. Dashboards and alerts
+//! outside the project rely on them: never rename one.
 //!
 //! To add a metric: 1. add its name here, 2. give it HELP text where it is
 //! registered or rendered (`crate::metrics`), 3. make sure a test scrapes it.

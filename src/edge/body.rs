@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::pool::Checkout;
+use super::upstream::pool::Checkout;
 use crate::stats::{InflightGuard, UpstreamErrorKind};
 
 pub enum ProxyBody {
@@ -21,7 +21,7 @@ pub enum ProxyBody {
         conn: Option<Checkout<Incoming>>,
         guard: InflightGuard,
         /// A unit of V2's reserved capacity, released with the body.
-        permit: Option<super::Permit>,
+        permit: Option<super::proxy::Permit>,
         /// Shadow phase: hands V1's answer to the mirror's comparison.
         tee: Option<super::shadow::Tee>,
     },
@@ -41,7 +41,7 @@ impl ProxyBody {
         inner: Incoming,
         conn: Checkout<Incoming>,
         guard: InflightGuard,
-        permit: Option<super::Permit>,
+        permit: Option<super::proxy::Permit>,
         tee: Option<super::shadow::Tee>,
     ) -> Self {
         let mut conn = Some(conn);

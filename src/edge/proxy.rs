@@ -4,35 +4,29 @@
 //! never fails: upstream problems become 502/504 responses here, malformed
 //! requests were already answered 400/431 by hyper before reaching it.
 
-pub mod access_log;
-pub mod beacon;
-pub mod body;
-pub mod forward;
-pub mod headers;
-pub mod pool;
-pub mod shadow;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::Guard;
 use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use super::access_log::AccessLog;
+use super::body::ProxyBody;
+use super::headers::*;
+use super::upstream::{SendError, Upstreams};
+use super::{beacon, shadow};
 use crate::config::{BeaconsConfig, Config, RoutingConfig, Upstream};
-use crate::control::tripwire::PaymentTrip;
-use crate::journeys::{JourneyKind, Journeys};
+use crate::journeys::{JourneyId, JourneyKind, Journeys};
+use crate::routing::tripwire::PaymentTrip;
 use crate::routing::{RouteTable, Router, Variant};
 use crate::stats::beacons::BeaconReject;
 use crate::stats::{Telemetry, UpstreamErrorKind};
 use crate::sticky::{Resolved, Source, Sticky};
-use access_log::AccessLog;
-use body::ProxyBody;
-use forward::{SendError, Upstreams};
-use headers::*;
 
 /// Everything the request path reads; built once, shared by all connections.
 pub struct Proxy {
@@ -97,9 +91,11 @@ impl Proxy {
         }
     }
 
+    /// The outer handler: the one finish point where every request, relayed or
+    /// refused, is recorded, logged and given its response headers.
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if req.uri().path() == beacon::BEACON_PATH {
@@ -118,21 +114,62 @@ impl Proxy {
             let region = self.routing.region_of(req.headers());
             self.telemetry.record_user(region, variant, sticky.bucket);
         }
+        let log_method = self.access_log.method(req.method());
+
+        // Forward.
+        let result = self.forward(req, journey, variant, route, peer).await;
+        let latency = start.elapsed();
+
+        // Record and answer.
+        let resp = match result {
+            Ok(Relayed { resp, cache_hit }) => {
+                self.telemetry
+                    .record(journey, variant, latency, resp.status().as_u16(), cache_hit);
+                resp
+            }
+            // Shed before V2 saw it: counted as shed, not as a request of V2.
+            Err(Refusal::Shed) => {
+                self.telemetry.record_shed(Variant::V2);
+                return Ok(self.finish(Refusal::Shed.response(), variant, sticky));
+            }
+            Err(refusal) => {
+                if let Refusal::Upstream(kind) = refusal {
+                    self.telemetry.record_upstream_error(journey, variant, kind);
+                }
+                self.telemetry
+                    .record(journey, variant, latency, refusal.status().as_u16(), false);
+                refusal.response()
+            }
+        };
+        let status = resp.status();
+        if self.journeys.kind(journey) == JourneyKind::Payment {
+            self.payment_trip.observe(variant, status.is_server_error());
+        }
+        if let Some(m) = log_method {
+            self.access_log
+                .log(&m, self.journeys.name(journey), variant, status, latency);
+        }
+        Ok(self.finish(resp, variant, sticky))
+    }
+
+    /// The inner handler: admit, rewrite, mirror and send; any step that
+    /// fails ends the request with a [`Refusal`] for the outer one to answer.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        journey: JourneyId,
+        variant: Variant,
+        route: Guard<Arc<RouteTable>>,
+        peer: SocketAddr,
+    ) -> Result<Relayed, Refusal> {
         // V2's reserved capacity: the excess is shed here, before V2 sees it.
         let permit = match variant {
             Variant::V1 => None,
-            Variant::V2 => match self.capacity.admit() {
-                Ok(p) => p,
-                Err(Shed) => {
-                    self.telemetry.record_shed(Variant::V2);
-                    return Ok(self.finish(shed_response(), variant, sticky));
-                }
-            },
+            Variant::V2 => self.capacity.admit().map_err(|Shed| Refusal::Shed)?,
         };
         let inflight = self.telemetry.inflight(journey, variant);
-        let log_method = self.access_log.method(req.method());
 
-        // Forward, and in a shadow phase queue a mirror to V2 (never waits).
+        // In a shadow phase, queue a mirror to V2 (never waits).
         self.prepare_upstream(&mut req, variant, &route, peer);
         let mut tee = match &self.shadow {
             Some(sh)
@@ -143,60 +180,32 @@ impl Proxy {
             _ => None,
         };
         drop(route);
-        let result = self.upstreams.send(variant, req).await;
-        let latency = start.elapsed();
-
-        // Record and answer.
-        let (status, resp) = match result {
-            Ok((resp, conn)) => {
-                let (mut parts, body) = resp.into_parts();
-                let cache_hit = is_cache_hit(&parts.headers);
-                self.telemetry
-                    .record(journey, variant, latency, parts.status.as_u16(), cache_hit);
-                remove_hop_by_hop(&mut parts.headers);
-                if let Some(t) = tee.as_mut() {
-                    t.head(parts.status.as_u16(), &parts.headers);
-                    if http_body::Body::is_end_stream(&body) {
-                        // HEAD or an empty body: nothing more will be polled.
-                        t.finish(None);
-                    }
-                }
-                let resp = Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(body, conn, inflight, permit, tee),
-                );
-                (resp.status(), resp)
-            }
-            Err(SendError::ClientBody) => {
-                let status = StatusCode::BAD_REQUEST;
-                self.telemetry
-                    .record(journey, variant, latency, status.as_u16(), false);
-                let mut r = Response::new(ProxyBody::full("rollgate: malformed request body\n"));
-                *r.status_mut() = status;
-                (status, r)
-            }
+        let (resp, conn) = match self.upstreams.send(variant, req).await {
+            Ok(sent) => sent,
+            Err(SendError::ClientBody) => return Err(Refusal::ClientBody),
             Err(SendError::Upstream(kind)) => {
-                let status = match kind {
-                    UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                self.telemetry.record_upstream_error(journey, variant, kind);
-                self.telemetry
-                    .record(journey, variant, latency, status.as_u16(), false);
+                let refusal = Refusal::Upstream(kind);
                 if let Some(t) = tee.as_mut() {
-                    t.finish(Some(status.as_u16()));
+                    t.finish(Some(refusal.status().as_u16()));
                 }
-                (status, error_response(status, kind))
+                return Err(refusal);
             }
         };
-        if self.journeys.kind(journey) == JourneyKind::Payment {
-            self.payment_trip.observe(variant, status.is_server_error());
+        let (mut parts, body) = resp.into_parts();
+        let cache_hit = is_cache_hit(&parts.headers);
+        remove_hop_by_hop(&mut parts.headers);
+        if let Some(t) = tee.as_mut() {
+            t.head(parts.status.as_u16(), &parts.headers);
+            if http_body::Body::is_end_stream(&body) {
+                // HEAD or an empty body: nothing more will be polled.
+                t.finish(None);
+            }
         }
-        if let Some(m) = log_method {
-            self.access_log
-                .log(&m, self.journeys.name(journey), variant, status, latency);
-        }
-        Ok(self.finish(resp, variant, sticky))
+        let resp = Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, conn, inflight, permit, tee),
+        );
+        Ok(Relayed { resp, cache_hit })
     }
 
     /// Response headers every answer gets: the variant and a new `rg_bucket`.
@@ -290,7 +299,7 @@ impl Proxy {
         Variant::from_bytes(req.headers().get(&X_ROLLGATE_VARIANT)?.as_bytes())
     }
 
-    /// Rewrites the request in place for the chosen upstream (SPEC §3).
+    /// Rewrites the request in place for the chosen upstream .
     fn prepare_upstream(
         &self,
         req: &mut Request<Incoming>,
@@ -333,6 +342,53 @@ impl Proxy {
         h.insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
         for (name, value) in &route.headers {
             h.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The upstream's answer on its way to the client.
+struct Relayed {
+    resp: Response<ProxyBody>,
+    /// The upstream said it answered from its cache (read before the
+    /// hop-by-hop headers are removed).
+    cache_hit: bool,
+}
+
+/// Why rollgate answers a request itself instead of relaying the upstream's
+/// answer.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// V2 is at its reserved capacity.
+    Shed,
+    /// The client's own request body broke while being forwarded (a bad
+    /// chunk, a body cut short): never counted against the upstream.
+    ClientBody,
+    /// The upstream failed: counted against its variant.
+    Upstream(UpstreamErrorKind),
+}
+
+impl Refusal {
+    /// Exhaustive on purpose: a new kind of failure must choose its status.
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::Shed => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ClientBody => StatusCode::BAD_REQUEST,
+            Refusal::Upstream(UpstreamErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Upstream(
+                UpstreamErrorKind::Connect | UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol,
+            ) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            Refusal::Shed => shed_response(),
+            Refusal::ClientBody => {
+                let mut r = Response::new(ProxyBody::full("rollgate: malformed request body\n"));
+                *r.status_mut() = self.status();
+                r
+            }
+            Refusal::Upstream(kind) => error_response(self.status(), kind),
         }
     }
 }

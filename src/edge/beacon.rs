@@ -14,8 +14,8 @@
 //! `[beacons] names`. Every refusal is `400` with the reason label as body
 //! (`not_json`, `too_large`, `too_many`, `unknown_name`, `unknown_type`,
 //! `bad_value`), counted in `rollgate_beacon_rejected_total{reason}`. An
-//! over-limit body is a 400 `too_large` as well (not 413): SPEC §5 asks for
-//! 400 with a reason on every bad input, and one status keeps clients simple.
+//! over-limit body is a 400 `too_large` as well (not 413): every bad input
+//! gets a 400 with its reason, and one status keeps clients simple.
 //! `timing` values are milliseconds (finite, 0 ..= [`MAX_TIMING_MS`]); a value
 //! on other types is optional, checked the same way and not used.
 

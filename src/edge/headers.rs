@@ -1,4 +1,4 @@
-//! Header rewriting between client and upstream (SPEC §3).
+//! Header rewriting between client and upstream.
 
 use std::net::IpAddr;
 

@@ -37,7 +37,7 @@ use crate::stats::shadow::ShadowClass;
 use crate::stats::Telemetry;
 
 use super::headers::{remove_hop_by_hop, X_ROLLGATE_VARIANT};
-use super::pool::{Pool, PoolConfig};
+use super::upstream::pool::{Pool, PoolConfig};
 
 /// Marks mirrored requests for V2's logs and side-effect guards.
 pub static X_ROLLGATE_SHADOW: HeaderName = HeaderName::from_static("x-rollgate-shadow");
@@ -128,7 +128,7 @@ impl Shadow {
     /// Whether a request of this journey and method is mirrored.
     #[inline]
     pub fn eligible(&self, journey: JourneyId, method: &Method) -> bool {
-        super::is_safe(method) && self.cfg.mirrored.get(journey.index()) == Some(&true)
+        super::proxy::is_safe(method) && self.cfg.mirrored.get(journey.index()) == Some(&true)
     }
 
     /// Queues a mirror of the (already rewritten) request, or drops it when

@@ -1,15 +1,17 @@
 //! The upstream connection pools and the mapping of their failures to error
 //! kinds.
 
+pub mod pool;
+
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::pool::{Checkout, Pool, PoolConfig, PoolError};
 use crate::config::UpstreamsConfig;
 use crate::routing::Variant;
 use crate::stats::UpstreamErrorKind;
+use pool::{Checkout, Pool, PoolConfig, PoolError};
 
 /// One keep-alive pool per upstream, indexed by [`Variant`].
 #[derive(Clone)]
@@ -70,7 +72,9 @@ pub enum SendError {
 
 fn classify(e: &PoolError) -> SendError {
     match e {
-        PoolError::Connect(_) => SendError::Upstream(UpstreamErrorKind::Connect),
+        PoolError::ConnectTimeout | PoolError::Connect(_) | PoolError::Handshake(_) => {
+            SendError::Upstream(UpstreamErrorKind::Connect)
+        }
         PoolError::Http(h) if h.is_parse() || h.is_parse_status() => {
             SendError::Upstream(UpstreamErrorKind::Protocol)
         }

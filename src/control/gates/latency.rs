@@ -1,0 +1,81 @@
+//! Latency per journey: V2's P95 against the phase's (or the journey's own)
+//! limit, and V2's median against V1's.
+
+use crate::config::JourneyLimits;
+use crate::stats::histogram::Histogram;
+
+use super::judge::{Bound, Evidence, Measure};
+use super::significance::{binomial_exceeds, mann_whitney};
+use super::{Gate, GateContext, GateResult, JourneyWindow};
+
+/// The P95 limit of a journey: its own `p95_ms`, else the phase's.
+pub(super) fn p95_limit(ctx: &GateContext<'_>, limits: &JourneyLimits) -> f64 {
+    limits.p95_ms.unwrap_or(ctx.phase_p95_ms)
+}
+
+/// V2's live P95 of one journey.
+pub(super) fn p95(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> GateResult {
+    let threshold = p95_limit(ctx, j.limits);
+    p95_of(
+        ctx,
+        j.name,
+        "V2 P95 ms",
+        &j.c2.latency,
+        j.v2.requests,
+        threshold,
+    )
+}
+
+/// A P95 gate over one latency histogram (live requests or shadow mirrors).
+/// The evidence: more than 5 % of the samples slower than the threshold,
+/// significantly.
+pub(super) fn p95_of(
+    ctx: &GateContext<'_>,
+    journey: &str,
+    what: &str,
+    latency: &Histogram,
+    samples: u64,
+    threshold: f64,
+) -> GateResult {
+    let n = latency.count();
+    let slower = n - latency.count_le(threshold * 1000.0);
+    ctx.gate(Measure {
+        gate: Gate::LatencyP95,
+        journey: Some(journey),
+        bound: Bound::Max,
+        what,
+        value: latency.quantile_us(0.95).map(|us| us / 1000.0),
+        threshold,
+        samples,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: None,
+        evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
+    })
+}
+
+/// V2's median against V1's plus `latency_vs_control_max` and the slack;
+/// evidence from Mann-Whitney U on the two latency histograms. Only while V1
+/// takes traffic.
+pub(super) fn vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option<GateResult> {
+    if !ctx.comparative {
+        return None;
+    }
+    let g = &ctx.cfg.gates;
+    let threshold = j.v1.p50_ms.map_or(0.0, |m| {
+        m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
+    });
+    Some(ctx.gate(Measure {
+        gate: Gate::LatencyVsControl,
+        journey: Some(j.name),
+        bound: Bound::Max,
+        what: "V2 P50 ms vs V1",
+        value: j.v2.p50_ms,
+        threshold,
+        samples: j.v2.requests,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: Some(j.v1.requests),
+        evidence: Evidence::Test(
+            mann_whitney(&j.c1.latency.counts, &j.c2.latency.counts).map(|m| m.test),
+        ),
+    }))
+}

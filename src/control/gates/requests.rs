@@ -1,0 +1,53 @@
+//! The 5xx rate of V2, over every journey.
+
+use super::judge::{fmt, Bound, Evidence, Measure};
+use super::significance::{binomial_exceeds, two_proportion, Worse};
+use super::{Evaluation, Gate, GateContext, GateResult, GateStatus};
+
+/// 5xx rate: an absolute ceiling, and no worse than V1 beyond the margin.
+/// Evidence is the stronger of the binomial test against the ceiling and
+/// the two-proportion test against V1 (each one's alternative implies a
+/// breach of the combined threshold).
+pub(super) fn error_rate(ev: &Evaluation, ctx: &GateContext<'_>) -> GateResult {
+    let cfg = &ctx.cfg.rollout;
+    let comparative = ctx.comparative && ev.v1.requests > 0;
+    let v1_rate = ev.v1.error_rate.unwrap_or(0.0);
+    let threshold = if comparative {
+        cfg.error_rate_max.min(v1_rate + cfg.error_rate_margin)
+    } else {
+        cfg.error_rate_max
+    };
+    let (v1, v2) = (&ev.v1, &ev.v2);
+    let ceiling = binomial_exceeds(v2.server_errors, v2.requests, cfg.error_rate_max);
+    let vs_v1 = comparative
+        .then(|| {
+            two_proportion(
+                v1.server_errors,
+                v1.requests,
+                v2.server_errors,
+                v2.requests,
+                Worse::Higher,
+            )
+        })
+        .flatten();
+    let mut g = ctx.gate(Measure {
+        gate: Gate::ErrorRate,
+        journey: None,
+        bound: Bound::Max,
+        what: "V2 5xx rate",
+        value: v2.error_rate,
+        threshold,
+        samples: v2.requests,
+        min_samples: cfg.min_samples,
+        control_samples: comparative.then_some(v1.requests),
+        evidence: Evidence::either(ceiling, vs_v1),
+    });
+    if g.status != GateStatus::Green && threshold < cfg.error_rate_max {
+        g.reason.push_str(&format!(
+            " (V1 {} + margin {})",
+            fmt(v1_rate),
+            fmt(cfg.error_rate_margin)
+        ));
+    }
+    g
+}

@@ -1,0 +1,27 @@
+//! The data plane: everything a request touches between accept and the last
+//! byte of its response.
+//!
+//! accept ([`server`], [`tls`]) -> classify journey ([`crate::routing::journeys`])
+//! -> pick variant ([`sticky`] + [`crate::routing::Router`]) -> forward
+//! ([`proxy`], [`headers`], [`upstream`], [`body`]) -> record
+//! ([`crate::telemetry`]). Beacons ([`beacon`]) are answered here and never
+//! forwarded; shadow mirrors ([`shadow`]) are queued off the request path.
+//!
+//! Nothing here imports the control plane: the two meet only in
+//! [`crate::routing`] (weights, the request-path tripwire) and in the telemetry
+//! cells.
+
+#![deny(clippy::disallowed_types)]
+
+pub(crate) mod access_log;
+pub mod beacon;
+pub(crate) mod body;
+pub(crate) mod headers;
+pub(crate) mod proxy;
+pub mod server;
+pub(crate) mod shadow;
+pub mod sticky;
+pub(crate) mod tls;
+pub(crate) mod upstream;
+
+pub(crate) use proxy::Proxy;
