@@ -106,31 +106,10 @@ auto_start = false
 tick = "1h"
 window = "1h"
 
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-methods = ["POST"]
-
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-methods = ["POST"]
-
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
+{journeys}
 "#,
-        state = state.display().to_string()
+        state = state.display().to_string(),
+        journeys = rollgate::demo::JOURNEYS,
     )
 }
 

@@ -246,30 +246,7 @@ sticky_header = "x-user-id"
 [rollout]
 auto_start = false
 
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-methods = ["GET"]
-
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-methods = ["POST"]
-
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-methods = ["POST"]
-
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
+$(cat "$ROOT/config/demo-journeys.toml")
 EOF
 }
 

@@ -130,25 +130,7 @@ sticky_header = "x-user-id"
 auto_start = false
 tick = "1h"
 window = "1h"
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-methods = ["POST"]
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-methods = ["POST"]
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
+$(cat "$ROOT/config/demo-journeys.toml")
 EOF
 }
 

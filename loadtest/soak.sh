@@ -83,23 +83,7 @@ timeout = "5s"
 [routing]
 sticky_header = "x-user-id"
 
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
+$(cat config/demo-journeys.toml)
 
 [gates]
 cooldown = "${COOLDOWN}s"

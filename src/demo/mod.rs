@@ -139,24 +139,7 @@ impl Default for DemoOptions {
 
 /// The journeys the synthetic users walk, as config text: shared by the
 /// demo and the tests that drive the same population.
-pub const JOURNEYS: &str = r#"[[journeys]]
-name = "search"
-path_prefix = "/search"
-[[journeys]]
-name = "scholarship_detail"
-path_prefix = "/scholarships"
-[[journeys]]
-name = "application_start"
-path_prefix = "/api/applications/start"
-[[journeys]]
-name = "application_submit"
-path_pattern = "/api/applications/*/submit"
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
-"#;
+pub const JOURNEYS: &str = include_str!("../../config/demo-journeys.toml");
 
 fn config_text(v1: u16, v2: u16, state_dir: &str, window: Duration, limit_scale: f64) -> String {
     let window = humantime::format_duration(window);

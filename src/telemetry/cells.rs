@@ -64,6 +64,18 @@ pub struct CellCounts {
 }
 
 impl CellCounts {
+    /// Adds the plain counters of another cell; the histogram (dense or
+    /// sparse) and the in-flight gauge are the caller's to merge.
+    pub(super) fn add_counters(&mut self, classes: &[u64; 5], errors: &[u64; 4], cache_hits: u64) {
+        for (acc, n) in self.classes.iter_mut().zip(classes) {
+            *acc += n;
+        }
+        for (acc, n) in self.errors.iter_mut().zip(errors) {
+            *acc += n;
+        }
+        self.cache_hits += cache_hits;
+    }
+
     pub fn requests(&self) -> u64 {
         self.classes.iter().sum()
     }
@@ -107,13 +119,7 @@ impl SparseCounts {
     /// Adds `other` into a dense accumulator.
     pub fn add_to(&self, acc: &mut CellCounts) {
         acc.latency.add_sparse(&self.latency);
-        for i in 0..5 {
-            acc.classes[i] += self.classes[i];
-        }
-        for i in 0..4 {
-            acc.errors[i] += self.errors[i];
-        }
-        acc.cache_hits += self.cache_hits;
+        acc.add_counters(&self.classes, &self.errors, self.cache_hits);
         acc.inflight = self.inflight;
     }
 }

@@ -113,13 +113,7 @@ impl Window {
         let mut acc = CellCounts::default();
         for c in self.cells.iter().skip(variant as usize).step_by(2) {
             acc.latency.add(&c.latency);
-            for i in 0..5 {
-                acc.classes[i] += c.classes[i];
-            }
-            for i in 0..4 {
-                acc.errors[i] += c.errors[i];
-            }
-            acc.cache_hits += c.cache_hits;
+            acc.add_counters(&c.classes, &c.errors, c.cache_hits);
             acc.inflight += c.inflight;
         }
         acc
