@@ -41,6 +41,17 @@ fn decision(action: Action, reason: impl Into<String>, at: DateTime<Utc>) -> Dec
     }
 }
 
+/// A decision that is reported and moves the weights; it becomes the last one.
+fn reported(s: &mut RolloutState, d: Decision) -> Outcome {
+    s.last_decision = Some(d.clone());
+    Outcome {
+        decision: Some(d),
+        report: true,
+        weights_changed: true,
+        ..Default::default()
+    }
+}
+
 fn human(d: chrono::TimeDelta) -> String {
     let secs = d.num_seconds().max(0) as u64;
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
@@ -92,13 +103,7 @@ impl Core<'_> {
             now,
         );
         d.trigger = Some(trigger);
-        s.last_decision = Some(d.clone());
-        Outcome {
-            decision: Some(d),
-            report: true,
-            weights_changed: true,
-            ..Default::default()
-        }
+        reported(s, d)
     }
 
     /// Holds on `cause`; `red` when the cause is a RED gate.
@@ -168,28 +173,19 @@ impl Core<'_> {
             let full = self.cfg.phases[idx].weight.percent();
             let weights_changed = s.weight_v2 != full;
             s.weight_v2 = full;
-            let d = decision(Action::Promote, reason, now);
-            s.last_decision = Some(d.clone());
             return Outcome {
-                decision: Some(d),
-                report: true,
                 promoted: true,
                 weights_changed,
-                ..Default::default()
+                ..reported(s, decision(Action::Promote, reason, now))
             };
         }
         if self.cfg.phases[idx].mode == PhaseMode::Shadow {
             s.flags.insert("SHADOW_PASS_24H".into(), 1);
         }
         self.enter_phase(s, idx + 1, now);
-        let d = decision(Action::Go, reason, now);
-        s.last_decision = Some(d.clone());
         Outcome {
-            decision: Some(d),
-            report: true,
             stepped_from: Some(idx),
-            weights_changed: true,
-            ..Default::default()
+            ..reported(s, decision(Action::Go, reason, now))
         }
     }
 
@@ -301,18 +297,8 @@ impl Core<'_> {
         self.enter_phase(s, 0, now);
         // A rollout starts: its error budget account starts empty.
         s.v2_bad_requests = 0;
-        let d = decision(
-            Action::Go,
-            format!("start conditions met: entering {}", first.name),
-            now,
-        );
-        s.last_decision = Some(d.clone());
-        Outcome {
-            decision: Some(d),
-            report: true,
-            weights_changed: true,
-            ..Default::default()
-        }
+        let reason = format!("start conditions met: entering {}", first.name);
+        reported(s, decision(Action::Go, reason, now))
     }
 
     fn in_phase(
