@@ -5,7 +5,7 @@
 //! hour, and the real record of what happened is the audit log and the gate
 //! reports. A restart simply starts the charts afresh.
 //!
-//! Bounded twice, by age ([`MAX_AGE`]) and by count ([`MAX_POINTS`]), so a
+//! Bounded twice, by age (`MAX_AGE`) and by count (`MAX_POINTS`), so a
 //! fast tick (the demo's 250 ms) cannot grow it without limit and a slow one
 //! still shows a whole hour. The published copy is a vector of `Arc`s, so
 //! publishing after a tick costs pointer copies, not a deep clone.
