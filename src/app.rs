@@ -129,13 +129,7 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
         .map_err(|source| StartError::Bind { key, addr, source })
 }
 
-/// What the request path and the admin API read, swapped whole on reload.
-pub struct Live {
-    pub config: Arc<Config>,
-    pub telemetry: Arc<Telemetry>,
-    /// One per proxy worker, so each worker keeps its own upstream pool.
-    pub proxies: Vec<Arc<Proxy>>,
-}
+pub(crate) use crate::edge::Live;
 
 /// Proxy workers: one per core in `per_core` mode, one in `shared` mode.
 fn worker_count(cfg: &Config) -> usize {

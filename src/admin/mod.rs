@@ -1,5 +1,5 @@
-//! Admin HTTP API on its own port (SPEC §7): health, metrics, status page,
-//! status JSON and the token-protected rollout commands.
+//! Admin HTTP API on its own port: health, metrics, status page, status JSON
+//! and the token-protected rollout commands.
 //!
 //! Handlers parse and validate, then hand a [`Command`] to the control task;
 //! they never mutate rollout state themselves.
@@ -7,10 +7,14 @@
 //! The status page (`status.html`, compiled in) is read-only: it polls the
 //! GET endpoints and draws everything itself, so it works offline and needs
 //! no token. Actions stay on the token-protected API (or `rollgate` CLI).
+//!
+//! Adding an endpoint: one line in [`ROUTES`] (`read` or `change`, which
+//! decides whether it needs the token), an `Endpoint` variant and its arm
+//! in `Admin::route`, and its request and answer types in [`crate::api`],
+//! where the CLI finds them too.
 
-pub mod report_html;
+pub(crate) mod report_html;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -18,13 +22,17 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::app::Live;
+use crate::api::{
+    ApprovalRequest, ErrorBody, FieldError, FlagsRequest, HistoryAnswer, IncidentRequest,
+    ReportList, WeightsRequest,
+};
 use crate::control::history::Since;
 use crate::control::report::{markdown, ReportStore};
 use crate::control::{Command, CommandError, ControlHandle};
+use crate::edge::Live;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 
@@ -38,104 +46,83 @@ const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 const REPORT_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
+/// What an endpoint does. [`Admin::route`] matches on it exhaustively, so an
+/// endpoint added to [`ROUTES`] without a handler does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    StatusPage,
+    Health,
+    Metrics,
+    Status,
+    History,
+    Reports,
+    Report,
+    Weights,
+    Flags,
+    Approvals,
+    Incidents,
+    Unfreeze,
+    Start,
+    Pause,
+    Resume,
+    Promote,
+    Rollback,
+}
+
 /// One admin endpoint; `mutating` ones need the bearer token.
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub mutating: bool,
+    endpoint: Endpoint,
 }
 
-/// Every endpoint, so tests can check each mutating one refuses without a token.
+/// A read: no token, no change.
+const fn read(path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        method: "GET",
+        path,
+        mutating: false,
+        endpoint,
+    }
+}
+
+/// A change: only with the bearer token. Declaring a route through this is
+/// the only way to make it change anything, so none can miss the check.
+const fn change(method: &'static str, path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        method,
+        path,
+        mutating: true,
+        endpoint,
+    }
+}
+
+/// Every endpoint: the table the server dispatches from, so tests can also
+/// check that each mutating one refuses without a token.
 pub const ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        path: "/",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: "/healthz",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: "/metrics",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/status",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/history",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/reports",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: "/api/v1/reports/{id}",
-        mutating: false,
-    },
-    Route {
-        method: "PUT",
-        path: "/api/v1/weights",
-        mutating: true,
-    },
-    Route {
-        method: "PUT",
-        path: "/api/v1/flags",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/approvals",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/incidents",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/unfreeze",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/rollout/start",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/rollout/pause",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/rollout/resume",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/rollout/promote",
-        mutating: true,
-    },
-    Route {
-        method: "POST",
-        path: "/api/v1/rollout/rollback",
-        mutating: true,
-    },
+    read("/", Endpoint::StatusPage),
+    read("/healthz", Endpoint::Health),
+    read("/metrics", Endpoint::Metrics),
+    read("/api/v1/status", Endpoint::Status),
+    read("/api/v1/history", Endpoint::History),
+    read("/api/v1/reports", Endpoint::Reports),
+    read("/api/v1/reports/{id}", Endpoint::Report),
+    change("PUT", "/api/v1/weights", Endpoint::Weights),
+    change("PUT", "/api/v1/flags", Endpoint::Flags),
+    change("POST", "/api/v1/approvals", Endpoint::Approvals),
+    change("POST", "/api/v1/incidents", Endpoint::Incidents),
+    change("POST", "/api/v1/unfreeze", Endpoint::Unfreeze),
+    change("POST", "/api/v1/rollout/start", Endpoint::Start),
+    change("POST", "/api/v1/rollout/pause", Endpoint::Pause),
+    change("POST", "/api/v1/rollout/resume", Endpoint::Resume),
+    change("POST", "/api/v1/rollout/promote", Endpoint::Promote),
+    change("POST", "/api/v1/rollout/rollback", Endpoint::Rollback),
 ];
 
-pub struct Admin {
+/// What the admin server serves from: one per process, shared by every connection.
+pub(crate) struct Admin {
     pub control: ControlHandle,
     pub metrics: Arc<Metrics>,
     /// Current config and telemetry (swapped on reload).
@@ -188,20 +175,29 @@ fn json_resp(status: StatusCode, v: &impl serde::Serialize) -> Resp {
     )
 }
 
+/// Through a JSON value, so every object's keys come out sorted: the order
+/// the history and report-list answers have always had.
+fn sorted_json_resp(status: StatusCode, v: &impl serde::Serialize) -> Resp {
+    json_resp(status, &serde_json::to_value(v).expect("serializable"))
+}
+
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
-    json_resp(status, &json!({ "error": msg.to_string() }))
+    json_resp(status, &ErrorBody::new(msg))
 }
 
 /// A 400 naming the field.
-fn bad_field(field: &str, why: impl std::fmt::Display) -> Resp {
-    json_resp(
-        StatusCode::BAD_REQUEST,
-        &json!({ "error": format!("field `{field}`: {why}"), "field": field }),
-    )
+fn bad_field(e: &FieldError) -> Resp {
+    json_resp(StatusCode::BAD_REQUEST, &e.body())
 }
 
+/// Who the audit log names for commands that came through this API.
+const BY: &str = "admin-api";
+
 impl Admin {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Resp, Infallible> {
         Ok(self.route(req).await)
     }
 
@@ -221,27 +217,9 @@ impl Admin {
 
     async fn route(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();
-        let known = ROUTES
-            .iter()
-            .filter(|r| matches_path(r.path, &path))
-            .collect::<Vec<_>>();
-        let Some(route) = known.iter().find(|r| r.method == req.method().as_str()) else {
-            return if known.is_empty() {
-                error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
-            } else {
-                let mut r = error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{} is not allowed on {path}", req.method()),
-                );
-                let allow = known
-                    .iter()
-                    .map(|r| r.method)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_str(&allow).expect("ascii"));
-                r
-            };
+        let route = match find_route(req.method(), &path) {
+            Ok(route) => route,
+            Err(no) => return no.response(req.method(), &path),
         };
         if route.mutating && !self.authorized(&req) {
             let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -249,15 +227,14 @@ impl Admin {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
-        let by = "admin-api";
         let query = req.uri().query().unwrap_or("").to_string();
-        match (req.method().clone(), route.path) {
-            (Method::GET, "/") => with_csp(
+        match route.endpoint {
+            Endpoint::StatusPage => with_csp(
                 respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
                 STATUS_PAGE_CSP,
             ),
-            (Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-            (Method::GET, "/metrics") => respond(
+            Endpoint::Health => respond(StatusCode::OK, "text/plain", "ok\n"),
+            Endpoint::Metrics => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 {
@@ -269,133 +246,176 @@ impl Admin {
                     )
                 },
             ),
-            (Method::GET, "/api/v1/status") => json_resp(StatusCode::OK, &*self.control.status()),
-            (Method::GET, "/api/v1/history") => {
-                let since_ms = match query_param(&query, "since").map(str::parse::<i64>) {
-                    None => None,
-                    Some(Ok(ms)) => Some(ms),
-                    Some(Err(_)) => {
-                        return bad_field("since", "must be Unix milliseconds (an integer)")
-                    }
-                };
-                let view = self.control.history();
-                json_resp(
-                    StatusCode::OK,
-                    &json!({
-                        "tick_ms": self.tick_ms,
-                        "max_points": crate::control::history::MAX_POINTS,
-                        "points": Since { view: &view, since_ms },
-                    }),
-                )
-            }
-            (Method::GET, "/api/v1/reports") => {
-                json_resp(StatusCode::OK, &json!({ "reports": self.reports.list() }))
-            }
-            (Method::GET, "/api/v1/reports/{id}") => {
-                let id = path.trim_start_matches("/api/v1/reports/");
-                let report = match self.reports.get(id) {
-                    None => return error(StatusCode::NOT_FOUND, format!("no report {id:?}")),
-                    Some(r) => r,
-                };
-                match query_param(&query, "format") {
-                    None | Some("json") => json_resp(StatusCode::OK, &report),
-                    Some("md") => respond(
-                        StatusCode::OK,
-                        "text/markdown; charset=utf-8",
-                        markdown(&report),
-                    ),
-                    Some("html") => {
-                        let links = [
-                            ("← status page", "/".to_string()),
-                            (
-                                "Markdown",
-                                format!("/api/v1/reports/{}?format=md", report.id),
-                            ),
-                            ("JSON", format!("/api/v1/reports/{}", report.id)),
-                        ];
-                        let html = report_html::page(
-                            &format!("rollgate report {}", report.id),
-                            &markdown(&report),
-                            &links,
-                        );
-                        with_csp(
-                            respond(StatusCode::OK, "text/html; charset=utf-8", html),
-                            REPORT_CSP,
-                        )
-                    }
-                    Some(other) => {
-                        bad_field("format", format!("{other:?} is not one of json, md, html"))
-                    }
-                }
-            }
-            (_, "/api/v1/weights") => match body_json(req).await {
-                Err(r) => r,
-                Ok(v) => match v.get("v2") {
-                    None => bad_field("v2", "missing (expected {\"v2\": 0-100})"),
-                    Some(p) => match p.as_f64() {
-                        Some(p) if (0.0..=100.0).contains(&p) => {
-                            self.run(Command::SetWeight(p), by).await
-                        }
-                        Some(p) => bad_field("v2", format!("{p} is outside 0-100")),
-                        None => bad_field("v2", format!("{p} is not a number")),
-                    },
+            Endpoint::Status => json_resp(StatusCode::OK, &*self.control.status()),
+            Endpoint::History => self.history(&query),
+            Endpoint::Reports => sorted_json_resp(
+                StatusCode::OK,
+                &ReportList {
+                    reports: self.reports.list(),
                 },
-            },
-            (_, "/api/v1/flags") => match body_json(req).await {
-                Err(r) => r,
-                Ok(Value::Object(map)) if !map.is_empty() => {
-                    let mut flags = BTreeMap::new();
-                    for (k, v) in map {
-                        match v.as_i64() {
-                            Some(n @ (0 | 1)) => {
-                                flags.insert(k, n);
-                            }
-                            _ => return bad_field(&k, format!("{v} must be 0 or 1")),
-                        }
-                    }
-                    self.run(Command::SetFlags(flags), by).await
-                }
-                Ok(_) => bad_field("flags", "expected an object like {\"SHADOW_PASS_24H\": 1}"),
-            },
-            (_, "/api/v1/approvals") => match body_json(req).await {
-                Err(r) => r,
-                Ok(v) => match (str_field(&v, "role"), str_field(&v, "by")) {
-                    (Err(e), _) | (_, Err(e)) => e.response(),
-                    (Ok(role), Ok(by_who)) => {
-                        self.run(Command::Approve { role, by: by_who }, by).await
-                    }
-                },
-            },
-            (_, "/api/v1/incidents") => match body_json(req).await {
-                Err(r) => r,
-                Ok(v) => {
-                    let severity = match v.get("severity").and_then(Value::as_u64) {
-                        Some(s @ (1 | 2)) => s as u8,
-                        _ => return bad_field("severity", "must be 1 or 2"),
-                    };
-                    match str_field(&v, "summary") {
-                        Err(e) => e.response(),
-                        Ok(summary) => self.run(Command::Incident { severity, summary }, by).await,
-                    }
-                }
-            },
-            (_, "/api/v1/unfreeze") => self.run(Command::Unfreeze, by).await,
-            (_, "/api/v1/rollout/start") => self.run(Command::Start, by).await,
-            (_, "/api/v1/rollout/pause") => self.run(Command::Pause, by).await,
-            (_, "/api/v1/rollout/resume") => self.run(Command::Resume, by).await,
-            (_, "/api/v1/rollout/promote") => self.run(Command::Promote, by).await,
-            (_, "/api/v1/rollout/rollback") => self.run(Command::Rollback, by).await,
-            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            ),
+            Endpoint::Report => self.report(path.trim_start_matches("/api/v1/reports/"), &query),
+            Endpoint::Weights => {
+                self.run_parsed(req, WeightsRequest::from_json, |w| Command::SetWeight(w.v2))
+                    .await
+            }
+            Endpoint::Flags => {
+                self.run_parsed(req, FlagsRequest::from_json, |f| Command::SetFlags(f.0))
+                    .await
+            }
+            Endpoint::Approvals => {
+                self.run_parsed(req, ApprovalRequest::from_json, |a| Command::Approve {
+                    role: a.role,
+                    by: a.by,
+                })
+                .await
+            }
+            Endpoint::Incidents => {
+                self.run_parsed(req, IncidentRequest::from_json, |i| Command::Incident {
+                    severity: i.severity,
+                    summary: i.summary,
+                })
+                .await
+            }
+            Endpoint::Unfreeze => self.run(Command::Unfreeze).await,
+            Endpoint::Start => self.run(Command::Start).await,
+            Endpoint::Pause => self.run(Command::Pause).await,
+            Endpoint::Resume => self.run(Command::Resume).await,
+            Endpoint::Promote => self.run(Command::Promote).await,
+            Endpoint::Rollback => self.run(Command::Rollback).await,
         }
     }
 
-    async fn run(&self, cmd: Command, by: &str) -> Resp {
-        match self.control.command(cmd, by).await {
+    /// `GET /api/v1/history[?since=MS]`.
+    fn history(&self, query: &str) -> Resp {
+        let since_ms = match query_param(query, "since").map(str::parse::<i64>) {
+            None => None,
+            Some(Ok(ms)) => Some(ms),
+            Some(Err(_)) => {
+                return bad_field(&FieldError::new(
+                    "since",
+                    "must be Unix milliseconds (an integer)",
+                ))
+            }
+        };
+        let view = self.control.history();
+        sorted_json_resp(
+            StatusCode::OK,
+            &HistoryAnswer {
+                max_points: crate::control::history::MAX_POINTS,
+                points: Since {
+                    view: &view,
+                    since_ms,
+                },
+                tick_ms: self.tick_ms,
+            },
+        )
+    }
+
+    /// `GET /api/v1/reports/{id}[?format=json|md|html]`.
+    fn report(&self, id: &str, query: &str) -> Resp {
+        let Some(report) = self.reports.get(id) else {
+            return error(StatusCode::NOT_FOUND, format!("no report {id:?}"));
+        };
+        match query_param(query, "format") {
+            None | Some("json") => json_resp(StatusCode::OK, &report),
+            Some("md") => respond(
+                StatusCode::OK,
+                "text/markdown; charset=utf-8",
+                markdown(&report),
+            ),
+            Some("html") => {
+                let links = [
+                    ("← status page", "/".to_string()),
+                    (
+                        "Markdown",
+                        format!("/api/v1/reports/{}?format=md", report.id),
+                    ),
+                    ("JSON", format!("/api/v1/reports/{}", report.id)),
+                ];
+                let html = report_html::page(
+                    &format!("rollgate report {}", report.id),
+                    &markdown(&report),
+                    &links,
+                );
+                with_csp(
+                    respond(StatusCode::OK, "text/html; charset=utf-8", html),
+                    REPORT_CSP,
+                )
+            }
+            Some(other) => bad_field(&FieldError::new(
+                "format",
+                format!("{other:?} is not one of json, md, html"),
+            )),
+        }
+    }
+
+    /// Reads the body, checks it field by field, then runs the command it asks for.
+    async fn run_parsed<T>(
+        &self,
+        req: Request<Incoming>,
+        parse: fn(&Value) -> Result<T, FieldError>,
+        command: impl FnOnce(T) -> Command,
+    ) -> Resp {
+        match body_json(req).await {
+            Err(r) => r,
+            Ok(v) => match parse(&v) {
+                Err(e) => bad_field(&e),
+                Ok(request) => self.run(command(request)).await,
+            },
+        }
+    }
+
+    async fn run(&self, cmd: Command) -> Resp {
+        match self.control.command(cmd, BY).await {
             Ok(status) => json_resp(StatusCode::OK, &*status),
             Err(e @ CommandError::Frozen) => error(StatusCode::LOCKED, e),
             Err(e @ CommandError::Conflict(_)) => error(StatusCode::CONFLICT, e),
         }
     }
+}
+
+/// Why no route serves a request.
+#[derive(Debug, PartialEq)]
+enum NoRoute {
+    /// No endpoint has this path: 404.
+    Unknown,
+    /// The path exists for these other methods: 405 with `Allow`.
+    Method(Vec<&'static str>),
+}
+
+impl NoRoute {
+    fn response(self, method: &Method, path: &str) -> Resp {
+        match self {
+            NoRoute::Unknown => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            NoRoute::Method(allowed) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}"),
+                );
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_str(&allowed.join(", ")).expect("ascii"),
+                );
+                r
+            }
+        }
+    }
+}
+
+/// The route for a request.
+fn find_route(method: &Method, path: &str) -> Result<&'static Route, NoRoute> {
+    let known = ROUTES
+        .iter()
+        .filter(|r| matches_path(r.path, path))
+        .collect::<Vec<_>>();
+    if let Some(route) = known.iter().find(|r| r.method == method.as_str()) {
+        return Ok(route);
+    }
+    if known.is_empty() {
+        return Err(NoRoute::Unknown);
+    }
+    Err(NoRoute::Method(known.iter().map(|r| r.method).collect()))
 }
 
 fn matches_path(pattern: &str, path: &str) -> bool {
@@ -405,33 +425,6 @@ fn matches_path(pattern: &str, path: &str) -> bool {
             .is_some_and(|id| !id.is_empty() && !id.contains('/')),
         None => pattern == path,
     }
-}
-
-/// A rejected field: rendered as a 400 naming it.
-struct FieldError {
-    field: String,
-    why: String,
-}
-
-impl FieldError {
-    fn response(self) -> Resp {
-        bad_field(&self.field, self.why)
-    }
-}
-
-fn str_field(v: &Value, field: &str) -> Result<String, FieldError> {
-    let why = match v.get(field) {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 1024 => {
-            return Ok(s.trim().to_string())
-        }
-        Some(Value::String(_)) => "must be a non-empty string of at most 1024 bytes".to_string(),
-        Some(other) => format!("{other} is not a string"),
-        None => "missing".to_string(),
-    };
-    Err(FieldError {
-        field: field.to_string(),
-        why,
-    })
 }
 
 async fn body_json(req: Request<Incoming>) -> Result<Value, Resp> {
@@ -451,3 +444,6 @@ async fn body_json(req: Request<Incoming>) -> Result<Value, Resp> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::gates::Evaluation;
 use super::state::StateName;
@@ -27,7 +27,7 @@ pub(crate) const MAX_AGE: Duration = Duration::from_secs(3600);
 pub(crate) const MAX_POINTS: usize = 720;
 
 /// The rollout at one tick.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct HistoryPoint {
     pub at: DateTime<Utc>,
     /// `at` in Unix milliseconds: what `?since=` compares against.
@@ -39,7 +39,7 @@ pub struct HistoryPoint {
 }
 
 /// One journey's P95 per variant over the tick's window; `None` without requests.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct JourneyP95 {
     pub journey: String,
     pub v1_p95_ms: Option<f64>,

@@ -32,50 +32,9 @@ mod step;
 pub(crate) use crate::routing::tripwire;
 pub(crate) mod webhook;
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-
-use gates::{Evaluation, GateResult};
-use state::{Approval, Decision, Incident, StateName};
-
 pub use rollout::{Command, CommandError};
 pub use shell::ControlHandle;
 pub(crate) use shell::Controller;
 pub use step::gate_context;
 
-/// `GET /api/v1/status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct StatusView {
-    pub state: StateName,
-    pub phase: Option<String>,
-    pub phase_index: Option<usize>,
-    pub weights: Weights,
-    pub gates: Vec<GateResult>,
-    pub flags: BTreeMap<String, i64>,
-    pub approvals: Vec<Approval>,
-    pub incidents: Vec<Incident>,
-    pub last_decision: Option<Decision>,
-    pub frozen: bool,
-    /// What the controller is waiting for right now.
-    pub detail: String,
-    pub phase_started_at: Option<DateTime<Utc>>,
-    pub phases: Vec<PhaseView>,
-    pub evaluation: Evaluation,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct Weights {
-    pub v1: f64,
-    pub v2: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PhaseView {
-    pub name: String,
-    pub weight: f64,
-    pub hold_s: u64,
-    pub p95_ms: f64,
-    pub approval: Option<String>,
-}
+pub use crate::api::{PhaseView, StatusView, Weights};

@@ -20,8 +20,9 @@ pub enum ProxyBody {
         /// The upstream connection, back to its pool once `inner` has ended.
         conn: Option<Checkout<Incoming>>,
         guard: InflightGuard,
-        /// A unit of V2's reserved capacity, released with the body.
-        permit: Option<super::proxy::Permit>,
+        /// A unit of V2's reserved capacity, held only to be released (by its
+        /// `Drop`) with the body.
+        _permit: Option<super::proxy::Permit>,
         /// Shadow phase: hands V1's answer to the mirror's comparison.
         tee: Option<super::shadow::Tee>,
     },
@@ -53,7 +54,7 @@ impl ProxyBody {
             inner,
             conn,
             guard,
-            permit,
+            _permit: permit,
             tee,
         }
     }

@@ -25,3 +25,16 @@ pub(crate) mod tls;
 pub(crate) mod upstream;
 
 pub(crate) use proxy::Proxy;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::telemetry::Telemetry;
+
+/// What the request path and the admin API read, swapped whole on reload.
+pub struct Live {
+    pub config: Arc<Config>,
+    pub telemetry: Arc<Telemetry>,
+    /// One per proxy worker, so each worker keeps its own upstream pool.
+    pub(crate) proxies: Vec<Arc<Proxy>>,
+}

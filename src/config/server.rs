@@ -1,0 +1,157 @@
+//! `[server]`: the listeners, connection limits, TLS files and access log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::values::{defaults, yes, Dur};
+use super::{invalid, Invalid};
+
+defaults! {
+    pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901"
+        => fn default_admin_listen() -> String;
+    const DEFAULT_STATE_DIR: &str = "./rollgate-state" => fn default_state_dir() -> PathBuf;
+    pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024
+        => fn default_max_header_bytes() -> usize;
+    const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20)
+        => fn default_header_read_timeout() -> Dur;
+    const DEFAULT_MAX_CONNECTIONS: usize = 10_000 => fn default_max_connections() -> usize;
+    const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15)
+        => fn default_drain_timeout() -> Dur;
+    const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 1.0 => fn default_access_log_sample() -> f64;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileServer {
+    pub listen: String,
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    pub admin_token: Option<String>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Only for the load test's overhead comparison: `false` skips recording.
+    #[serde(default = "yes")]
+    pub telemetry: bool,
+    /// Proxy workers; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// `per_core`: each worker is a thread with its own single-threaded
+    /// runtime, listener (SO_REUSEPORT) and upstream pool, like nginx's worker
+    /// processes, and the admin API and controller run on one more thread
+    /// (so a control tick never delays a request). `shared`: one
+    /// multi-threaded runtime with `workers` threads and one listener, which
+    /// also runs the admin API and the controller.
+    #[serde(default)]
+    pub runtime: RuntimeMode,
+    /// Time allowed for a complete request head (slowloris guard). For
+    /// HTTP/1.1 it also bounds how long a keep-alive connection may sit idle
+    /// waiting for its next request: hyper runs one timer for both.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Open client connections per listener; at the cap accepting pauses.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
+    pub tls: Option<FileTls>,
+    /// One log line per request (method, journey, variant, status, latency; no path or query).
+    #[serde(default)]
+    pub access_log: bool,
+    /// Share of requests the access log keeps, in (0, 1].
+    #[serde(default = "default_access_log_sample")]
+    pub access_log_sample: f64,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeMode {
+    #[default]
+    PerCore,
+    Shared,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub state_dir: PathBuf,
+    pub max_header_bytes: usize,
+    pub telemetry: bool,
+    pub workers: usize,
+    pub runtime: RuntimeMode,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+    pub access_log: bool,
+    pub access_log_sample: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
+    if s.max_header_bytes < 1024 {
+        return Err(invalid("server.max_header_bytes", "must be at least 1024"));
+    }
+    if !(s.access_log_sample > 0.0 && s.access_log_sample <= 1.0) {
+        return Err(invalid(
+            "server.access_log_sample",
+            format!("{} must be above 0 and at most 1", s.access_log_sample),
+        ));
+    }
+    let server = ServerConfig {
+        access_log: s.access_log,
+        access_log_sample: s.access_log_sample,
+        listen: socket_addr("server.listen", &s.listen)?,
+        admin_listen: socket_addr("server.admin_listen", &s.admin_listen)?,
+        admin_token: s.admin_token.filter(|t| !t.is_empty()),
+        state_dir: s.state_dir,
+        max_header_bytes: s.max_header_bytes,
+        telemetry: s.telemetry,
+        workers: s.workers,
+        runtime: s.runtime,
+        header_read_timeout: s.header_read_timeout.0,
+        max_connections: s.max_connections,
+        drain_timeout: s.drain_timeout.0,
+        tls: s.tls.map(|t| TlsFiles {
+            cert: t.cert,
+            key: t.key,
+        }),
+    };
+    if server.header_read_timeout.is_zero() {
+        return Err(invalid("server.header_read_timeout", "must be above zero"));
+    }
+    if server.max_connections == 0 {
+        return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+    Ok(server)
+}
+
+fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
+    s.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{s:?} is not an address like \"127.0.0.1:8080\""),
+        )
+    })
+}
