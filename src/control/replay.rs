@@ -310,42 +310,21 @@ impl ReplayReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::rollout::tests::{ALL_FLAGS, BASE};
     use crate::telemetry::histogram::{bucket_index, SparseHistogram};
     use crate::telemetry::SparseCounts;
     use chrono::TimeZone;
 
+    /// The rollout tests' journeys (search and payments); only search sees traffic.
     fn config(p95_ms: u32) -> Config {
+        let phase = |name: &str, weight: u32| {
+            format!("[[rollout.phases]]\nname = \"{name}\"\nweight = {weight}\nhold = \"2m\"\np95_ms = {p95_ms}\n")
+        };
         let text = format!(
-            r#"
-            [server]
-            listen = "127.0.0.1:0"
-            [upstreams]
-            v1 = "http://127.0.0.1:1"
-            v2 = "http://127.0.0.1:2"
-            [[journeys]]
-            name = "search"
-            path_prefix = "/search"
-            [rollout]
-            tick = "15s"
-            window = "1m"
-            min_samples = 20
-            flags = {{ SHADOW_PASS_24H = 1, A2_V26_COMPLIANT = 1, EVIDENCE_BUNDLE = 1 }}
-            [[rollout.phases]]
-            name = "canary-5"
-            weight = 5
-            hold = "2m"
-            p95_ms = {p95_ms}
-            [[rollout.phases]]
-            name = "canary-50"
-            weight = 50
-            hold = "2m"
-            p95_ms = {p95_ms}
-            [[rollout.phases]]
-            name = "full"
-            weight = 100
-            hold = "2m"
-            p95_ms = {p95_ms}
-            "#
+            "{BASE}\n[rollout]\ntick = \"15s\"\nwindow = \"1m\"\nmin_samples = 20\n{ALL_FLAGS}\n{}{}{}",
+            phase("canary-5", 5),
+            phase("canary-50", 50),
+            phase("full", 100),
         );
         Config::parse(&text, "t").unwrap()
     }
@@ -382,7 +361,12 @@ mod tests {
             let interval = Interval {
                 end_ms: now_ms,
                 duration_ms: 15_000,
-                cells: vec![cell(400 - n2, 100), cell(n2, 100), cell(0, 0), cell(0, 0)],
+                cells: (0..cfg.journeys.len())
+                    .flat_map(|j| match j {
+                        0 => [cell(400 - n2, 100), cell(n2, 100)],
+                        _ => [cell(0, 0), cell(0, 0)],
+                    })
+                    .collect(),
                 beacons: vec![],
                 shed: [0; 2],
                 users: vec![],

@@ -15,7 +15,7 @@ use crate::telemetry::{CellCounts, Window};
 
 // ===== configs =====
 
-const BASE: &str = r#"
+pub(crate) const BASE: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 [upstreams]
