@@ -5,6 +5,9 @@ use serde::Deserialize;
 use super::values::label_name;
 use super::{invalid, Invalid};
 
+/// Upper bound on configured beacon names (label cardinality, memory).
+pub const MAX_BEACON_NAMES: usize = 64;
+
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +35,6 @@ impl BeaconsConfig {
 }
 
 pub(super) fn validate(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
-    use crate::telemetry::beacons::MAX_BEACON_NAMES;
     if b.names.len() > MAX_BEACON_NAMES {
         return Err(invalid(
             "beacons.names",

@@ -10,9 +10,9 @@ use super::{invalid, BeaconsConfig, Invalid};
 use crate::routing::journeys::Journeys;
 
 defaults! {
-    /// Defined beside the significance tests, whose documented error rates assume it.
-    const DEFAULT_ALPHA: f64 = crate::control::gates::significance::DEFAULT_ALPHA
-        => fn default_alpha() -> f64;
+    /// The significance tests' documented error rates assume it
+    /// (`control/gates/significance.rs`).
+    pub(crate) const DEFAULT_ALPHA: f64 = 0.01 => fn default_alpha() -> f64;
     /// Both the promote and the rollback band.
     const DEFAULT_BAND: f64 = 0.05 => fn default_band() -> f64;
     const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60) => fn default_cooldown() -> Dur;

@@ -37,12 +37,15 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-pub use beacons::BeaconsConfig;
+pub use beacons::{BeaconsConfig, MAX_BEACON_NAMES};
 pub use gates::{Funnel, GatesConfig, Slo, Step, Timing};
 pub use journeys::JourneyLimits;
 pub use replay::ReplayConfig;
 pub use rollout::{Phase, PhaseMode, PromotionWindow, RolloutConfig};
 pub use routing::RoutingConfig;
+// The significance tests check their error rates at the default level.
+#[cfg(test)]
+pub(crate) use gates::DEFAULT_ALPHA;
 pub(crate) use server::DEFAULT_MAX_HEADER_BYTES;
 pub use server::{RuntimeMode, ServerConfig, TlsFiles};
 pub use shadow::ShadowConfig;

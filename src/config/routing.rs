@@ -47,25 +47,6 @@ pub struct RoutingConfig {
     pub region_labels: Vec<String>,
 }
 
-impl RoutingConfig {
-    /// Region index of a request (allocation-free: a case-insensitive scan).
-    #[inline]
-    pub fn region_of(&self, headers: &http::HeaderMap) -> usize {
-        let Some(h) = &self.region_header else {
-            return 0;
-        };
-        let other = self.region_labels.len() - 1;
-        let Some(v) = headers.get(h) else {
-            return other;
-        };
-        let v = v.as_bytes().trim_ascii();
-        self.region_labels[..other]
-            .iter()
-            .position(|r| r.as_bytes().eq_ignore_ascii_case(v))
-            .unwrap_or(other)
-    }
-}
-
 pub(super) fn validate(r: FileRouting) -> Result<RoutingConfig, Invalid> {
     let sticky_header = r
         .sticky_header

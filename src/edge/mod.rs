@@ -18,6 +18,7 @@ pub mod beacon;
 pub(crate) mod body;
 pub(crate) mod headers;
 pub(crate) mod proxy;
+pub(crate) mod region;
 pub mod server;
 pub(crate) mod shadow;
 pub mod sticky;

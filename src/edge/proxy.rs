@@ -18,9 +18,10 @@ use hyper::body::Incoming;
 use super::access_log::AccessLog;
 use super::body::ProxyBody;
 use super::headers::*;
+use super::region::Regions;
 use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
-use crate::config::{BeaconsConfig, Config, RoutingConfig, Upstream};
+use crate::config::{BeaconsConfig, Config, Upstream};
 use crate::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::tripwire::PaymentTrip;
 use crate::routing::{RouteTable, Router, Variant};
@@ -42,7 +43,7 @@ pub struct Proxy {
     access_log: AccessLog,
     beacons: BeaconsConfig,
     /// Region header and labels (split skew per region).
-    routing: RoutingConfig,
+    regions: Regions,
     /// V2's reserved capacity.
     capacity: Arc<Capacity>,
     /// Mirroring during shadow phases (`None` without a shadow phase).
@@ -81,7 +82,7 @@ impl Proxy {
             allow_override: r.allow_override_header,
             access_log: AccessLog::new(config),
             beacons: config.beacons.clone(),
-            routing: config.routing.clone(),
+            regions: Regions::new(&config.routing),
             capacity: Arc::new(Capacity {
                 limit: config.upstreams.reserved_capacity,
                 inflight: AtomicU32::new(0),
@@ -111,7 +112,7 @@ impl Proxy {
             .override_variant(&req)
             .unwrap_or_else(|| route.v2.pick(sticky.bucket));
         if !beacon::opted_out(req.headers()) {
-            let region = self.routing.region_of(req.headers());
+            let region = self.regions.of(req.headers());
             self.telemetry.record_user(region, variant, sticky.bucket);
         }
         let log_method = self.access_log.method(req.method());

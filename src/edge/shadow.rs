@@ -60,7 +60,7 @@ pub struct Shadow {
     telemetry: Arc<Telemetry>,
 }
 
-/// The dispatcher, run by [`crate::app::App`] as its own task.
+/// The dispatcher, run by the app as its own task.
 pub struct ShadowWorker {
     rx: mpsc::Receiver<MirrorJob>,
     cfg: Arc<ShadowConfig>,

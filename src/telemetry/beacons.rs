@@ -12,8 +12,7 @@ use super::histogram::{bucket_index, Histogram, SparseHistogram, BUCKETS, MAX_US
 use super::{stripe_index, STRIPES};
 use crate::routing::Variant;
 
-/// Upper bound on configured beacon names (label cardinality, memory).
-pub const MAX_BEACON_NAMES: usize = 64;
+pub use crate::config::MAX_BEACON_NAMES;
 
 /// The `type` of a beacon event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

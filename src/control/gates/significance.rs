@@ -28,7 +28,7 @@
 //!
 //! A comparative gate is RED only when the observed degradation is beyond its
 //! threshold **and** the one-sided test rejects "V2 is not worse" at
-//! [`DEFAULT_ALPHA`] = 0.01 (`[gates] alpha`). So for an equal canary:
+//! `DEFAULT_ALPHA` (in `config/gates.rs`) = 0.01 (`[gates] alpha`). So for an equal canary:
 //!
 //! - **per gate and window: about alpha = 1 %** false RED. The tests are
 //!   calibrated to about alpha (the continuity correction keeps the normal
@@ -46,9 +46,6 @@
 //! with two RED windows in a row. Power is the other half of the design:
 //! `tests::a_real_slowdown_is_detected` catches a 20 % slowdown with a 5 %
 //! canary's sample at least 90 % of the time.
-
-/// Per-gate, per-evaluation significance level of the comparative gates.
-pub(crate) const DEFAULT_ALPHA: f64 = 0.01;
 
 /// Upper tail of the standard normal distribution, P(Z > z).
 ///

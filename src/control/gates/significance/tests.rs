@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::DEFAULT_ALPHA;
 use crate::stats::histogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
