@@ -3,14 +3,25 @@
 //! `ROLLGATE_ADMIN_URL`, `--token` and `ROLLGATE_ADMIN_TOKEN`, and the
 //! messages and exit codes for 400, 401, 404, 409, 423 and an unreachable API.
 
-mod operator_support;
+mod harness;
 
 use std::process::{Command, Output};
 
-use operator_support::{manual_rollout, Running, TOKEN};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
+use harness::config::{free_port, seed_phases, FLAGS};
+use harness::process::BIN;
+use harness::{Rg, TOKEN};
+
+/// A rollout that only moves when told to: not auto-started, holds of an
+/// hour, and automatic triggers out of reach of a loaded test machine.
+fn manual_rollout() -> String {
+    format!(
+        "[rollout]\ntick = \"250ms\"\nwindow = \"3s\"\nmin_samples = 5\nauto_start = false\n\
+         p95_rollback_ms = 5000\nred_rollback_after = \"1h\"\n\n{FLAGS}\n{}",
+        seed_phases("1h", Some(1000))
+    )
+}
 
 /// Exit codes documented in `rollgate::cli::exit`.
 const REFUSED: i32 = 1;
@@ -48,6 +59,18 @@ impl Run {
         self
     }
 
+    /// Asserts that stdout starts with `text`.
+    fn starts(&self, text: &str) -> &Run {
+        assert!(self.stdout.starts_with(text), "{}", self.stdout);
+        self
+    }
+
+    /// Asserts that stdout contains `text`.
+    fn shows(&self, text: &str) -> &Run {
+        assert!(self.stdout.contains(text), "{}", self.stdout);
+        self
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {}", self.stdout))
@@ -77,9 +100,9 @@ async fn rollgate(args: &[&str], env: &[(&str, &str)]) -> Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_command() {
-    let mut rg = Running::start(&manual_rollout()).await;
+    let mut rg = Rg::demo(&manual_rollout()).await;
     rg.traffic(40, 80.0);
-    let admin = rg.admin.clone();
+    let admin = rg.admin("");
     let a = ["--admin", admin.as_str()];
     let t = ["--token", TOKEN];
     let args = |extra: &[&'static str], token: bool| -> Vec<String> {
@@ -103,19 +126,9 @@ async fn every_admin_command() {
 
     // status: human and JSON; the URL from the environment works too.
     let s = rg!(["status"]).ok();
-    assert!(
-        s.stdout
-            .starts_with("rollgate  waiting  phase -  V1 100% / V2 0%"),
-        "{}",
-        s.stdout
-    );
-    assert!(
-        s.stdout
-            .contains("phases: canary-5 5% → canary-25 25% → full 100%"),
-        "{}",
-        s.stdout
-    );
-    assert!(s.stdout.contains("freeze lock: off"), "{}", s.stdout);
+    s.starts("rollgate  waiting  phase -  V1 100% / V2 0%");
+    s.shows("phases: canary-5 5% → canary-25 25% → full 100%");
+    s.shows("freeze lock: off");
     let j = rg!(["status", "--json"]).ok().json();
     assert_eq!(j["state"], "waiting");
     let env = rollgate(
@@ -141,12 +154,7 @@ async fn every_admin_command() {
     )
     .await
     .ok();
-    assert!(
-        s.stdout
-            .starts_with("ok: started\nnow: canary  phase canary-5 (1/3)  V1 95% / V2 5%"),
-        "{}",
-        s.stdout
-    );
+    s.starts("ok: started\nnow: canary  phase canary-5 (1/3)  V1 95% / V2 5%");
     // 409: already running.
     rg!(["start"], token).fails(
         REFUSED,
@@ -155,12 +163,7 @@ async fn every_admin_command() {
 
     // flags
     let s = rg!(["flags", "EVIDENCE_BUNDLE=1", "A2_V26_COMPLIANT=1"], token).ok();
-    assert!(
-        s.stdout
-            .contains("ok: flags set: EVIDENCE_BUNDLE=1 A2_V26_COMPLIANT=1"),
-        "{}",
-        s.stdout
-    );
+    s.shows("ok: flags set: EVIDENCE_BUNDLE=1 A2_V26_COMPLIANT=1");
     rg!(["flags", "EVIDENCE_BUNDLE"], token).fails(USAGE, "expected NAME=0 or NAME=1");
 
     // weights: 400 with the server's message, then a fractional weight.
@@ -169,48 +172,25 @@ async fn every_admin_command() {
         "invalid request (HTTP 400): field `v2`: 150 is outside 0-100",
     );
     let s = rg!(["weights", "12.5"], token).ok();
-    assert!(
-        s.stdout.contains("ok: V2 weight set to 12.5%"),
-        "{}",
-        s.stdout
-    );
-    assert!(
-        s.stdout
-            .contains("now: paused  phase canary-5 (1/3)  V1 87.5% / V2 12.5%"),
-        "{}",
-        s.stdout
-    );
+    s.shows("ok: V2 weight set to 12.5%");
+    s.shows("now: paused  phase canary-5 (1/3)  V1 87.5% / V2 12.5%");
     let j = rg!(["weights", "12.5", "--json"], token).ok().json();
     assert_eq!(j["weights"]["v2"], 12.5);
 
     // resume, pause, resume.
     let s = rg!(["resume"], token).ok();
-    assert!(
-        s.stdout
-            .contains("ok: resumed\nnow: canary  phase canary-5 (1/3)  V1 95% / V2 5%"),
-        "{}",
-        s.stdout
-    );
+    s.shows("ok: resumed\nnow: canary  phase canary-5 (1/3)  V1 95% / V2 5%");
     let s = rg!(["pause"], token).ok();
-    assert!(s.stdout.contains("now: paused"), "{}", s.stdout);
+    s.shows("now: paused");
     rg!(["pause"], token).fails(REFUSED, "HTTP 409");
     rg!(["resume"], token).ok();
 
     // approve, then promote into the phase that needed it.
     let s = rg!(["approve", "--role", "cfo", "--by", "dana"], token).ok();
-    assert!(
-        s.stdout.contains("ok: approval recorded: role cfo by dana"),
-        "{}",
-        s.stdout
-    );
+    s.shows("ok: approval recorded: role cfo by dana");
     let s = rg!(["promote"], token).ok();
-    assert!(
-        s.stdout
-            .contains("now: canary  phase canary-25 (2/3)  V1 75% / V2 25%"),
-        "{}",
-        s.stdout
-    );
-    assert!(s.stdout.contains("last decision: GO at"), "{}", s.stdout);
+    s.shows("now: canary  phase canary-25 (2/3)  V1 75% / V2 25%");
+    s.shows("last decision: GO at");
 
     // incident (Sev-2: recorded, no hold with one).
     let s = rg!(
@@ -224,12 +204,7 @@ async fn every_admin_command() {
         token
     )
     .ok();
-    assert!(
-        s.stdout
-            .contains("ok: Sev-2 incident recorded: support queue is long"),
-        "{}",
-        s.stdout
-    );
+    s.shows("ok: Sev-2 incident recorded: support queue is long");
     rg!(["incident", "--severity", "3", "--summary", "x"], token).fails(USAGE, "3");
 
     // status shows it all; wait for the gate table to fill from the traffic.
@@ -257,13 +232,8 @@ async fn every_admin_command() {
 
     // rollback, twice (409 the second time).
     let s = rg!(["rollback"], token).ok();
-    assert!(
-        s.stdout
-            .contains("ok: rolled back: V2 weight 0\nnow: rolled_back"),
-        "{}",
-        s.stdout
-    );
-    assert!(s.stdout.contains("V2 0%"), "{}", s.stdout);
+    s.shows("ok: rolled back: V2 weight 0\nnow: rolled_back");
+    s.shows("V2 0%");
     rg!(["rollback"], token).fails(REFUSED, "cannot roll back while the rollout is rolled_back");
 
     // reports: list, latest, by id, Markdown, JSON, unknown id.
@@ -283,29 +253,17 @@ async fn every_admin_command() {
     );
     let last = ids.last().expect("a report").clone();
     let s = rg!(["report", "latest"]).ok();
-    assert!(
-        s.stdout.starts_with(&format!("report {last}  ROLLBACK")),
-        "{}",
-        s.stdout
-    );
-    assert!(s.stdout.contains("trigger manual"), "{}", s.stdout);
+    s.starts(&format!("report {last}  ROLLBACK"));
+    s.shows("trigger manual");
     let first = ids[0].clone();
     let s = rollgate(&["report", &first, "--admin", &admin], &[])
         .await
         .ok();
-    assert!(
-        s.stdout.starts_with(&format!("report {first}")),
-        "{}",
-        s.stdout
-    );
+    s.starts(&format!("report {first}"));
     let md = rollgate(&["report", &last, "--md", "--admin", &admin], &[])
         .await
         .ok();
-    assert!(
-        md.stdout.starts_with(&format!("# Gate report {last}")),
-        "{}",
-        md.stdout
-    );
+    md.starts(&format!("# Gate report {last}"));
     let md_latest = rg!(["report", "--md"]).ok();
     assert_eq!(md_latest.stdout, md.stdout);
     let j = rollgate(&["report", &last, "--json", "--admin", &admin], &[])
@@ -322,31 +280,19 @@ async fn every_admin_command() {
     rg!(["promote"], token).ok();
     rg!(["promote"], token).ok();
     let s = rg!(["promote"], token).ok();
-    assert!(
-        s.stdout
-            .contains("now: promoted  phase full (3/3)  V1 0% / V2 100%  FREEZE_LOCK"),
-        "{}",
-        s.stdout
-    );
+    s.shows("now: promoted  phase full (3/3)  V1 0% / V2 100%  FREEZE_LOCK");
     rg!(["weights", "10"], token).fails(REFUSED, "frozen (HTTP 423): FREEZE_LOCK is set");
     let s = rg!(["status"]).ok();
-    assert!(
-        s.stdout.contains("freeze lock: FREEZE_LOCK on"),
-        "{}",
-        s.stdout
-    );
+    s.shows("freeze lock: FREEZE_LOCK on");
     let s = rg!(["unfreeze"], token).ok();
-    assert!(s.stdout.contains("ok: FREEZE_LOCK cleared"), "{}", s.stdout);
+    s.shows("ok: FREEZE_LOCK cleared");
     rg!(["weights", "0"], token).ok();
 
     // Bad URL and an admin port nobody listens on.
     rollgate(&["status", "--admin", "localhost:9901"], &[])
         .await
         .fails(USAGE, "invalid admin URL");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     rollgate(&["status", "--admin", &url], &[]).await.fails(
         UNREACHABLE,

@@ -1,17 +1,18 @@
 //! `rollgate demo` as a user runs it: the healthy run and each
-//! `--canary-fault` end with the exact final line of SPEC §2 and exit 0.
+//! `--canary-fault` end with the documented final line and exit 0.
 //!
 //! The runs are serialized (one lock): each demo drives ~700 requests/s of
 //! synthetic users, and four at once on a small machine would measure the
 //! machine, not V2.
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
+mod harness;
+
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
-/// The demo ends itself within 90 s (SPEC §2); this only stops a hung child.
+use harness::process::{finish, BIN};
+/// The demo ends itself within 90 s; this only stops a hung child.
 const KILL_AFTER: Duration = Duration::from_secs(150);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -19,41 +20,11 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn demo(args: &[&str], expected_last_line: &str) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .arg("demo")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rollgate demo");
-    // Read both pipes on threads so a chatty child never blocks on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if started.elapsed() > KILL_AFTER {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rollgate demo {args:?} still running after {KILL_AFTER:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut cmd = Command::new(BIN);
+    cmd.arg("demo").args(args);
+    let done = finish(cmd, KILL_AFTER);
+    let (status, stdout, stderr) = (done.status, done.stdout, done.stderr);
     let elapsed = started.elapsed();
-    let stdout = out.join().unwrap();
-    let stderr = err.join().unwrap();
     let tail: Vec<&str> = stdout
         .lines()
         .rev()

@@ -2,28 +2,18 @@
 //! capacity sheds with 503 and turns the concurrency gate YELLOW; users are
 //! counted per region for the split-skew gate.
 
-mod rig;
+mod harness;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use rig::{fast, header, series, Extra, Rig};
 use rollgate::control::gates::{GateResult, GateStatus};
 use rollgate::control::{Command, StatusView};
-use rollgate::demo::upstream::{Latency, Profile};
 
-/// Polls the controller's status until `f` holds (gives up after a minute).
-async fn until(rig: &Rig, what: &str, f: impl Fn(&StatusView) -> bool) -> Arc<StatusView> {
-    for _ in 0..600 {
-        let s = rig.app.control.status();
-        if f(&s) {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never saw {what}: {:#?}", rig.app.control.status().gates);
-}
+use harness::client::header;
+use harness::upstream::{fast, healthy};
+use harness::{series, Rg};
 
 fn gate<'a>(s: &'a StatusView, key: &str) -> Option<&'a GateResult> {
     s.gates.iter().find(|g| g.key() == key)
@@ -39,19 +29,15 @@ auto_start = false
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn v2_over_its_reserved_capacity_is_shed_and_the_gate_is_yellow() {
-    let slow = Profile::healthy(
-        "v2",
-        Latency {
-            median_ms: 300.0,
-            p95_ms: 300.0,
-        },
+    let slow = healthy("v2", 300.0, 300.0);
+    let rig = Arc::new(
+        Rg::with_apps(fast("v1"), slow, |c| {
+            c.own_rollout()
+                .upstreams("reserved_capacity = 2")
+                .section(TICKS)
+        })
+        .await,
     );
-    let extra = Extra {
-        upstreams: "reserved_capacity = 2",
-        rest: TICKS,
-        ..Extra::default()
-    };
-    let rig = Arc::new(Rig::start_with(fast("v1"), slow, extra).await);
     rig.app
         .control
         .command(Command::SetWeight(100.0), "test")
@@ -63,7 +49,7 @@ async fn v2_over_its_reserved_capacity_is_shed_and_the_gate_is_yellow() {
             let rig = rig.clone();
             tokio::spawn(async move {
                 let user = format!("u{i}");
-                rig.get("/search", &[("x-user-id", &user)]).await
+                rig.get("/search", &[("x-user-id", &user)]).await.parts()
             })
         })
         .collect();
@@ -94,15 +80,16 @@ async fn v2_over_its_reserved_capacity_is_shed_and_the_gate_is_yellow() {
         ),
         (10 - shed) as f64
     );
-    let s = until(&rig, "concurrency YELLOW", |s| {
-        gate(s, "concurrency").is_some_and(|g| g.status == GateStatus::Yellow)
-    })
-    .await;
+    let s = rig
+        .until("concurrency YELLOW", |s| {
+            gate(s, "concurrency").is_some_and(|g| g.status == GateStatus::Yellow)
+        })
+        .await;
     let g = gate(&s, "concurrency").unwrap();
     assert_eq!(g.threshold, 2.0);
     assert!(g.reason.contains("shed"), "{}", g.reason);
     // Once the window has no shedding left, the gate is GREEN again.
-    until(&rig, "concurrency GREEN", |s| {
+    rig.until("concurrency GREEN", |s| {
         gate(s, "concurrency").is_some_and(|g| g.status == GateStatus::Green)
     })
     .await;
@@ -111,12 +98,12 @@ async fn v2_over_its_reserved_capacity_is_shed_and_the_gate_is_yellow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_are_counted_per_region_for_the_split_skew_gate() {
-    let extra = Extra {
-        routing: "region_header = \"x-region\"\nregions = [\"eu\", \"us\"]",
-        rest: TICKS,
-        ..Extra::default()
-    };
-    let rig = Rig::start_with(fast("v1"), fast("v2"), extra).await;
+    let rig = Rg::with_apps(fast("v1"), fast("v2"), |c| {
+        c.own_rollout()
+            .routing("region_header = \"x-region\"\nregions = [\"eu\", \"us\"]")
+            .section(TICKS)
+    })
+    .await;
     rig.app
         .control
         .command(Command::SetWeight(50.0), "test")
@@ -142,7 +129,7 @@ async fn users_are_counted_per_region_for_the_split_skew_gate() {
 }
 
 /// Sends users from eu and us until the split-skew gates have samples.
-async fn until_traffic(rig: &Rig, user: &mut u32) -> Arc<StatusView> {
+async fn until_traffic(rig: &Rg, user: &mut u32) -> Arc<StatusView> {
     for _ in 0..200 {
         for region in ["eu", "us", "EU"] {
             let u = format!("user-{user}");

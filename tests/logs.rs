@@ -4,27 +4,18 @@
 //! journey, variant, status and latency, and none of the path, query, user
 //! key or headers.
 
-mod operator_support;
+mod harness;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use operator_support::{config_text, request, short_rollout, Apps, TOKEN};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rollgate");
-
-/// Kills the child on every exit path of the test.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use harness::config::short_rollout;
+use harness::inproc::{demo_v1, demo_v2};
+use harness::process::Proc;
+use harness::{Conf, DemoApp, Ports, TOKEN};
 
 /// Collects JSON lines until `pred` matches one, or fails after `within`.
 fn wait_for(
@@ -54,31 +45,21 @@ fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_decisions_admin_actions_and_access_log() {
-    let apps = Apps::start().await;
+    let (v1, v2) = (
+        DemoApp::start(demo_v1()).await,
+        DemoApp::start(demo_v2()).await,
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
     let cfg = dir.path().join("rollgate.toml");
-    let text = config_text(
-        apps.v1,
-        apps.v2,
-        &state.display().to_string(),
-        "access_log = true\naccess_log_sample = 1.0",
-        &short_rollout("1h"),
-    );
-    std::fs::write(&cfg, text).expect("write config");
+    let ports = Ports::free();
+    Conf::at(v1.addr, v2.addr)
+        .ports(ports)
+        .server("access_log = true\naccess_log_sample = 1.0")
+        .demo(&short_rollout("1h"))
+        .write(&cfg, &state);
 
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .args(["--log-format", "json"])
-        .env_remove("ROLLGATE_ADMIN_TOKEN")
-        .env_remove("ROLLGATE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rollgate run starts");
-    let mut child = Child(child);
-    let stderr = child.0.stderr.take().expect("stderr");
+    let (child, stderr) = Proc::spawn_piped(&cfg, ports, &["--log-format", "json"]);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -101,15 +82,17 @@ async fn json_logs_decisions_admin_actions_and_access_log() {
         .to_string();
 
     // A request whose path, query, user key and headers must stay out of the log.
-    let (code, _) = request(
-        "GET",
-        &format!("http://{proxy}/search?q=jane.doe%40example.com"),
-        &[
-            ("x-user-id", "user-jane-doe-42"),
-            ("authorization", "Bearer hunter2"),
-        ],
-    )
-    .await;
+    let code = child
+        .client
+        .get(
+            &format!("http://{proxy}/search?q=jane.doe%40example.com"),
+            &[
+                ("x-user-id", "user-jane-doe-42"),
+                ("authorization", "Bearer hunter2"),
+            ],
+        )
+        .await
+        .status;
     assert_eq!(code, 200);
     let access = wait_for(&rx, &mut seen, Duration::from_secs(10), "access", |v| {
         v["target"] == "rollgate::access"
@@ -147,10 +130,14 @@ async fn json_logs_decisions_admin_actions_and_access_log() {
 
     // An admin action: refused without a token (no state change, no line), logged with it.
     let pause = format!("http://{admin}/api/v1/rollout/pause");
-    assert_eq!(request("POST", &pause, &[]).await.0, 401);
+    assert_eq!(child.client.post(&pause, &[], "").await.status, 401);
     let auth = format!("Bearer {TOKEN}");
     assert_eq!(
-        request("POST", &pause, &[("authorization", &auth)]).await.0,
+        child
+            .client
+            .post(&pause, &[("authorization", &auth)], "")
+            .await
+            .status,
         200
     );
     let action = wait_for(
@@ -175,29 +162,4 @@ async fn json_logs_decisions_admin_actions_and_access_log() {
         "{seen:#?}"
     );
     drop(child);
-}
-
-#[test]
-fn access_log_sample_is_checked() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = dir.path().join("bad.toml");
-    let text = config_text(
-        1,
-        2,
-        "/tmp/unused",
-        "access_log = true\naccess_log_sample = 0",
-        "",
-    );
-    std::fs::write(&cfg, text).expect("write");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("key `server.access_log_sample`: 0 must be above 0 and at most 1"),
-        "{err}"
-    );
 }

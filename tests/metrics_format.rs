@@ -1,17 +1,17 @@
-//! `/metrics` carries every SPEC §8 family that exists, each with HELP and
+//! `/metrics` carries every documented metric family that exists, each with HELP and
 //! TYPE, with consistent values, and passes `promtool check metrics`.
 
-mod common;
+mod harness;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use common::*;
+use harness::metrics::{parse_samples, promtool_check};
+use harness::upstream::closed_port;
+use harness::{metric, Conf, Mode, Rg, Upstream};
 
-/// SPEC §8 families and their Prometheus type.
+/// The documented families and their Prometheus type.
 const FAMILIES: &[(&str, &str)] = &[
     ("rollgate_requests_total", "counter"),
     ("rollgate_request_duration_seconds", "histogram"),
@@ -24,7 +24,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rollgate_shed_requests_total", "counter"),
 ];
 
-/// SPEC §8 families that only exist once beacons are implemented; checked when present.
+/// Families that only have series once a beacon arrived; checked when present.
 const LATER_FAMILIES: &[(&str, &str)] = &[
     ("rollgate_beacon_events_total", "counter"),
     ("rollgate_beacon_rejected_total", "counter"),
@@ -52,50 +52,15 @@ fn has_family(text: &str, name: &str, kind: &str) -> Result<(), String> {
     }
 }
 
-/// Runs `promtool check metrics` on the text; a missing promtool is a failure.
-fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "promtool is not installed, so /metrics cannot be checked. Run the tests through \
-             scripts/test.sh (it installs the Debian package `prometheus`, which provides promtool), \
-             or `apt-get install prometheus` yourself."
-        ),
-        Err(e) => panic!("cannot run promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool runs");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed ({}):\nstdout: {}\nstderr: {}\n--- metrics ---\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_has_every_spec_family_and_passes_promtool() {
     let v1 = Upstream::start("v1", Mode::Echo).await;
     let dead = closed_port().await;
     // A short tick so gates get evaluated while the test runs.
-    let h = Setup::new(v1.url(), format!("http://{dead}"))
-        .routing("sticky_header = \"x-user-id\"")
+    let conf = Conf::new(v1.url(), format!("http://{dead}"))
         .rollout("auto_start = false\ntick = \"100ms\"\nwindow = \"1s\"")
-        .extra("[[journeys]]\nname = \"search\"\npath_prefix = \"/search\"\n")
-        .start()
-        .await;
+        .section("[[journeys]]\nname = \"search\"\npath_prefix = \"/search\"\n");
+    let h = Rg::start(&conf).await;
 
     // Traffic: 30 searches on V1, then V2 (down) for one request.
     for i in 0..30 {
@@ -282,9 +247,8 @@ async fn metrics_has_every_spec_family_and_passes_promtool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_an_idle_proxy_pass_promtool() {
-    let v1 = Upstream::start("v1", Mode::Echo).await;
-    let v2 = Upstream::start("v2", Mode::Echo).await;
-    let h = Setup::new(v1.url(), v2.url()).start().await;
+    let (v1, v2) = Upstream::pair().await;
+    let h = Rg::start(&Conf::new(v1.url(), v2.url())).await;
     // The controller exports its gauges on its first tick, right after start.
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {

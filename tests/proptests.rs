@@ -1,4 +1,4 @@
-//! Parsers under attack (issue 5), as properties:
+//! Parsers under attack, as properties:
 //! - config parsing never panics on arbitrary TOML-ish text, and every error
 //!   names a key (in backticks) or a parse position (`line N`);
 //! - the sticky cookie check never panics and accepts exactly the values it
@@ -8,11 +8,10 @@
 //! - admin JSON bodies never panic the admin API: a running server answers
 //!   every generated body with a documented status.
 //!
-//! Beacon bodies are issue 7's. Case counts are proptest's defaults unless
+//! Beacon bodies are `beacons.rs`'s. Case counts are proptest's defaults unless
 //! `PROPTEST_CASES` says otherwise.
 
-mod common;
-mod support;
+mod harness;
 
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -23,9 +22,9 @@ use rollgate::sticky::Sticky;
 use rollgate::Config;
 use serde_json::Value;
 
-// ===== config =====
+use harness::config::MINIMAL;
 
-const BASE: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
+// ===== config =====
 
 fn toml_value() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -106,7 +105,7 @@ fn toml_line() -> impl Strategy<Value = String> {
 fn toml_text() -> impl Strategy<Value = String> {
     (any::<bool>(), prop::collection::vec(toml_line(), 0..14)).prop_map(|(base, lines)| {
         let mut s = if base {
-            BASE.to_string()
+            MINIMAL.to_string()
         } else {
             String::new()
         };
@@ -442,13 +441,7 @@ fn admin_json_bodies_never_panic_the_admin_api() {
         .enable_all()
         .build()
         .unwrap();
-    let (v1, v2, rg) = rt.block_on(async {
-        let v1 = support::Counting::start("v1").await;
-        let v2 = support::Counting::start("v2").await;
-        let rest = support::quiet_rest(&v1.url(), &v2.url(), "");
-        let rg = support::Rg::start(move |dir| support::config_text(dir, "", &rest)).await;
-        (v1, v2, rg)
-    });
+    let (v1, v2, rg) = rt.block_on(async { harness::Rg::echo("").await });
     let endpoints: Vec<(Method, &str)> = rollgate::admin::ROUTES
         .iter()
         .filter(|r| r.mutating)

@@ -1,25 +1,21 @@
 //! A rollout recorded by the real controller, replayed with a stricter P95:
 //! the step-ups it recorded become holds, and `rollgate replay` says so.
 
-mod rig;
+mod harness;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rig::{spawn_upstream, Extra, Rig};
 use rollgate::control::replay;
 use rollgate::control::state::{Action, StateName};
-use rollgate::demo::upstream::{Latency, Profile};
-use rollgate::Config;
-use tokio::sync::watch;
 
-fn app(name: &'static str) -> Profile {
-    Profile::healthy(
-        name,
-        Latency {
-            median_ms: 60.0,
-            p95_ms: 60.0,
-        },
-    )
+use harness::process::BIN;
+use harness::upstream::healthy;
+use harness::{Conf, Rg};
+
+/// The config that recorded the rollout, with another P95 limit.
+fn conf(v1: SocketAddr, v2: SocketAddr, p95_ms: u32) -> Conf {
+    Conf::at(v1, v2).own_rollout().section(&rollout(p95_ms))
 }
 
 fn rollout(p95_ms: u32) -> String {
@@ -52,22 +48,8 @@ p95_ms = {p95_ms}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recorded_rollout_replayed_with_a_stricter_p95_flips_its_step_ups() {
-    let (stop, _) = watch::channel(false);
-    let v1 = spawn_upstream(app("v1"), &stop).await;
-    let v2 = spawn_upstream(app("v2"), &stop).await;
-    let text = rollout(5_000);
-    let rig = Arc::new(
-        Rig::start_at(
-            v1,
-            v2,
-            stop,
-            Extra {
-                rest: &text,
-                ..Extra::default()
-            },
-        )
-        .await,
-    );
+    let (v1, v2) = (healthy("v1", 60.0, 60.0), healthy("v2", 60.0, 60.0));
+    let rig = Arc::new(Rg::with_apps(v1, v2, |c| c.own_rollout().section(&rollout(5_000))).await);
     // Users until the rollout is promoted.
     let loops: Vec<_> = (0..8)
         .map(|l| {
@@ -88,9 +70,9 @@ async fn a_recorded_rollout_replayed_with_a_stricter_p95_flips_its_step_ups() {
     }
     assert_eq!(rig.app.control.status().state, StateName::Promoted);
     let rig = Arc::try_unwrap(rig).ok().unwrap();
-    let dir = rig.state_dir.path().to_path_buf();
-    let (a1, a2) = (rig.v1, rig.v2);
-    rig.app.shutdown().await;
+    let (a1, a2) = (rig.apps[0].addr, rig.apps[1].addr);
+    let state = rig.shutdown().await;
+    let dir = state.path().to_path_buf();
 
     let records = replay::load(&dir).unwrap();
     let recorded_gos: Vec<_> = records
@@ -100,18 +82,7 @@ async fn a_recorded_rollout_replayed_with_a_stricter_p95_flips_its_step_ups() {
         .map(|r| r.at)
         .collect();
     assert_eq!(recorded_gos.len(), 2, "start and 50 -> 100");
-    let cfg = |p95| {
-        let t = rig::config_text(
-            a1,
-            a2,
-            &dir.display().to_string(),
-            Extra {
-                rest: &rollout(p95),
-                ..Extra::default()
-            },
-        );
-        Config::parse(&t, "new.toml").unwrap()
-    };
+    let cfg = |p95| conf(a1, a2, p95).parse(&dir);
     // The recording config reproduces every decision.
     let same = replay::replay(&cfg(5_000), &records, None);
     assert!(same.differences.is_empty(), "{}", same.text());
@@ -128,20 +99,8 @@ async fn a_recorded_rollout_replayed_with_a_stricter_p95_flips_its_step_ups() {
 
     // The same through the CLI.
     let new_toml = dir.join("new.toml");
-    std::fs::write(
-        &new_toml,
-        rig::config_text(
-            a1,
-            a2,
-            &dir.display().to_string(),
-            Extra {
-                rest: &rollout(40),
-                ..Extra::default()
-            },
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollgate"))
+    conf(a1, a2, 40).write(&new_toml, &dir);
+    let out = std::process::Command::new(BIN)
         .args(["replay", "--config"])
         .arg(&new_toml)
         .output()

@@ -2,10 +2,9 @@
 //! bounded queue, never payments, never delaying V1; V2's answers are diffed
 //! and the diff rate is the shadow phase's gate.
 
-mod rig;
+mod harness;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,12 +12,14 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use rig::{fast, header, series, spawn_upstream, Extra, Rig};
 use rollgate::control::gates::GateStatus;
 use rollgate::control::state::StateName;
 use rollgate::control::StatusView;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+
+use harness::client::header;
+use harness::metrics::promtool_check_if_installed;
+use harness::upstream::fast;
+use harness::{series, Conf, DemoApp, Rg};
 
 /// A V2 that records what it is sent.
 struct V2 {
@@ -51,19 +52,17 @@ async fn v2_handle(
     Ok(r)
 }
 
-async fn spawn_v2(v2: Arc<V2>, stop: &watch::Sender<bool>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let mut rx = stop.subscribe();
-    tokio::spawn(rollgate::server::serve(
-        l,
-        rollgate::server::Limits::default(),
-        move |req, _| v2_handle(v2.clone(), req),
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        },
-    ));
-    addr
+/// `v2` on rollgate's own server.
+async fn spawn_v2(v2: Arc<V2>) -> DemoApp {
+    DemoApp::serve(|l, stopped| {
+        rollgate::server::serve(
+            l,
+            rollgate::server::Limits::default(),
+            move |req, _| v2_handle(v2.clone(), req),
+            stopped,
+        )
+    })
+    .await
 }
 
 fn config(shadow: &str, hold: &str) -> String {
@@ -104,22 +103,14 @@ weight = 100
     )
 }
 
-async fn start(v2: &Arc<V2>, shadow: &str, hold: &str) -> Rig {
-    let (stop, _) = watch::channel(false);
-    let a1 = spawn_upstream(fast("v1"), &stop).await;
-    let a2 = spawn_v2(v2.clone(), &stop).await;
+async fn start(v2: &Arc<V2>, shadow: &str, hold: &str) -> Rg {
+    let a1 = DemoApp::start(fast("v1")).await;
+    let a2 = spawn_v2(v2.clone()).await;
     let text = config(shadow, hold);
-    let rig = Rig::start_at(
-        a1,
-        a2,
-        stop,
-        Extra {
-            rest: &text,
-            ..Extra::default()
-        },
-    )
-    .await;
-    until(&rig, "the shadow phase", |s| s.state == StateName::Shadow).await;
+    let mut rig = Rg::start(&Conf::at(a1.addr, a2.addr).own_rollout().section(&text)).await;
+    rig.apps = vec![a1, a2];
+    rig.until("the shadow phase", |s| s.state == StateName::Shadow)
+        .await;
     rig
 }
 
@@ -131,27 +122,23 @@ fn v2(delay: Duration, reshaped: bool) -> Arc<V2> {
     })
 }
 
-async fn until(rig: &Rig, what: &str, f: impl Fn(&StatusView) -> bool) -> Arc<StatusView> {
-    for _ in 0..600 {
-        let s = rig.app.control.status();
-        if f(&s) {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never saw {what}: {:#?}", rig.app.control.status());
-}
-
 fn gate_status(s: &StatusView, key: &str) -> Option<GateStatus> {
     s.gates.iter().find(|g| g.key() == key).map(|g| g.status)
 }
 
-async fn get(rig: &Rig, path: &str, user: usize) -> StatusCode {
+async fn get(rig: &Rg, path: &str, user: usize) -> StatusCode {
     let u = format!("u{user}");
-    let (status, h, _) = rig.get(path, &[("x-user-id", &u)]).await;
+    let (status, h, _) = rig.get(path, &[("x-user-id", &u)]).await.parts();
     // Shadow phase: every real answer comes from V1.
     assert_eq!(header(&h, "x-app-version"), Some("v1"));
     status
+}
+
+/// Ten users search once each, all served by V1.
+async fn ten_searches(rig: &Rg) {
+    for i in 0..10 {
+        assert_eq!(get(rig, "/search", i).await, StatusCode::OK);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,38 +148,41 @@ async fn mirrors_are_safe_requests_only_and_never_payments() {
     // Payments (any method) and unsafe methods first: never mirrored.
     for i in 0..10 {
         let u = format!("p{i}");
-        let (s, _, _) = rig
-            .request(
-                Method::POST,
-                &rig.url("/api/payments/charge"),
+        let s = rig
+            .client
+            .post(
+                &rig.proxy("/api/payments/charge"),
                 &[("x-user-id", &u)],
                 "{}",
             )
-            .await;
+            .await
+            .status;
         assert_eq!(s, StatusCode::OK);
-        let (s, _, _) = rig.get("/api/payments/history", &[("x-user-id", &u)]).await;
+        let s = rig
+            .get("/api/payments/history", &[("x-user-id", &u)])
+            .await
+            .status;
         assert_eq!(s, StatusCode::OK);
-        let (s, _, _) = rig
-            .request(
-                Method::POST,
-                &rig.url("/search"),
-                &[("x-user-id", &u)],
-                "{}",
-            )
-            .await;
+        let s = rig
+            .client
+            .post(&rig.proxy("/search"), &[("x-user-id", &u)], "{}")
+            .await
+            .status;
         assert_eq!(s, StatusCode::OK);
     }
     for i in 0..30 {
         assert_eq!(get(&rig, "/search?q=x", i).await, StatusCode::OK);
         let u = format!("h{i}");
         let (s, _, _) = rig
+            .client
             .request(
                 Method::HEAD,
-                &rig.url("/search"),
+                &rig.proxy("/search"),
                 &[("x-user-id", &u)],
                 Bytes::new(),
             )
-            .await;
+            .await
+            .parts();
         assert_eq!(s, StatusCode::OK);
     }
     // Wait for the 60 mirrors, then look at everything V2 ever saw.
@@ -213,10 +203,11 @@ async fn mirrors_are_safe_requests_only_and_never_payments() {
         assert!(path.starts_with("/search"), "{method} {path}");
     }
     // Same shape from V2: compared, no diff, and the diff gate is GREEN.
-    let s = until(&rig, "shadow_diff GREEN", |s| {
-        gate_status(s, "shadow_diff/search") == Some(GateStatus::Green)
-    })
-    .await;
+    let s = rig
+        .until("shadow_diff GREEN", |s| {
+            gate_status(s, "shadow_diff/search") == Some(GateStatus::Green)
+        })
+        .await;
     assert_eq!(gate_status(&s, "shadow_diff"), Some(GateStatus::Green));
     let page = rig.metrics().await;
     assert_eq!(
@@ -245,7 +236,7 @@ async fn mirrors_are_safe_requests_only_and_never_payments() {
         60.0
     );
     assert_eq!(series(&page, "rollgate_shadow_dropped_total"), 0.0);
-    rig::promtool_check(&page);
+    promtool_check_if_installed(&page);
     rig.shutdown().await;
 }
 
@@ -253,9 +244,7 @@ async fn mirrors_are_safe_requests_only_and_never_payments() {
 async fn a_v2_mirror_slowed_to_five_seconds_does_not_delay_v1() {
     let v2 = v2(Duration::from_secs(5), false);
     let rig = start(&v2, "", "1h").await;
-    for i in 0..10 {
-        assert_eq!(get(&rig, "/search", i).await, StatusCode::OK);
-    }
+    ten_searches(&rig).await;
     // Every V1 answer is back while V2 has not answered a single mirror: the
     // real requests did not wait for them.
     let page = rig.metrics().await;
@@ -291,9 +280,7 @@ async fn a_v2_mirror_slowed_to_five_seconds_does_not_delay_v1() {
 async fn a_full_queue_drops_and_counts_mirrors() {
     let v2 = v2(Duration::from_secs(5), false);
     let rig = start(&v2, "queue = 1\nconcurrency = 1", "1h").await;
-    for i in 0..10 {
-        assert_eq!(get(&rig, "/search", i).await, StatusCode::OK);
-    }
+    ten_searches(&rig).await;
     // One mirror in flight, one waiting for a slot, one in the queue: the
     // rest were dropped, and the real requests all succeeded.
     let page = rig.metrics().await;
@@ -342,7 +329,7 @@ async fn a_passing_shadow_phase_sets_shadow_pass_and_goes_live() {
             // Not `get`: the phase may pass between two of these requests,
             // and from then on some users are on V2.
             let u = format!("u{user}");
-            let (status, _, _) = rig.get("/search", &[("x-user-id", &u)]).await;
+            let (status, _, _) = rig.get("/search", &[("x-user-id", &u)]).await.parts();
             assert_eq!(status, StatusCode::OK);
             user += 1;
         }

@@ -7,13 +7,15 @@
 //! Missing chromium or node_modules is a failure, not a skip: a skipped
 //! browser test would let a broken page land. `scripts/test.sh` installs both.
 
-mod operator_support;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use operator_support::{get, short_rollout, Running};
 use rollgate::control::Command as AdminCommand;
+
+use harness::config::short_rollout;
+use harness::Rg;
 
 const SETUP_HINT: &str = "run scripts/test.sh (it installs chromium with apt-get and runs \
                           `npm ci --prefix tests/browser`)";
@@ -47,10 +49,10 @@ async fn status_page_in_chromium() {
     let browser_dir = root.join("tests/browser");
     check_prerequisites(&browser_dir);
 
-    let mut rg = Running::start(&short_rollout("4s")).await;
+    let mut rg = Rg::demo(&short_rollout("4s")).await;
     rg.traffic(200, 250.0);
     // Something in every side panel: an approval and one Sev-2 (which alone does not hold).
-    let control = rg.app.as_ref().expect("running").control.clone();
+    let control = rg.app.control.clone();
     let approve = AdminCommand::Approve {
         role: "cfo".into(),
         by: "dana (CFO)".into(),
@@ -63,7 +65,8 @@ async fn status_page_in_chromium() {
     control.command(incident, "test").await.expect("incident");
 
     // The page is served from the binary with a strict CSP and no external reference.
-    let (code, html) = get(&format!("{}/", rg.admin)).await;
+    let r = rg.client.get(&rg.admin("/"), &[]).await;
+    let (code, html) = (r.status, r.text());
     assert_eq!(code, 200);
     assert!(
         html.contains("/api/v1/history"),
@@ -79,7 +82,7 @@ async fn status_page_in_chromium() {
     let screenshot = root.join("target/status-page.png");
     let _ = std::fs::create_dir_all(root.join("target"));
     let _ = std::fs::remove_file(&screenshot);
-    let admin = rg.admin.clone();
+    let admin = rg.admin("");
     let shot = screenshot.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -98,7 +101,8 @@ async fn status_page_in_chromium() {
     eprintln!("{stderr}");
 
     // The history endpoint served the charts; a sanity check from this side too.
-    let (code, body) = get(&format!("{}/api/v1/history", rg.admin)).await;
+    let r = rg.client.get(&rg.admin("/api/v1/history"), &[]).await;
+    let (code, body) = (r.status, r.text());
     rg.shutdown().await;
 
     assert!(

@@ -1,22 +1,113 @@
-//! V2 misbehaving at the transport level (issue 5): refusing, hanging,
-//! resetting mid-body, answering garbage. Each time the client gets a 502 /
-//! 504 (or, mid-body, a cut response), the failure is counted by kind in
-//! `rollgate_upstream_errors_total` and as a 5xx in the V2 cells the
-//! controller reads, and V1 users are served throughout. Finally the pool
-//! recovers when V2 comes back on the same port.
-//!
-//! The fault upstreams are raw tokio `TcpListener`s (tests/support).
+//! V2 misbehaving at the transport level: down, slower than the timeout,
+//! refusing, hanging, resetting mid-body, answering garbage. Each time the
+//! client gets a 502 / 504 (or, mid-body, a cut response), the failure is
+//! counted by kind in `rollgate_upstream_errors_total` and as a 5xx in the V2
+//! cells the controller reads, and V1 users are served throughout. Finally
+//! the pool recovers when V2 comes back on the same port.
 
-mod common;
-mod support;
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use common::{metric, HttpClient};
-use support::{config_text, fault_upstream, quiet_rest, Counting, Fault, Lenient, Rg, DEADLINE};
+use harness::metrics::sum;
+use harness::upstream::{closed_port, fault_upstream, Fault};
+use harness::{keys_on, metric, Conf, HttpClient, Lenient, Mode, Rg, Upstream, DEADLINE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn v2_down_is_502_counted_as_connect_and_v1_users_are_unaffected() {
+    let v1 = Upstream::start("v1", Mode::Echo).await;
+    let dead = closed_port().await;
+    let h = Rg::start(&Conf::new(v1.url(), format!("http://{dead}"))).await;
+    h.set_weight(50.0).await;
+    let (v1_keys, v2_keys) = keys_on(50.0, 20);
+    let connect_errors = |m: &str| {
+        metric(
+            m,
+            "rollgate_upstream_errors_total",
+            &[("variant", "v2"), ("kind", "connect")],
+        )
+    };
+    assert_eq!(connect_errors(&h.metrics().await), Some(0.0));
+
+    for (a, b) in v1_keys.iter().zip(&v2_keys) {
+        let r = h.client.get(&h.proxy("/x"), &[("x-user-id", b)]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_GATEWAY,
+            "V2 user {b}: {}",
+            r.text()
+        );
+        assert_eq!(r.variant(), "v2");
+        let r = h.client.get(&h.proxy("/x"), &[("x-user-id", a)]).await;
+        assert_eq!(r.status, StatusCode::OK, "V1 user {a}: {}", r.text());
+        assert_eq!(r.json()["upstream"], "v1");
+    }
+    let m = h.metrics().await;
+    assert_eq!(connect_errors(&m), Some(v2_keys.len() as f64), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "rollgate_upstream_errors_total",
+            &[("variant", "v1"), ("kind", "connect")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(requests(&m, "v2", "5xx"), Some(v2_keys.len() as f64));
+    assert_eq!(requests(&m, "v1", "2xx"), Some(v1_keys.len() as f64));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn v2_slower_than_the_timeout_is_504_counted_as_timeout_and_v1_users_are_unaffected() {
+    let v1 = Upstream::start("v1", Mode::Echo).await;
+    let v2 = Upstream::start("v2", Mode::Slow(Duration::from_secs(5))).await;
+    let h = Rg::start(&Conf::new(v1.url(), v2.url()).upstreams("timeout = \"300ms\"")).await;
+    h.set_weight(50.0).await;
+    let (v1_keys, v2_keys) = keys_on(50.0, 8);
+
+    // V2 users wait concurrently; V1 users are served meanwhile.
+    let slow: Vec<_> = v2_keys
+        .iter()
+        .map(|k| {
+            let (client, url, k) = (h.client.clone(), h.proxy("/slow"), k.clone());
+            tokio::spawn(async move { client.get(&url, &[("x-user-id", &k)]).await })
+        })
+        .collect();
+    for k in &v1_keys {
+        let r = h.client.get(&h.proxy("/fast"), &[("x-user-id", k)]).await;
+        assert_eq!(r.status, StatusCode::OK, "V1 user {k}: {}", r.text());
+        assert_eq!(r.variant(), "v1");
+    }
+    for t in slow {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
+        assert_eq!(r.variant(), "v2");
+    }
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "rollgate_upstream_errors_total",
+            &[("variant", "v2"), ("kind", "timeout")]
+        ),
+        Some(v2_keys.len() as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "rollgate_upstream_errors_total",
+            &[("variant", "v1"), ("kind", "timeout")]
+        ),
+        Some(0.0)
+    );
+    // Still fine for V1 afterwards.
+    assert_eq!(h.variant_of(&v1_keys[0], "/after").await, "v1");
+    h.shutdown().await;
+}
 
 /// `x-user-id` keys on V1 and on V2 at the current weight, as the proxy
 /// routes them (read from `x-rollgate-variant`; bodies are not read, so this
@@ -52,6 +143,15 @@ async fn split_keys(rg: &Rg, n: usize) -> (Vec<String>, Vec<String>) {
     (v1, v2)
 }
 
+/// `rollgate_requests_total` of the `other` journey.
+fn requests(m: &str, variant: &str, class: &str) -> Option<f64> {
+    metric(
+        m,
+        "rollgate_requests_total",
+        &[("journey", "other"), ("variant", variant), ("class", class)],
+    )
+}
+
 fn errors(m: &str, variant: &str, kind: &str) -> f64 {
     metric(
         m,
@@ -62,26 +162,20 @@ fn errors(m: &str, variant: &str, kind: &str) -> f64 {
 }
 
 fn v2_5xx(m: &str) -> f64 {
-    common::parse_samples(m)
-        .into_iter()
-        .filter(|s| {
-            s.name == "rollgate_requests_total"
-                && s.labels.get("variant").map(String::as_str) == Some("v2")
-                && s.labels.get("class").map(String::as_str) == Some("5xx")
-        })
-        .map(|s| s.value)
-        .sum()
+    sum(
+        m,
+        "rollgate_requests_total",
+        &[("variant", "v2"), ("class", "5xx")],
+    )
 }
 
 /// rollgate with a healthy V1 and `v2` at 50 %, a short upstream timeout.
-async fn rig(v2: SocketAddr) -> (Counting, Rg) {
-    let v1 = Counting::start("v1").await;
-    let rest = quiet_rest(
-        &v1.url(),
-        &format!("http://{v2}"),
-        "timeout = \"500ms\"\nconnect_timeout = \"500ms\"",
-    );
-    let rg = Rg::start(move |dir| config_text(dir, "workers = 1", &rest)).await;
+async fn rig(v2: SocketAddr) -> (Upstream, Rg) {
+    let v1 = Upstream::start("v1", Mode::Echo).await;
+    let conf = Conf::new(v1.url(), format!("http://{v2}"))
+        .server("workers = 1")
+        .upstreams("timeout = \"500ms\"\nconnect_timeout = \"500ms\"");
+    let rg = Rg::start(&conf).await;
     let r = rg
         .call(http::Method::PUT, "/api/v1/weights", r#"{"v2": 50}"#)
         .await;
@@ -91,19 +185,20 @@ async fn rig(v2: SocketAddr) -> (Counting, Rg) {
 
 /// V2 users get `want` (a status, or `None` for a cut body) while V1 users
 /// interleaved with them all get 200 from V1.
-async fn v1_unaffected_while_v2(rg: &Rg, v1: &Counting, want: Option<StatusCode>, what: &str) {
+async fn v1_unaffected_while_v2(rg: &Rg, v1: &Upstream, want: Option<StatusCode>, what: &str) {
     let (v1_keys, v2_keys) = split_keys(rg, 5).await;
     let before = v1.seen().len();
     let client = Lenient::new();
     for (a, b) in v1_keys.iter().zip(&v2_keys) {
         let got = client.get(&rg.proxy("/work"), &[("x-user-id", b)]).await;
         match (want, &got) {
-            (Some(code), Ok((status, _))) => assert_eq!(*status, code, "{what}: V2 user {b}"),
+            (Some(code), Ok(r)) => assert_eq!(r.status, code, "{what}: V2 user {b}"),
             (None, Err(e)) => assert!(e.contains("body"), "{what}: V2 user {b}: {e}"),
             _ => panic!("{what}: V2 user {b}: expected {want:?}, got {got:?}"),
         }
         let got = client.get(&rg.proxy("/work"), &[("x-user-id", a)]).await;
-        let (status, body) = got.unwrap_or_else(|e| panic!("{what}: V1 user {a}: {e}"));
+        let r = got.unwrap_or_else(|e| panic!("{what}: V1 user {a}: {e}"));
+        let (status, body) = (r.status, r.body);
         assert_eq!(status, StatusCode::OK, "{what}: V1 user {a}");
         assert!(
             String::from_utf8_lossy(&body).contains("\"v1\""),
@@ -115,7 +210,7 @@ async fn v1_unaffected_while_v2(rg: &Rg, v1: &Counting, want: Option<StatusCode>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_refusing_is_502_connect() {
-    let dead = common::closed_port().await;
+    let dead = closed_port().await;
     let (v1, rg) = rig(dead).await;
     v1_unaffected_while_v2(&rg, &v1, Some(StatusCode::BAD_GATEWAY), "refusing").await;
     let m = rg.metrics().await;
@@ -173,7 +268,7 @@ async fn v2_answering_garbage_is_502_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_recovers_when_v2_comes_back_on_the_same_port() {
-    let mut v2 = Counting::start("v2").await;
+    let mut v2 = Upstream::start("v2", Mode::Echo).await;
     let (v1, rg) = rig(v2.addr).await;
     let (v1_keys, v2_keys) = split_keys(&rg, 8).await;
     let client = HttpClient::http1();
@@ -188,10 +283,11 @@ async fn pool_recovers_when_v2_comes_back_on_the_same_port() {
     // V2 dies: listener and every pooled connection closed.
     v2.stop().await;
     for (a, b) in v1_keys.iter().zip(&v2_keys) {
-        let (status, _) = lenient
+        let status = lenient
             .get(&rg.proxy("/down"), &[("x-user-id", b)])
             .await
-            .expect("an answer from rollgate");
+            .expect("an answer from rollgate")
+            .status;
         assert_eq!(
             status,
             StatusCode::BAD_GATEWAY,

@@ -23,13 +23,13 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
     file: std::fs::File,
 }
 
 impl AuditLog {
-    pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+    pub(crate) fn open(state_dir: &Path) -> Result<Self, StateError> {
         let path = state_dir.join(AUDIT_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -71,7 +71,7 @@ impl AuditLog {
         Ok(last[0] != b'\n')
     }
 
-    pub fn append(&mut self, entry: &AuditEntry) -> Result<(), StateError> {
+    pub(crate) fn append(&mut self, entry: &AuditEntry) -> Result<(), StateError> {
         let mut line = serde_json::to_vec(entry).expect("audit entry serializes");
         line.push(b'\n');
         let io = |source| StateError::Io {

@@ -5,7 +5,7 @@
 //! hour, and the real record of what happened is the audit log and the gate
 //! reports. A restart simply starts the charts afresh.
 //!
-//! Bounded twice, by age ([`MAX_AGE`]) and by count ([`MAX_POINTS`]), so a
+//! Bounded twice, by age (`MAX_AGE`) and by count (`MAX_POINTS`), so a
 //! fast tick (the demo's 250 ms) cannot grow it without limit and a slow one
 //! still shows a whole hour. The published copy is a vector of `Arc`s, so
 //! publishing after a tick costs pointer copies, not a deep clone.
@@ -22,9 +22,9 @@ use super::state::StateName;
 use super::Weights;
 
 /// Oldest point kept.
-pub const MAX_AGE: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(3600);
 /// Most points kept (one hour at a 5 s tick).
-pub const MAX_POINTS: usize = 720;
+pub(crate) const MAX_POINTS: usize = 720;
 
 /// The rollout at one tick.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -49,7 +49,7 @@ pub struct JourneyP95 {
 }
 
 impl HistoryPoint {
-    pub fn new(
+    pub(crate) fn new(
         at: DateTime<Utc>,
         state: StateName,
         phase_index: Option<usize>,
@@ -108,12 +108,12 @@ impl Serialize for Since<'_> {
 
 /// The controller's ring.
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     points: VecDeque<Arc<HistoryPoint>>,
 }
 
 impl History {
-    pub fn push(&mut self, p: HistoryPoint) {
+    pub(crate) fn push(&mut self, p: HistoryPoint) {
         let oldest = p.at_ms - MAX_AGE.as_millis() as i64;
         self.points.push_back(Arc::new(p));
         while self.points.len() > MAX_POINTS
@@ -123,7 +123,7 @@ impl History {
         }
     }
 
-    pub fn view(&self) -> HistoryView {
+    pub(crate) fn view(&self) -> HistoryView {
         HistoryView {
             points: self.points.iter().cloned().collect(),
         }

@@ -1,4 +1,4 @@
-//! Explainable, replayable decisions (SPEC §10).
+//! Explainable, replayable decisions.
 //!
 //! Every controller tick appends one JSON line to
 //! `state_dir/evaluations.jsonl`: the interval of counts that tick added to
@@ -15,7 +15,8 @@
 //! GREEN hold clock) evolves under NEW as long as the recorded rollout stays
 //! in the same phase; the rest of the state (phase, weight, flags, approvals)
 //! is the recorded one at every tick, so each difference reads as "at this
-//! moment, NEW would have decided X instead of Y".
+//! moment, NEW would have decided X instead of Y". The window, the gates and
+//! the decision are the live controller's own `step`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -25,13 +26,39 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::gates::{self, Evaluation, GateResult, GateStatus};
-use super::rollout::Core;
+use super::gates::{Evaluation, GateResult, GateStatus};
 use super::state::{Action, Decision, RolloutState};
+use super::step::{self, TickTime};
 use crate::config::Config;
-use crate::stats::{Interval, IntervalRing};
+use crate::telemetry::Interval;
 
 pub const EVALUATIONS_FILE: &str = "evaluations.jsonl";
+
+/// Why an evaluation was recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// A tick: a decision was taken.
+    Tick,
+    /// A request-path trip: its interval still belongs to the window.
+    Trip,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Tick => "tick",
+            RecordKind::Trip => "trip",
+        }
+    }
+}
+
+/// Compares with the written form (`"tick"`, `"trip"`).
+impl PartialEq<&str> for RecordKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// One recorded evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,9 +69,7 @@ pub struct EvalRecord {
     pub now_ms: u64,
     /// Local wall-clock time of the tick (promotion window).
     pub local: NaiveTime,
-    /// `tick`: a decision was taken; `trip`: an evaluation for a request-path
-    /// trip, whose interval still belongs to the window.
-    pub kind: String,
+    pub kind: RecordKind,
     /// The counts this evaluation added to the window; `None` on the first.
     pub interval: Option<Interval>,
     /// The state the decision started from.
@@ -55,7 +80,7 @@ pub struct EvalRecord {
 }
 
 /// Appends records, rotating past `max_bytes`.
-pub struct Recorder {
+pub(crate) struct Recorder {
     path: PathBuf,
     max_bytes: u64,
     file: Option<File>,
@@ -63,7 +88,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(dir: &Path, max_bytes: u64) -> Self {
+    pub(crate) fn new(dir: &Path, max_bytes: u64) -> Self {
         let path = dir.join(EVALUATIONS_FILE);
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
         Self {
@@ -74,7 +99,7 @@ impl Recorder {
         }
     }
 
-    pub fn record(&mut self, r: &EvalRecord) -> std::io::Result<()> {
+    pub(crate) fn record(&mut self, r: &EvalRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
@@ -148,9 +173,8 @@ pub struct ReplayReport {
 
 /// Re-evaluates `records` (oldest first, from `from` on) under `cfg`.
 pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>) -> ReplayReport {
-    let core = Core { cfg: &cfg.rollout };
     // Keep enough intervals for the new window, whatever the old one was.
-    let mut ring = IntervalRing::new(cfg.rollout.window + cfg.rollout.tick * 2);
+    let mut ring = step::ring(cfg);
     let mut report = ReplayReport::default();
     // The gate memory evolved under the new config, and the phase it belongs to.
     let mut memory: Option<(Option<usize>, RolloutState)> = None;
@@ -171,7 +195,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
             i.end_ms = now_ms;
             ring.push_interval(i);
         }
-        if r.kind != "tick" || from.is_some_and(|f| r.at < f) {
+        if r.kind != RecordKind::Tick || from.is_some_and(|f| r.at < f) {
             continue;
         }
         let mut s = r.state.clone();
@@ -183,23 +207,23 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
                 s.green_since = m.green_since;
             }
         }
-        let window = ring.window(cfg.journeys.len(), now_ms, cfg.rollout.window);
-        let ev = gates::evaluate(&window, &super::gate_context(cfg, &s, r.at));
         let phase = s.phase_index;
-        let out = core.tick(&mut s, &ev, r.at, r.local);
+        let t = TickTime {
+            ms: now_ms,
+            at: r.at,
+            local: r.local,
+        };
+        let (ev, out) = step::tick(cfg, &ring, &mut s, &t);
         report.ticks += 1;
-        let replayed = out.decision.unwrap_or_else(|| Decision {
+        let none = || Decision {
             action: Action::None,
             reason: String::new(),
             at: r.at,
             trigger: None,
-        });
-        let recorded = r.decision.clone().unwrap_or(Decision {
-            action: Action::None,
-            reason: String::new(),
-            at: r.at,
-            trigger: None,
-        });
+            cause: None,
+        };
+        let replayed = out.decision.unwrap_or_else(none);
+        let recorded = r.decision.clone().unwrap_or_else(none);
         if replayed.action != recorded.action {
             report.differences.push(Difference {
                 at: r.at,
@@ -286,43 +310,21 @@ impl ReplayReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::gate_context;
-    use crate::stats::histogram::{bucket_index, SparseHistogram};
-    use crate::stats::SparseCounts;
+    use crate::control::rollout::tests::{ALL_FLAGS, BASE};
+    use crate::telemetry::histogram::{bucket_index, SparseHistogram};
+    use crate::telemetry::SparseCounts;
     use chrono::TimeZone;
 
+    /// The rollout tests' journeys (search and payments); only search sees traffic.
     fn config(p95_ms: u32) -> Config {
+        let phase = |name: &str, weight: u32| {
+            format!("[[rollout.phases]]\nname = \"{name}\"\nweight = {weight}\nhold = \"2m\"\np95_ms = {p95_ms}\n")
+        };
         let text = format!(
-            r#"
-            [server]
-            listen = "127.0.0.1:0"
-            [upstreams]
-            v1 = "http://127.0.0.1:1"
-            v2 = "http://127.0.0.1:2"
-            [[journeys]]
-            name = "search"
-            path_prefix = "/search"
-            [rollout]
-            tick = "15s"
-            window = "1m"
-            min_samples = 20
-            flags = {{ SHADOW_PASS_24H = 1, A2_V26_COMPLIANT = 1, EVIDENCE_BUNDLE = 1 }}
-            [[rollout.phases]]
-            name = "canary-5"
-            weight = 5
-            hold = "2m"
-            p95_ms = {p95_ms}
-            [[rollout.phases]]
-            name = "canary-50"
-            weight = 50
-            hold = "2m"
-            p95_ms = {p95_ms}
-            [[rollout.phases]]
-            name = "full"
-            weight = 100
-            hold = "2m"
-            p95_ms = {p95_ms}
-            "#
+            "{BASE}\n[rollout]\ntick = \"15s\"\nwindow = \"1m\"\nmin_samples = 20\n{ALL_FLAGS}\n{}{}{}",
+            phase("canary-5", 5),
+            phase("canary-50", 50),
+            phase("full", 100),
         );
         Config::parse(&text, "t").unwrap()
     }
@@ -347,10 +349,9 @@ mod tests {
     /// tick, 400 search requests at 100 ms split by the weight in force) and
     /// returns the records it would write.
     fn record_run(cfg: &Config, ticks: u64) -> Vec<EvalRecord> {
-        let core = Core { cfg: &cfg.rollout };
         let mut s = RolloutState::new(cfg.rollout.flags.clone());
         s.started = true;
-        let mut ring = IntervalRing::new(cfg.rollout.window + cfg.rollout.tick * 2);
+        let mut ring = step::ring(cfg);
         let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
         let mut out = Vec::new();
         for k in 1..=ticks {
@@ -360,7 +361,12 @@ mod tests {
             let interval = Interval {
                 end_ms: now_ms,
                 duration_ms: 15_000,
-                cells: vec![cell(400 - n2, 100), cell(n2, 100), cell(0, 0), cell(0, 0)],
+                cells: (0..cfg.journeys.len())
+                    .flat_map(|j| match j {
+                        0 => [cell(400 - n2, 100), cell(n2, 100)],
+                        _ => [cell(0, 0), cell(0, 0)],
+                    })
+                    .collect(),
                 beacons: vec![],
                 shed: [0; 2],
                 users: vec![],
@@ -369,15 +375,18 @@ mod tests {
                 shadow_dropped: 0,
             };
             ring.push_interval(interval.clone());
-            let w = ring.window(cfg.journeys.len(), now_ms, cfg.rollout.window);
-            let ev = gates::evaluate(&w, &gate_context(cfg, &s, at));
+            let t = TickTime {
+                ms: now_ms,
+                at,
+                local: at.time(),
+            };
             let before = s.clone();
-            let o = core.tick(&mut s, &ev, at, at.time());
+            let (ev, o) = step::tick(cfg, &ring, &mut s, &t);
             out.push(EvalRecord {
                 at,
                 now_ms,
                 local: at.time(),
-                kind: "tick".into(),
+                kind: RecordKind::Tick,
                 interval: Some(interval),
                 state: before,
                 gates: ev.gates,

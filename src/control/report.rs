@@ -70,11 +70,11 @@ impl Report {
 }
 
 /// Payment success over every payment journey of V2.
-pub fn payment_success(ev: &Evaluation) -> Option<f64> {
+pub(crate) fn payment_success(ev: &Evaluation) -> Option<f64> {
     let (n, bad) = ev
         .journeys
         .iter()
-        .filter(|j| j.kind == crate::journeys::JourneyKind::Payment)
+        .filter(|j| j.kind == crate::routing::journeys::JourneyKind::Payment)
         .fold((0, 0), |(n, bad), j| {
             (n + j.v2.requests, bad + j.v2.server_errors)
         });
@@ -82,7 +82,7 @@ pub fn payment_success(ev: &Evaluation) -> Option<f64> {
 }
 
 /// The largest canary-vs-control degradations, worst first.
-pub fn top_anomalies(ev: &Evaluation, n: usize) -> Vec<String> {
+pub(crate) fn top_anomalies(ev: &Evaluation, n: usize) -> Vec<String> {
     let mut found: Vec<(f64, String)> = Vec::new();
     for j in &ev.journeys {
         if let (Some(a), Some(b)) = (j.v1.p95_ms, j.v2.p95_ms) {
@@ -115,7 +115,7 @@ pub fn top_anomalies(ev: &Evaluation, n: usize) -> Vec<String> {
     found.into_iter().take(n).map(|(_, s)| s).collect()
 }
 
-pub fn summary_card(phase: &str, ev: &Evaluation, action: Action) -> SummaryCard {
+pub(crate) fn summary_card(phase: &str, ev: &Evaluation, action: Action) -> SummaryCard {
     SummaryCard {
         phase: phase.into(),
         p50_ms: ev.v2.p50_ms,
@@ -145,7 +145,7 @@ fn badge(s: GateStatus) -> &'static str {
 }
 
 /// The Markdown gate report.
-pub fn markdown(r: &Report) -> String {
+pub(crate) fn markdown(r: &Report) -> String {
     let mut m = String::new();
     let phase = r.phase.as_deref().unwrap_or("(none)");
     let _ = writeln!(
@@ -266,7 +266,7 @@ pub fn markdown(r: &Report) -> String {
 }
 
 /// The post-mortem placeholder written at once on every rollback.
-pub fn postmortem(r: &Report, timeline: &[Decision]) -> String {
+pub(crate) fn postmortem(r: &Report, timeline: &[Decision]) -> String {
     let mut m = String::new();
     let trigger = r.decision.trigger.map_or("unknown", Trigger::label);
     let _ = writeln!(
@@ -296,17 +296,13 @@ pub struct ReportStore {
 }
 
 impl ReportStore {
-    pub fn new(state_dir: &Path) -> Self {
+    pub(crate) fn new(state_dir: &Path) -> Self {
         Self {
             dir: state_dir.join("reports"),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn write(&self, r: &Report) -> Result<(), StateError> {
+    pub(crate) fn write(&self, r: &Report) -> Result<(), StateError> {
         std::fs::create_dir_all(&self.dir).map_err(|source| StateError::Io {
             path: self.dir.clone(),
             source,
@@ -319,7 +315,7 @@ impl ReportStore {
         )
     }
 
-    pub fn write_postmortem(
+    pub(crate) fn write_postmortem(
         &self,
         r: &Report,
         timeline: &[Decision],
@@ -330,7 +326,7 @@ impl ReportStore {
     }
 
     /// All reports, oldest first (ids sort by time).
-    pub fn list(&self) -> Vec<ReportIndex> {
+    pub(crate) fn list(&self) -> Vec<ReportIndex> {
         let mut ids: Vec<String> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
@@ -350,7 +346,7 @@ impl ReportStore {
     }
 
     /// A report by id; ids are validated so a request cannot walk the file system.
-    pub fn get(&self, id: &str) -> Option<Report> {
+    pub(crate) fn get(&self, id: &str) -> Option<Report> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return None;
         }

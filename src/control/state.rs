@@ -53,6 +53,18 @@ pub enum Action {
 }
 
 impl Action {
+    /// The label of audit lines, logs and `rollgate_decisions_total` (the
+    /// same words as the JSON form).
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Go => "GO",
+            Action::Hold => "HOLD",
+            Action::Rollback => "ROLLBACK",
+            Action::Promote => "PROMOTE",
+            Action::None => "NONE",
+        }
+    }
+
     /// The seeds' vocabulary for reports.
     pub fn report_word(self) -> &'static str {
         match self {
@@ -96,13 +108,105 @@ impl Trigger {
     }
 }
 
+/// What a HOLD waits on: its identity, so that one hold is reported once
+/// while the words around it (a gate's colour, a count) change tick by tick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldCause {
+    /// A required flag is not 1 (at the start, or leaving the shadow phase).
+    StartConditions,
+    /// Sev-2 incidents asked for a manual decision.
+    ManualDecision,
+    /// A gate that is not GREEN: which gate, never its colour.
+    Gate(GateKey),
+    /// The next phase needs an approval.
+    Approval,
+    /// Outside the promotion window.
+    PromotionWindow,
+}
+
+impl HoldCause {
+    /// How a hold's reason begins: `LEAD: detail`.
+    pub(crate) fn lead(&self) -> String {
+        match self {
+            HoldCause::StartConditions => "start conditions".into(),
+            HoldCause::ManualDecision => "incidents".into(),
+            HoldCause::Gate(key) => match key.label() {
+                None => format!("gate {}", key.gate()),
+                Some(j) => format!("gate {} ({j})", key.gate()),
+            },
+            HoldCause::Approval => "approval".into(),
+            HoldCause::PromotionWindow => "promotion window".into(),
+        }
+    }
+
+    /// The reason an operator reads: the lead, then what is seen now.
+    pub(crate) fn reason(&self, detail: impl std::fmt::Display) -> String {
+        format!("{}: {detail}", self.lead())
+    }
+
+    /// Reads the cause back from a reason written by [`Self::reason`]. The
+    /// state file and the evaluation records keep a decision as operators
+    /// read it (their bytes stay as they were), so a hold resumed after a
+    /// restart gets its cause from the lead of its reason.
+    fn of_reason(reason: &str) -> Option<Self> {
+        let lead = reason.split(':').next()?;
+        let cause = match lead {
+            "start conditions" => HoldCause::StartConditions,
+            "incidents" => HoldCause::ManualDecision,
+            "approval" => HoldCause::Approval,
+            "promotion window" => HoldCause::PromotionWindow,
+            _ => {
+                let gate = lead.strip_prefix("gate ")?;
+                let (name, journey) = match gate.strip_suffix(')').and_then(|g| g.split_once(" ("))
+                {
+                    Some((name, j)) => (name, Some(j)),
+                    None => (gate, None),
+                };
+                HoldCause::Gate(GateKey::new(name.parse().ok()?, journey))
+            }
+        };
+        Some(cause)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "DecisionFile")]
 pub struct Decision {
     pub action: Action,
     pub reason: String,
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Trigger>,
+    /// A HOLD's identity (`None` for other actions). Not written out: every
+    /// serialised form of a decision stays as it was.
+    #[serde(skip)]
+    pub cause: Option<HoldCause>,
+}
+
+/// A decision as written to disk and the API.
+#[derive(Deserialize)]
+struct DecisionFile {
+    action: Action,
+    reason: String,
+    at: DateTime<Utc>,
+    #[serde(default)]
+    trigger: Option<Trigger>,
+}
+
+impl From<DecisionFile> for Decision {
+    fn from(d: DecisionFile) -> Self {
+        let cause = match d.action {
+            Action::Hold => HoldCause::of_reason(&d.reason),
+            Action::Go | Action::Rollback | Action::Promote | Action::None => None,
+        };
+        Decision {
+            action: d.action,
+            reason: d.reason,
+            at: d.at,
+            trigger: d.trigger,
+            cause,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,7 +309,7 @@ pub enum StateError {
     },
 }
 
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 
 /// Loads the state, `None` when there is no state file yet.
 pub fn load(dir: &Path) -> Result<Option<RolloutState>, StateError> {
@@ -226,7 +330,7 @@ pub fn save(dir: &Path, state: &RolloutState) -> Result<(), StateError> {
 }
 
 /// temp + fsync + rename + fsync(dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
@@ -270,5 +374,30 @@ mod tests {
         .unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("corrupt") && e.contains("state.json"), "{e}");
+    }
+
+    #[test]
+    fn a_hold_cause_is_not_written_and_comes_back_from_its_reason() {
+        let causes = [
+            HoldCause::StartConditions,
+            HoldCause::ManualDecision,
+            HoldCause::Gate("latency_p95/search".parse().unwrap()),
+            HoldCause::Gate("error_budget".parse().unwrap()),
+            HoldCause::Approval,
+            HoldCause::PromotionWindow,
+        ];
+        for cause in causes {
+            let d = Decision {
+                action: Action::Hold,
+                reason: cause.reason("RED V2 P95 140 ms: more"),
+                at: Utc::now(),
+                trigger: None,
+                cause: Some(cause.clone()),
+            };
+            let text = serde_json::to_string(&d).unwrap();
+            assert!(!text.contains("cause"), "{text}");
+            let back: Decision = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, d, "{text}");
+        }
     }
 }

@@ -75,12 +75,12 @@ async fn call_with_retry(
 }
 
 /// Handle to the webhook task.
-pub struct Sender {
+pub(crate) struct Sender {
     tx: mpsc::Sender<String>,
 }
 
 impl Sender {
-    pub fn spawn(url: Uri) -> Self {
+    pub(crate) fn spawn(url: Uri) -> Self {
         let (tx, mut rx) = mpsc::channel::<String>(16);
         tokio::spawn(async move {
             let client = client();
@@ -94,7 +94,7 @@ impl Sender {
         Self { tx }
     }
 
-    pub fn send(&self, text: String) {
+    pub(crate) fn send(&self, text: String) {
         if self.tx.try_send(text).is_err() {
             tracing::warn!("status webhook queue full: update dropped");
         }
@@ -102,7 +102,7 @@ impl Sender {
 }
 
 /// One-message status update for #ship-room.
-pub fn status_text(v: &StatusView) -> String {
+pub(crate) fn status_text(v: &StatusView) -> String {
     let worst = v
         .gates
         .iter()
@@ -131,7 +131,10 @@ pub fn status_text(v: &StatusView) -> String {
 }
 
 /// Writes the golden baseline (per-journey KPIs) and returns its path and sha256.
-pub fn write_baseline(state_dir: &Path, ev: &Evaluation) -> std::io::Result<(PathBuf, String)> {
+pub(crate) fn write_baseline(
+    state_dir: &Path,
+    ev: &Evaluation,
+) -> std::io::Result<(PathBuf, String)> {
     let body = serde_json::to_vec_pretty(&serde_json::json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
         "journeys": ev.journeys,
@@ -150,7 +153,11 @@ pub fn write_baseline(state_dir: &Path, ev: &Evaluation) -> std::io::Result<(Pat
 }
 
 /// POSTs the baseline to the command center, GETs it back and checks the checksum.
-pub async fn round_trip_baseline(url: Uri, path: PathBuf, sha: String) -> Result<(), String> {
+pub(crate) async fn round_trip_baseline(
+    url: Uri,
+    path: PathBuf,
+    sha: String,
+) -> Result<(), String> {
     let body = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
     let client = client();
     let result = async {

@@ -1,189 +1,40 @@
-//! End-to-end tests of the rollout controller (SPEC §6, §7): real demo
-//! upstreams on loopback, rollgate started in-process, HTTP through the proxy
-//! and the admin API.
+//! The rollout controller end to end: demo apps on loopback, rollgate
+//! in-process, HTTP through the proxy and the admin API. A slow V2 is rolled
+//! back by the hard P95 trigger, failed payments on the request path before
+//! any tick, and a healthy rollout is promoted, frozen and reported.
 //!
 //! No wall-clock thresholds: every assertion is on state and ordering. Waits
 //! are bounded by a generous deadline that only turns a hang into a failure
 //! with the last status attached.
 
-mod common;
+mod harness;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use rollgate::demo::upstream::{self, Latency, Profile};
+use rollgate::demo::upstream::Profile;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use common::{HttpClient, Resp};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-const FLAGS: &str =
-    "[rollout.flags]\nSHADOW_PASS_24H = 1\nA2_V26_COMPLIANT = 1\nEVIDENCE_BUNDLE = 1\n";
-const JOURNEYS: &str = r#"
-[[journeys]]
-name = "search"
-path_prefix = "/search"
-[[journeys]]
-name = "payments"
-path_prefix = "/api/payments"
-methods = ["POST"]
-kind = "payment"
-"#;
-
-// ===== rig =====
-
-/// A demo upstream app serving `profile` until the rig is dropped.
-async fn demo_app(profile: Profile, stop: &watch::Receiver<bool>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind demo app");
-    let addr = l.local_addr().expect("addr");
-    let mut rx = stop.clone();
-    tokio::spawn(upstream::serve(l, profile, async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }));
-    addr
-}
+use harness::api::{reason_of, state_of};
+use harness::config::FLAGS;
+use harness::upstream::healthy;
+use harness::{audit_lines, metric, HttpClient, Rg};
 
 fn fast(name: &'static str) -> Profile {
-    Profile::healthy(
-        name,
-        Latency {
-            median_ms: 3.0,
-            p95_ms: 8.0,
-        },
-    )
+    healthy(name, 3.0, 8.0)
 }
 
-/// rollgate in front of two demo apps, with its own state dir.
-struct Rig {
-    app: rollgate::App,
-    state: tempfile::TempDir,
-    client: HttpClient,
-    token: String,
-    stop_apps: watch::Sender<bool>,
-}
-
-impl Rig {
-    /// `rollout` is the body of `[rollout]` (it may end with sub-tables);
-    /// `routing` the body of `[routing]`.
-    async fn start(v1: Profile, v2: Profile, routing: &str, rollout: &str) -> Rig {
-        let (stop_apps, stop_rx) = watch::channel(false);
-        let a1 = demo_app(v1, &stop_rx).await;
-        let a2 = demo_app(v2, &stop_rx).await;
-        let state = tempfile::tempdir().expect("state dir");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"secret\"\nstate_dir = {dir:?}\n\n\
-             [upstreams]\nv1 = \"http://{a1}\"\nv2 = \"http://{a2}\"\ntimeout = \"10s\"\n\n\
-             [routing]\nsticky_header = \"x-user-id\"\n{routing}\n\n{JOURNEYS}\n[rollout]\n{rollout}\n",
-            dir = state.path().display().to_string(),
-        );
-        let cfg = rollgate::Config::parse(&text, "controller_e2e.toml")
-            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
-        let app = rollgate::App::start(cfg).await.expect("rollgate starts");
-        let token = std::env::var("ROLLGATE_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "secret".into());
-        Rig {
-            app,
-            state,
-            client: HttpClient::http1(),
-            token,
-            stop_apps,
-        }
-    }
-
-    fn proxy(&self, path: &str) -> String {
-        format!("http://{}{path}", self.app.proxy_addr)
-    }
-
-    fn admin(&self, path: &str) -> String {
-        format!("http://{}{path}", self.app.admin_addr)
-    }
-
-    async fn status(&self) -> Value {
-        let r = self.client.get(&self.admin("/api/v1/status"), &[]).await;
-        assert_eq!(r.status, StatusCode::OK, "status: {}", r.text());
-        r.json()
-    }
-
-    /// A mutating admin call with the bearer token.
-    async fn call(&self, method: Method, path: &str, body: Value) -> Resp {
-        let auth = format!("Bearer {}", self.token);
-        let body = if body.is_null() {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        self.client
-            .request(
-                method,
-                &self.admin(path),
-                &[
-                    ("authorization", auth.as_str()),
-                    ("content-type", "application/json"),
-                ],
-                body,
-            )
-            .await
-    }
-
-    /// Polls the status until `pred` holds; fails with the last status after [`DEADLINE`].
-    async fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let s = self.status().await;
-            if pred(&s) {
-                return s;
-            }
-            if start.elapsed() > DEADLINE {
-                panic!(
-                    "not {what} within {DEADLINE:?}; last status: {}",
-                    serde_json::to_string_pretty(&s).unwrap()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `GET path` as `user`; returns the variant, checked against the app that answered.
-    async fn variant_of(&self, user: &str, path: &str) -> String {
-        let r = self
-            .client
-            .get(&self.proxy(path), &[("x-user-id", user)])
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "user {user} {path}: {}", r.text());
-        let v = r.variant().to_string();
-        assert_eq!(
-            r.header("x-app-version"),
-            Some(v.as_str()),
-            "variant header disagrees with the app"
-        );
-        v
-    }
-
-    async fn shutdown(self) -> tempfile::TempDir {
-        self.app.shutdown().await;
-        let _ = self.stop_apps.send(true);
-        self.state
-    }
-}
-
-fn state_of(s: &Value) -> &str {
-    s["state"].as_str().unwrap_or("?")
-}
-
-fn reason_of(s: &Value) -> &str {
-    s["last_decision"]["reason"].as_str().unwrap_or("")
+/// rollgate in front of two demo apps, judging searches and payments;
+/// `routing` is added to `[routing]`, `rollout` is the body of `[rollout]`.
+async fn rig(v1: Profile, v2: Profile, routing: &str, rollout: &str) -> Rg {
+    Rg::with_apps(v1, v2, |c| {
+        c.with_journeys().routing(routing).rollout(rollout)
+    })
+    .await
 }
 
 /// Synthetic users: `workers` loops, each request from a new `x-user-id`,
@@ -245,19 +96,6 @@ impl Traffic {
     }
 }
 
-/// Every line of `audit.jsonl`, each required to be a complete JSON object.
-fn audit_lines(dir: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join("audit.jsonl")).expect("audit.jsonl exists");
-    assert!(text.ends_with('\n'), "audit.jsonl ends with a torn line");
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str::<Value>(l)
-                .unwrap_or_else(|e| panic!("audit.jsonl line {}: {e}: {l}", i + 1))
-        })
-        .collect()
-}
-
 fn short_rollout(extra: &str) -> String {
     format!(
         "auto_start = true\ntick = \"200ms\"\nwindow = \"2s\"\nmin_samples = 10\n{extra}\n{FLAGS}\n\
@@ -266,19 +104,11 @@ fn short_rollout(extra: &str) -> String {
     )
 }
 
-// ===== 1. tick trigger: V2 slow -> p95_hard =====
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_v2_is_rolled_back_by_p95_hard_and_users_return_to_v1() {
-    let slow = Profile::healthy(
-        "v2",
-        Latency {
-            median_ms: 250.0,
-            p95_ms: 400.0,
-        },
-    );
+    let slow = healthy("v2", 250.0, 400.0);
     // A RED gate may not roll back on its own here: only the hard P95 trigger can.
-    let rig = Rig::start(
+    let rig = rig(
         fast("v1"),
         slow,
         "",
@@ -325,7 +155,7 @@ async fn slow_v2_is_rolled_back_by_p95_hard_and_users_return_to_v1() {
 
     let m = rig.client.get(&rig.admin("/metrics"), &[]).await.text();
     assert_eq!(
-        common::metric(&m, "rollgate_rollbacks_total", &[("reason", "p95_hard")]),
+        metric(&m, "rollgate_rollbacks_total", &[("reason", "p95_hard")]),
         Some(1.0),
         "{m}"
     );
@@ -358,8 +188,6 @@ async fn slow_v2_is_rolled_back_by_p95_hard_and_users_return_to_v1() {
     assert_eq!(decisions[rb]["detail"]["weight_v2"].as_f64(), Some(0.0));
 }
 
-// ===== 2. request-path trigger: consecutive failed payments =====
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn six_failed_v2_payments_roll_back_on_the_request_path_before_any_tick() {
     let mut broken = fast("v2");
@@ -370,7 +198,7 @@ async fn six_failed_v2_payments_roll_back_on_the_request_path_before_any_tick() 
          [[rollout.phases]]\nname = \"canary-50\"\nweight = 50\nhold = \"1h\"\n\n\
          [[rollout.phases]]\nname = \"full\"\nweight = 100\n"
     );
-    let rig = Rig::start(fast("v1"), broken, "allow_override_header = true", &rollout).await;
+    let rig = rig(fast("v1"), broken, "allow_override_header = true", &rollout).await;
     let s = rig
         .wait_for("in canary-50", |s| state_of(s) == "canary")
         .await;
@@ -478,11 +306,9 @@ async fn six_failed_v2_payments_roll_back_on_the_request_path_before_any_tick() 
     assert_eq!(decisions[1]["detail"]["trigger"], "payment_failures");
 }
 
-// ===== 3. healthy -> promoted, golden re-freeze, FREEZE_LOCK =====
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn healthy_rollout_is_promoted_frozen_and_reported() {
-    let rig = Rig::start(
+    let rig = rig(
         fast("v1"),
         fast("v2"),
         "",
@@ -535,21 +361,21 @@ async fn healthy_rollout_is_promoted_frozen_and_reported() {
 
     // FREEZE_LOCK: weight and rollout changes are refused until unfrozen.
     let r = rig
-        .call(Method::PUT, "/api/v1/weights", json!({"v2": 30}))
+        .call_json(Method::PUT, "/api/v1/weights", json!({"v2": 30}))
         .await;
     assert_eq!(r.status, StatusCode::LOCKED, "{}", r.text());
     let r = rig
-        .call(Method::POST, "/api/v1/rollout/start", Value::Null)
+        .call_json(Method::POST, "/api/v1/rollout/start", Value::Null)
         .await;
     assert_eq!(r.status, StatusCode::LOCKED, "{}", r.text());
     assert_eq!(rig.status().await["weights"]["v2"].as_f64(), Some(100.0));
     let r = rig
-        .call(Method::POST, "/api/v1/unfreeze", Value::Null)
+        .call_json(Method::POST, "/api/v1/unfreeze", Value::Null)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["frozen"], false);
     let r = rig
-        .call(Method::PUT, "/api/v1/weights", json!({"v2": 30}))
+        .call_json(Method::PUT, "/api/v1/weights", json!({"v2": 30}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let s = r.json();
@@ -612,162 +438,4 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-// ===== 4. admin API semantics =====
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn admin_api_approvals_incidents_validation_and_conflicts() {
-    let rollout = format!(
-        "auto_start = true\ntick = \"1h\"\nwindow = \"1h\"\n{FLAGS}\n\
-         [[rollout.phases]]\nname = \"canary-5\"\nweight = 5\nhold = \"1h\"\n\n\
-         [[rollout.phases]]\nname = \"canary-25\"\nweight = 25\nhold = \"1h\"\napproval = \"cfo\"\n\n\
-         [[rollout.phases]]\nname = \"full\"\nweight = 100\n"
-    );
-    let rig = Rig::start(fast("v1"), fast("v2"), "", &rollout).await;
-    rig.wait_for("in canary-5", |s| state_of(s) == "canary")
-        .await;
-
-    // Approvals are recorded with role and who.
-    let no_token = rig
-        .client
-        .post(
-            &rig.admin("/api/v1/approvals"),
-            &[],
-            json!({"role": "cfo", "by": "x"}).to_string(),
-        )
-        .await;
-    assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
-    let r = rig
-        .call(
-            Method::POST,
-            "/api/v1/approvals",
-            json!({"role": "cfo", "by": "x"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let approvals = rig.status().await["approvals"].clone();
-    assert_eq!(approvals.as_array().map(Vec::len), Some(1), "{approvals}");
-    assert_eq!(approvals[0]["role"], "cfo");
-    assert_eq!(approvals[0]["by"], "x");
-    assert!(approvals[0]["at"].is_string());
-
-    // Invalid bodies: 400 naming the field, and nothing changes.
-    for (method, path, body, field) in [
-        (
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 3, "summary": "s"}),
-            "severity",
-        ),
-        (
-            Method::POST,
-            "/api/v1/approvals",
-            json!({"role": 5, "by": "x"}),
-            "role",
-        ),
-        (
-            Method::POST,
-            "/api/v1/approvals",
-            json!({"role": "ceo"}),
-            "by",
-        ),
-        (Method::PUT, "/api/v1/flags", json!({"X": 2}), "X"),
-        (Method::PUT, "/api/v1/weights", json!({"v2": 101}), "v2"),
-        (Method::PUT, "/api/v1/weights", json!({"v2": "ten"}), "v2"),
-    ] {
-        let r = rig.call(method.clone(), path, body.clone()).await;
-        assert_eq!(
-            r.status,
-            StatusCode::BAD_REQUEST,
-            "{method} {path} {body}: {}",
-            r.text()
-        );
-        let msg = r.json()["error"].as_str().unwrap_or("").to_string();
-        assert!(
-            msg.contains(field),
-            "{method} {path} {body}: error does not name `{field}`: {msg}"
-        );
-    }
-    let auth = format!("Bearer {}", rig.token);
-    let r = rig
-        .client
-        .put(
-            &rig.admin("/api/v1/flags"),
-            &[("authorization", auth.as_str())],
-            "{not json",
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
-    let s = rig.status().await;
-    assert_eq!(state_of(&s), "canary");
-    assert_eq!(s["approvals"].as_array().map(Vec::len), Some(1));
-    assert!(s["flags"].get("X").is_none(), "{}", s["flags"]);
-
-    // Starting a rollout that is running is a conflict.
-    let r = rig
-        .call(Method::POST, "/api/v1/rollout/start", Value::Null)
-        .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
-
-    // One Sev-2 is noted; the second holds for a manual decision.
-    let r = rig
-        .call(
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 2, "summary": "slow search"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(state_of(&r.json()), "canary");
-    let r = rig
-        .call(
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 2, "summary": "slow detail"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let s = r.json();
-    assert_eq!(state_of(&s), "holding", "{s}");
-    assert_eq!(s["last_decision"]["action"], "HOLD");
-    assert!(reason_of(&s).starts_with("incidents"), "{}", reason_of(&s));
-    assert_eq!(s["weights"]["v2"].as_f64(), Some(5.0));
-
-    // A Sev-1 rolls back at once: the answer to the POST already shows it.
-    let r = rig
-        .call(
-            Method::POST,
-            "/api/v1/incidents",
-            json!({"severity": 1, "summary": "payments down"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let s = r.json();
-    assert_eq!(state_of(&s), "rolled_back", "{s}");
-    assert_eq!(s["last_decision"]["action"], "ROLLBACK");
-    assert_eq!(s["last_decision"]["trigger"], "sev1_incident");
-    assert!(
-        reason_of(&s).starts_with("sev1_incident"),
-        "{}",
-        reason_of(&s)
-    );
-    assert_eq!(s["weights"]["v2"].as_f64(), Some(0.0));
-    let incidents = s["incidents"].as_array().cloned().unwrap_or_default();
-    assert_eq!(
-        incidents
-            .iter()
-            .map(|i| i["severity"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        [2, 2, 1]
-    );
-    for i in 0..30 {
-        assert_eq!(rig.variant_of(&format!("u{i}"), "/search").await, "v1");
-    }
-    // A rolled-back rollout cannot be rolled back again.
-    let r = rig
-        .call(Method::POST, "/api/v1/rollout/rollback", Value::Null)
-        .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
-    rig.shutdown().await;
 }

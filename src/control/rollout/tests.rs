@@ -9,13 +9,13 @@ use crate::config::Config;
 use crate::control::gates::{self, GateContext, GateResult, JourneyKpi, VariantKpi};
 use crate::control::state::{Action, RolloutState, StateName, Trigger};
 use crate::control::tripwire::Trip;
-use crate::journeys::JourneyKind;
+use crate::routing::journeys::JourneyKind;
 use crate::routing::Variant;
-use crate::stats::{CellCounts, Window};
+use crate::telemetry::{CellCounts, Window};
 
 // ===== configs =====
 
-const BASE: &str = r#"
+pub(crate) const BASE: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 [upstreams]
@@ -30,11 +30,11 @@ path_prefix = "/api/payments"
 kind = "payment"
 "#;
 
-const ALL_FLAGS: &str =
+pub(crate) const ALL_FLAGS: &str =
     "flags = { SHADOW_PASS_24H = 1, A2_V26_COMPLIANT = 1, EVIDENCE_BUNDLE = 1 }";
 
 /// Three live phases, no approvals, short holds.
-const PLAIN_PHASES: &str = r#"
+pub(crate) const PLAIN_PHASES: &str = r#"
 [[rollout.phases]]
 name = "canary-5"
 weight = 5
@@ -81,7 +81,7 @@ approval_waived_if_green = true
 "#;
 
 /// `rollout_keys` go under `[rollout]`, then the phases.
-fn config(rollout_keys: &str, phases: &str) -> Config {
+pub(crate) fn config(rollout_keys: &str, phases: &str) -> Config {
     let text = format!("{BASE}\n[rollout]\nmin_samples = 50\n{rollout_keys}\n{phases}");
     Config::parse(&text, "t").unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
@@ -1520,7 +1520,7 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
             comparative: s.weight_v2 < 100.0,
             weight_v2: s.weight_v2,
             v2_bad_since_start: s.v2_bad_requests,
-            shadow: crate::control::is_shadow(cfg, s),
+            shadow: crate::control::step::is_shadow(cfg, s),
             now,
             previous: &s.gate_status,
             recovery: &s.gate_recovery,

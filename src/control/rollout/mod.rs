@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveTime, Utc};
 
 use super::gates::{Evaluation, GateStatus};
-use super::state::{Action, Approval, Decision, Incident, RolloutState, StateName, Trigger};
+use super::state::{Action, Decision, HoldCause, RolloutState, StateName, Trigger};
 use super::tripwire::Trip;
 use crate::config::{PhaseMode, PromotionWindow, RolloutConfig};
+
+mod command;
+pub use command::{Command, CommandError};
 
 /// What the control task must do after a step.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -28,54 +31,24 @@ pub struct Outcome {
     pub weights_changed: bool,
 }
 
-/// Operator commands of the admin API.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    Start,
-    Pause,
-    Resume,
-    Promote,
-    Rollback,
-    SetWeight(f64),
-    SetFlags(BTreeMap<String, i64>),
-    Approve { role: String, by: String },
-    Incident { severity: u8, summary: String },
-    Unfreeze,
-}
-
-impl Command {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Start => "start",
-            Command::Pause => "pause",
-            Command::Resume => "resume",
-            Command::Promote => "promote",
-            Command::Rollback => "rollback",
-            Command::SetWeight(_) => "weights",
-            Command::SetFlags(_) => "flags",
-            Command::Approve { .. } => "approve",
-            Command::Incident { .. } => "incident",
-            Command::Unfreeze => "unfreeze",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum CommandError {
-    /// HTTP 423.
-    #[error("FREEZE_LOCK is set after the golden re-freeze: POST /api/v1/unfreeze first")]
-    Frozen,
-    /// HTTP 409.
-    #[error("{0}")]
-    Conflict(String),
-}
-
 fn decision(action: Action, reason: impl Into<String>, at: DateTime<Utc>) -> Decision {
     Decision {
         action,
         reason: reason.into(),
         at,
         trigger: None,
+        cause: None,
+    }
+}
+
+/// A decision that is reported and moves the weights; it becomes the last one.
+fn reported(s: &mut RolloutState, d: Decision) -> Outcome {
+    s.last_decision = Some(d.clone());
+    Outcome {
+        decision: Some(d),
+        report: true,
+        weights_changed: true,
+        ..Default::default()
     }
 }
 
@@ -130,34 +103,42 @@ impl Core<'_> {
             now,
         );
         d.trigger = Some(trigger);
-        s.last_decision = Some(d.clone());
-        Outcome {
-            decision: Some(d),
-            report: true,
-            weights_changed: true,
-            ..Default::default()
-        }
+        reported(s, d)
     }
 
-    fn hold(&self, s: &mut RolloutState, reason: String, now: DateTime<Utc>) -> Outcome {
+    /// Holds on `cause`; `red` when the cause is a RED gate.
+    fn hold(
+        &self,
+        s: &mut RolloutState,
+        cause: HoldCause,
+        detail: impl std::fmt::Display,
+        red: bool,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        self.hold_with(s, cause.reason(detail), cause, red, now)
+    }
+
+    fn hold_with(
+        &self,
+        s: &mut RolloutState,
+        reason: String,
+        cause: HoldCause,
+        red: bool,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         if s.state == StateName::Canary {
             s.state = StateName::Holding;
         }
         // One report when a hold starts or its cause changes, not every tick.
-        // The cause is the text before the first ':' (for gates, the gate's
-        // identity, not its colour). The same cause again after more than a
-        // window without a HOLD (e.g. GREEN ticks in between) is a new hold; a
-        // flicker within one is not. Within one hold, the first escalation to
-        // RED is reported too, so YELLOW "insufficient data" turning into a
-        // breach is on record, while a gate flickering RED/YELLOW is not spammed.
-        let key = |r: &str| r.split(':').next().unwrap_or("").to_string();
-        let red = reason
-            .split(':')
-            .nth(1)
-            .is_some_and(|r| r.trim_start().starts_with("RED"));
+        // The cause is the gate's identity, not its colour. The same cause
+        // again after more than a window without a HOLD (e.g. GREEN ticks in
+        // between) is a new hold; a flicker within one is not. Within one
+        // hold, the first escalation to RED is reported too, so YELLOW
+        // "insufficient data" turning into a breach is on record, while a gate
+        // flickering RED/YELLOW is not spammed.
         let window = chrono::TimeDelta::from_std(self.cfg.window).unwrap_or(chrono::TimeDelta::MAX);
         let same_hold = s.last_decision.as_ref().is_some_and(|d| {
-            d.action == Action::Hold && key(&d.reason) == key(&reason) && now - d.at <= window
+            d.action == Action::Hold && d.cause.as_ref() == Some(&cause) && now - d.at <= window
         });
         let report = !same_hold || (red && !s.hold_red_reported);
         s.hold_red_reported = if same_hold {
@@ -165,7 +146,8 @@ impl Core<'_> {
         } else {
             red
         };
-        let d = decision(Action::Hold, reason, now);
+        let mut d = decision(Action::Hold, reason, now);
+        d.cause = Some(cause);
         s.last_decision = Some(d.clone());
         Outcome {
             decision: Some(d),
@@ -191,28 +173,19 @@ impl Core<'_> {
             let full = self.cfg.phases[idx].weight.percent();
             let weights_changed = s.weight_v2 != full;
             s.weight_v2 = full;
-            let d = decision(Action::Promote, reason, now);
-            s.last_decision = Some(d.clone());
             return Outcome {
-                decision: Some(d),
-                report: true,
                 promoted: true,
                 weights_changed,
-                ..Default::default()
+                ..reported(s, decision(Action::Promote, reason, now))
             };
         }
         if self.cfg.phases[idx].mode == PhaseMode::Shadow {
             s.flags.insert("SHADOW_PASS_24H".into(), 1);
         }
         self.enter_phase(s, idx + 1, now);
-        let d = decision(Action::Go, reason, now);
-        s.last_decision = Some(d.clone());
         Outcome {
-            decision: Some(d),
-            report: true,
             stepped_from: Some(idx),
-            weights_changed: true,
-            ..Default::default()
+            ..reported(s, decision(Action::Go, reason, now))
         }
     }
 
@@ -313,23 +286,19 @@ impl Core<'_> {
         let first = &self.cfg.phases[0];
         let missing = self.missing_flags(s);
         if first.mode == PhaseMode::Live && !missing.is_empty() {
-            return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
+            return self.hold(
+                s,
+                HoldCause::StartConditions,
+                missing.join(", "),
+                false,
+                now,
+            );
         }
         self.enter_phase(s, 0, now);
         // A rollout starts: its error budget account starts empty.
         s.v2_bad_requests = 0;
-        let d = decision(
-            Action::Go,
-            format!("start conditions met: entering {}", first.name),
-            now,
-        );
-        s.last_decision = Some(d.clone());
-        Outcome {
-            decision: Some(d),
-            report: true,
-            weights_changed: true,
-            ..Default::default()
-        }
+        let reason = format!("start conditions met: entering {}", first.name);
+        reported(s, decision(Action::Go, reason, now))
     }
 
     fn in_phase(
@@ -353,19 +322,16 @@ impl Core<'_> {
             } else {
                 s.green_since = None;
             }
-            return self.hold(s, reason, now);
+            return self.hold_with(s, reason, HoldCause::ManualDecision, false, now);
         }
         if let Some(g) = ev.worst() {
             s.green_since = None;
-            let what = g
-                .journey
-                .as_deref()
-                .map_or(String::new(), |j| format!(" ({j})"));
-            // The hold's cause (for report de-duplication) is the text before
-            // the first ':': the gate's identity, not its colour, so a gate
-            // flickering RED/YELLOW is one hold, reported once.
-            let reason = format!("gate {}{what}: {} {}", g.name, g.status.word(), g.reason);
-            return self.hold(s, reason, now);
+            // The hold's cause is the gate's identity, not its colour, so a
+            // gate flickering RED/YELLOW is one hold, reported once.
+            let cause = HoldCause::Gate(g.key());
+            let red = g.status == GateStatus::Red;
+            let detail = format_args!("{} {}", g.status.word(), g.reason);
+            return self.hold(s, cause, detail, red, now);
         }
         let since = *s.green_since.get_or_insert(now);
         let green_for = now - since;
@@ -399,7 +365,13 @@ impl Core<'_> {
             s.flags.insert("SHADOW_PASS_24H".into(), 1);
             let missing = self.missing_flags(s);
             if !missing.is_empty() {
-                return self.hold(s, format!("start conditions: {}", missing.join(", ")), now);
+                return self.hold(
+                    s,
+                    HoldCause::StartConditions,
+                    missing.join(", "),
+                    false,
+                    now,
+                );
             }
         }
         if let Some(role) = &next.approval {
@@ -407,7 +379,9 @@ impl Core<'_> {
             if !waived && !s.has_approval(role) {
                 return self.hold(
                     s,
-                    format!("approval: {} needs approval by role {role}", next.name),
+                    HoldCause::Approval,
+                    format_args!("{} needs approval by role {role}", next.name),
+                    false,
                     now,
                 );
             }
@@ -419,7 +393,9 @@ impl Core<'_> {
             };
             return self.hold(
                 s,
-                format!("promotion window: outside it, step-ups resume at {resume} local"),
+                HoldCause::PromotionWindow,
+                format_args!("outside it, step-ups resume at {resume} local"),
+                false,
                 now,
             );
         }
@@ -443,7 +419,12 @@ impl Core<'_> {
     }
 
     /// The request path tripped on consecutive payment failures (it already swapped the weights).
-    pub fn payment_trip(&self, s: &mut RolloutState, trip: Trip, now: DateTime<Utc>) -> Outcome {
+    pub(crate) fn payment_trip(
+        &self,
+        s: &mut RolloutState,
+        trip: Trip,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         let detail = format!(
             "{} consecutive failed payments on V2 (limit {}); weights swapped {} µs after the last failure",
             trip.failures,
@@ -454,151 +435,10 @@ impl Core<'_> {
     }
 
     /// Whether V2 is taking traffic under the controller's watch.
-    pub fn active(s: &RolloutState) -> bool {
+    pub(crate) fn active(s: &RolloutState) -> bool {
         s.weight_v2 > 0.0 && !matches!(s.state, StateName::RolledBack | StateName::Promoted)
-    }
-
-    /// An operator command.
-    pub fn command(
-        &self,
-        s: &mut RolloutState,
-        cmd: Command,
-        now: DateTime<Utc>,
-    ) -> Result<Outcome, CommandError> {
-        let changes_weights = matches!(
-            cmd,
-            Command::Start
-                | Command::Resume
-                | Command::Promote
-                | Command::Rollback
-                | Command::SetWeight(_)
-        );
-        if s.frozen && changes_weights {
-            return Err(CommandError::Frozen);
-        }
-        let conflict = |what: &str, s: &RolloutState| {
-            Err(CommandError::Conflict(format!(
-                "cannot {what} while the rollout is {}",
-                s.state.as_str()
-            )))
-        };
-        match cmd {
-            Command::Start => match s.state {
-                StateName::Waiting | StateName::RolledBack | StateName::Promoted => {
-                    if s.state != StateName::Waiting {
-                        // A new rollout: forget the previous one's approvals and incidents.
-                        let flags = std::mem::take(&mut s.flags);
-                        let next_report = s.next_report;
-                        *s = RolloutState::new(flags);
-                        s.next_report = next_report;
-                    }
-                    s.started = true;
-                    let mut out = self.try_start(s, now);
-                    out.report = true;
-                    Ok(out)
-                }
-                _ => conflict("start", s),
-            },
-            Command::Pause => match s.state {
-                StateName::Waiting | StateName::Shadow | StateName::Canary | StateName::Holding => {
-                    s.state = StateName::Paused;
-                    Ok(self.none("paused by operator".into(), now))
-                }
-                _ => conflict("pause", s),
-            },
-            Command::Resume => match (s.state, s.phase_index) {
-                (StateName::Paused, Some(idx)) => {
-                    let started = s.phase_started_at;
-                    self.enter_phase(s, idx, now);
-                    s.phase_started_at = started;
-                    s.manual_hold = None;
-                    Ok(Outcome {
-                        weights_changed: true,
-                        ..self.none(format!("resumed in {}", self.cfg.phases[idx].name), now)
-                    })
-                }
-                (StateName::Paused, None) => {
-                    s.state = StateName::Waiting;
-                    s.weight_v2 = 0.0;
-                    s.manual_hold = None;
-                    Ok(Outcome {
-                        weights_changed: true,
-                        ..self.none("resumed: waiting for start conditions".into(), now)
-                    })
-                }
-                (StateName::Holding, _) if s.manual_hold.is_some() => {
-                    s.manual_hold = None;
-                    s.state = StateName::Canary;
-                    Ok(self.none("manual hold cleared".into(), now))
-                }
-                _ => conflict("resume", s),
-            },
-            Command::Promote => match (s.state, s.phase_index) {
-                (
-                    StateName::Shadow | StateName::Canary | StateName::Holding | StateName::Paused,
-                    Some(_),
-                ) => {
-                    s.manual_hold = None;
-                    Ok(self.advance(s, "manual promote by operator".into(), now))
-                }
-                _ => conflict("promote", s),
-            },
-            Command::Rollback => match s.state {
-                StateName::RolledBack => conflict("roll back", s),
-                _ => Ok(self.rollback(s, Trigger::Manual, "rollback requested by operator", now)),
-            },
-            Command::SetWeight(p) => {
-                s.state = StateName::Paused;
-                s.weight_v2 = p;
-                Ok(Outcome {
-                    weights_changed: true,
-                    ..self.none(format!("manual weight: V2 {p}%; controller paused"), now)
-                })
-            }
-            Command::SetFlags(flags) => {
-                s.flags.extend(flags);
-                Ok(Outcome::default())
-            }
-            Command::Approve { role, by } => {
-                s.approvals.push(Approval { role, by, at: now });
-                Ok(Outcome::default())
-            }
-            Command::Incident { severity, summary } => {
-                let id = s.incidents.len() as u64 + 1;
-                s.incidents.push(Incident {
-                    id,
-                    severity,
-                    summary: summary.clone(),
-                    at: now,
-                });
-                if !Self::active(s) {
-                    return Ok(Outcome::default());
-                }
-                if severity == 1 {
-                    return Ok(self.rollback(
-                        s,
-                        Trigger::Sev1Incident,
-                        &format!("Sev-1 incident #{id}: {summary}"),
-                        now,
-                    ));
-                }
-                let sev2 = s.sev_count(2);
-                if severity == 2 && sev2 >= self.cfg.sev2_hold_count as usize {
-                    let reason = format!("incidents: {sev2} Sev-2 incidents, holding for a manual decision (resume, promote or rollback)");
-                    s.manual_hold = Some(reason.clone());
-                    // `hold` turns `canary` into `holding`; an operator's pause stands.
-                    return Ok(self.hold(s, reason, now));
-                }
-                Ok(Outcome::default())
-            }
-            Command::Unfreeze => {
-                s.frozen = false;
-                Ok(Outcome::default())
-            }
-        }
     }
 }
 
 #[cfg(test)]
-#[path = "rollout_tests.rs"]
-mod tests;
+pub(crate) mod tests;

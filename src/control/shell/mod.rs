@@ -1,0 +1,397 @@
+//! The control task: one select loop over the tick, admin commands, reloads
+//! and request-path trips. Each arm reads the clock and the counts, hands
+//! them to the pure [`step`](super::step), and passes the outcome to the
+//! [`Effects`]; then the [`Board`] publishes what readers see. State changes
+//! are serialized through this one task, so nothing here needs a lock.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Local, TimeDelta, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::effects::Effects;
+use super::gates::Evaluation;
+use super::history::HistoryView;
+use super::replay::RecordKind;
+use super::rollout::{Command, CommandError, Core, Outcome};
+use super::state::{self, RolloutState, StateError, StateName};
+use super::status::Board;
+use super::step::{self, TickTime};
+use super::tripwire::PaymentTrip;
+use super::StatusView;
+use crate::config::Config;
+use crate::routing::Router;
+use crate::telemetry::prometheus::Metrics;
+use crate::telemetry::{Interval, IntervalRing, Telemetry};
+use arc_swap::ArcSwap;
+
+// === messages ===
+
+pub(crate) struct CommandMsg {
+    cmd: Command,
+    by: String,
+    reply: oneshot::Sender<Result<Arc<StatusView>, CommandError>>,
+}
+
+/// New config and telemetry after a validated reload.
+pub(crate) struct ReloadMsg {
+    cfg: Arc<Config>,
+    telemetry: Arc<Telemetry>,
+    reply: oneshot::Sender<()>,
+}
+
+/// What the control task receives besides its tick.
+pub(crate) enum Msg {
+    Command(CommandMsg),
+    Reload(ReloadMsg),
+}
+
+/// What the admin API holds: a way to send commands and the latest status.
+#[derive(Clone)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<Msg>,
+    status: Arc<ArcSwap<StatusView>>,
+    history: Arc<ArcSwap<HistoryView>>,
+}
+
+impl ControlHandle {
+    /// Hands a reloaded config (and possibly fresh telemetry) to the controller.
+    pub async fn reload(&self, cfg: Arc<Config>, telemetry: Arc<Telemetry>) -> Result<(), ()> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Reload(ReloadMsg {
+            cfg,
+            telemetry,
+            reply,
+        });
+        self.tx.send(msg).await.map_err(|_| ())?;
+        rx.await.map_err(|_| ())
+    }
+
+    pub fn status(&self) -> Arc<StatusView> {
+        self.status.load_full()
+    }
+
+    /// The last hour of ticks (weights, per-journey P95), for the status page.
+    pub fn history(&self) -> Arc<HistoryView> {
+        self.history.load_full()
+    }
+
+    /// Runs a command through the control task; `by` is recorded in the audit log.
+    pub async fn command(&self, cmd: Command, by: &str) -> Result<Arc<StatusView>, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Command(CommandMsg {
+            cmd,
+            by: by.to_string(),
+            reply,
+        });
+        let gone = || CommandError::Conflict("the controller is shutting down".into());
+        self.tx.send(msg).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+// === clock ===
+
+/// The controller's clock. Every duration (holds, RED timers, cooldowns, the
+/// window, the webhook cadence, the chart's hour) is measured on tokio's
+/// monotonic `Instant`, so a wall-clock step cannot shorten a hold or
+/// stretch a RED timer, and tests pause time instead of sleeping.
+///
+/// Decision times are the wall clock at start-up plus the monotonic time
+/// since: they read, and are persisted, as wall time. A time persisted
+/// before a restart (phase start, GREEN since, RED since) is wall time too;
+/// placed on this axis it lies at its true distance in the past, which is
+/// the monotonic instant it stands for. The wall clock itself is read only
+/// for display (admin audit lines) and the promotion window's time of day.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    origin: Instant,
+    wall_origin: DateTime<Utc>,
+}
+
+impl Clock {
+    pub(crate) fn start() -> Self {
+        Clock {
+            origin: Instant::now(),
+            wall_origin: Utc::now(),
+        }
+    }
+
+    /// Decision time now.
+    pub(crate) fn at(&self) -> DateTime<Utc> {
+        self.on_axis(self.origin.elapsed())
+    }
+
+    fn on_axis(&self, since_start: std::time::Duration) -> DateTime<Utc> {
+        TimeDelta::from_std(since_start)
+            .ok()
+            .and_then(|d| self.wall_origin.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The readings of one step, from one look at the clock.
+    pub(crate) fn read(&self) -> TickTime {
+        let since_start = self.origin.elapsed();
+        TickTime {
+            ms: since_start.as_millis() as u64,
+            at: self.on_axis(since_start),
+            local: Local::now().time(),
+        }
+    }
+}
+
+// === controller ===
+
+/// What the controller knows between ticks.
+pub(crate) struct Situation {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) state: RolloutState,
+    /// The last evaluation (status view, reports, metrics, baseline).
+    pub(crate) last_eval: Evaluation,
+    /// What the controller is waiting for right now (the last reason).
+    pub(crate) detail: String,
+}
+
+impl Situation {
+    pub(crate) fn phase_name(&self) -> Option<String> {
+        self.state
+            .phase_index
+            .map(|i| self.cfg.rollout.phases[i].name.clone())
+    }
+}
+
+/// What comes in: the request path's counts and trips, and the window the
+/// counts go in.
+struct Intake {
+    telemetry: Arc<Telemetry>,
+    ring: IntervalRing,
+    /// The weight in force, recorded with each interval.
+    router: Arc<Router>,
+    /// Request-path trips (consecutive V2 payment failures).
+    trip: Arc<PaymentTrip>,
+}
+
+impl Intake {
+    /// Takes the counts since the last look into the window.
+    fn take(&mut self, s: &mut RolloutState, t: &TickTime) -> Option<Interval> {
+        let mut snapshot = self.telemetry.snapshot();
+        snapshot.users = self.telemetry.take_users();
+        // The weight in force since the last tick: the interval was routed with it.
+        snapshot.weight_v2_bp = self.router.load().v2.bp();
+        step::intake(&mut self.ring, s, t.ms, snapshot)
+    }
+}
+
+pub(crate) struct Controller {
+    sit: Situation,
+    intake: Intake,
+    clock: Clock,
+    effects: Effects,
+    board: Board,
+    /// Print each report to stdout (the demo).
+    pub(crate) echo_reports: bool,
+}
+
+impl Controller {
+    /// Loads or creates the rollout state; publishes the initial routing table.
+    pub(crate) fn new(
+        cfg: Arc<Config>,
+        telemetry: Arc<Telemetry>,
+        router: Arc<Router>,
+        trip: Arc<PaymentTrip>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, ControlHandle, mpsc::Receiver<Msg>), StateError> {
+        let dir = &cfg.server.state_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let state = match state::load(dir)? {
+            Some(s) => {
+                tracing::info!(state = ?s.state, phase = ?s.phase_index, weight_v2 = s.weight_v2, "resumed rollout state");
+                s
+            }
+            None => {
+                let mut s = RolloutState::new(cfg.rollout.flags.clone());
+                s.started = cfg.rollout.auto_start;
+                s
+            }
+        };
+        state::save(dir, &state)?;
+        let effects = Effects::open(&cfg, &state, router.clone(), trip.clone(), metrics)?;
+        let board = Board::new(&state);
+        let (status, history) = board.readers();
+        let (tx, rx) = mpsc::channel(64);
+        let ctl = Controller {
+            intake: Intake {
+                telemetry,
+                ring: step::ring(&cfg),
+                router,
+                trip,
+            },
+            sit: Situation {
+                cfg,
+                state,
+                last_eval: Evaluation::default(),
+                detail: String::new(),
+            },
+            clock: Clock::start(),
+            effects,
+            board,
+            echo_reports: false,
+        };
+        ctl.board.publish(&ctl.sit);
+        let handle = ControlHandle {
+            tx,
+            status,
+            history,
+        };
+        Ok((ctl, handle, rx))
+    }
+
+    /// Runs until `shutdown` flips to true.
+    pub(crate) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let every = |tick| {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            interval
+        };
+        let mut tick = self.sit.cfg.rollout.tick;
+        let mut interval = every(tick);
+        let trip = self.intake.trip.clone();
+        loop {
+            if self.sit.cfg.rollout.tick != tick {
+                tick = self.sit.cfg.rollout.tick;
+                interval = every(tick);
+            }
+            tokio::select! {
+                _ = interval.tick() => self.on_tick(),
+                Some(msg) = rx.recv() => match msg {
+                    Msg::Command(c) => self.on_command(c),
+                    Msg::Reload(r) => self.on_reload(r),
+                },
+                () = trip.notify.notified() => self.on_trip(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.effects.persist(&self.sit);
+    }
+
+    fn on_tick(&mut self) {
+        // The cost of a tick in real time, whatever the controller's clock says.
+        let started = std::time::Instant::now();
+        let t = self.step(RecordKind::Tick, "controller", step::tick);
+        self.board.record_history(t.at, &self.sit);
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "control tick"
+        );
+    }
+
+    fn on_trip(&mut self) {
+        let Some(trip) = self.intake.trip.take_trip() else {
+            return;
+        };
+        if matches!(self.sit.state.state, StateName::RolledBack) {
+            return;
+        }
+        self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
+            step::trip(cfg, ring, s, trip, t)
+        });
+    }
+
+    /// Reads the clock and the counts, runs the pure `decide` step, records
+    /// the evaluation and carries out the outcome on behalf of `by`.
+    fn step(
+        &mut self,
+        kind: RecordKind,
+        by: &str,
+        decide: impl FnOnce(
+            &Config,
+            &IntervalRing,
+            &mut RolloutState,
+            &TickTime,
+        ) -> (Evaluation, Outcome),
+    ) -> TickTime {
+        let t = self.clock.read();
+        let interval = self.intake.take(&mut self.sit.state, &t);
+        let before = self.sit.state.clone();
+        let (ev, out) = decide(&self.sit.cfg, &self.intake.ring, &mut self.sit.state, &t);
+        self.sit.last_eval = ev;
+        let decision = out.decision.clone();
+        self.effects
+            .record(kind, &t, interval, before, &self.sit, decision);
+        self.apply(out, by);
+        t
+    }
+
+    fn on_reload(&mut self, r: ReloadMsg) {
+        if !Arc::ptr_eq(&r.telemetry, &self.intake.telemetry) {
+            // New cell layout: old interval deltas no longer line up.
+            self.intake.ring = step::ring(&r.cfg);
+            self.intake.telemetry = r.telemetry;
+        }
+        self.sit.cfg = r.cfg;
+        let detail = serde_json::json!({"journeys": self.sit.cfg.journeys.len() - 1});
+        self.effects.audit(Utc::now(), "admin", "reload", detail);
+        self.effects.route(&self.sit);
+        self.board.publish(&self.sit);
+        let _ = r.reply.send(());
+    }
+
+    fn on_command(&mut self, msg: CommandMsg) {
+        let name = msg.cmd.name();
+        let args = command_detail(&msg.cmd);
+        let core = Core {
+            cfg: &self.sit.cfg.rollout,
+        };
+        let result = core.command(&mut self.sit.state, msg.cmd, self.clock.at());
+        let detail = serde_json::json!({
+            "by": msg.by,
+            "args": args,
+            "result": match &result { Ok(_) => "ok".to_string(), Err(e) => e.to_string() },
+        });
+        self.effects.audit(Utc::now(), "admin", name, detail);
+        tracing::info!(command = name, by = %msg.by, ok = result.is_ok(), "admin action");
+        let reply = result.map(|out| {
+            self.apply(out, &msg.by);
+            self.board.status()
+        });
+        let _ = msg.reply.send(reply);
+    }
+
+    /// Carries out an outcome, publishes the status, and tells the webhook.
+    fn apply(&mut self, out: Outcome, by: &str) {
+        let notable = out.report;
+        self.effects
+            .apply(&mut self.sit, out, by, self.echo_reports);
+        self.board.publish(&self.sit);
+        self.effects
+            .maybe_send_update(&self.sit, &self.board, notable);
+    }
+}
+
+fn command_detail(cmd: &Command) -> serde_json::Value {
+    match cmd {
+        Command::SetWeight(p) => serde_json::json!({"v2": p}),
+        Command::SetFlags(f) => serde_json::json!(f),
+        Command::Approve { role, by } => serde_json::json!({"role": role, "by": by}),
+        Command::Incident { severity, summary } => {
+            serde_json::json!({"severity": severity, "summary": summary})
+        }
+        Command::Start
+        | Command::Pause
+        | Command::Resume
+        | Command::Promote
+        | Command::Rollback
+        | Command::Unfreeze => serde_json::Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests;

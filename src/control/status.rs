@@ -1,0 +1,112 @@
+//! What readers see: the status view and the chart history, published
+//! through `ArcSwap` so the admin API reads them without asking the control
+//! task (and without a lock).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+
+use super::gates::Evaluation;
+use super::history::{History, HistoryPoint, HistoryView};
+use super::shell::Situation;
+use super::state::RolloutState;
+use super::{PhaseView, StatusView, Weights};
+
+/// The published status and history.
+pub(crate) struct Board {
+    status: Arc<ArcSwap<StatusView>>,
+    history: History,
+    history_view: Arc<ArcSwap<HistoryView>>,
+}
+
+impl Board {
+    /// Before the first publish: the loaded state's name, V1 takes everything.
+    pub(crate) fn new(state: &RolloutState) -> Self {
+        let status = StatusView {
+            state: state.state,
+            phase: None,
+            phase_index: None,
+            weights: Weights { v1: 100.0, v2: 0.0 },
+            gates: vec![],
+            flags: BTreeMap::new(),
+            approvals: vec![],
+            incidents: vec![],
+            last_decision: None,
+            frozen: false,
+            detail: String::new(),
+            phase_started_at: None,
+            phases: vec![],
+            evaluation: Evaluation::default(),
+        };
+        Board {
+            status: Arc::new(ArcSwap::from_pointee(status)),
+            history: History::default(),
+            history_view: Arc::new(ArcSwap::from_pointee(HistoryView::default())),
+        }
+    }
+
+    /// The readers' ends (the admin API's handle).
+    pub(crate) fn readers(&self) -> (Arc<ArcSwap<StatusView>>, Arc<ArcSwap<HistoryView>>) {
+        (self.status.clone(), self.history_view.clone())
+    }
+
+    pub(crate) fn status(&self) -> Arc<StatusView> {
+        self.status.load_full()
+    }
+
+    pub(crate) fn publish(&self, sit: &Situation) {
+        self.status.store(Arc::new(view(sit)));
+    }
+
+    /// One chart point per tick, after the tick's decision took effect.
+    /// `at` is on the controller's clock: points age out by it.
+    pub(crate) fn record_history(&mut self, at: DateTime<Utc>, sit: &Situation) {
+        let s = &sit.state;
+        self.history.push(HistoryPoint::new(
+            at,
+            s.state,
+            s.phase_index,
+            s.weight_v2,
+            &sit.last_eval,
+        ));
+        self.history_view.store(Arc::new(self.history.view()));
+    }
+}
+
+/// `GET /api/v1/status` for the controller's situation.
+pub(crate) fn view(sit: &Situation) -> StatusView {
+    let s = &sit.state;
+    StatusView {
+        state: s.state,
+        phase: sit.phase_name(),
+        phase_index: s.phase_index,
+        weights: Weights {
+            v1: 100.0 - s.weight_v2,
+            v2: s.weight_v2,
+        },
+        gates: sit.last_eval.gates.clone(),
+        flags: s.flags.clone(),
+        approvals: s.approvals.clone(),
+        incidents: s.incidents.clone(),
+        last_decision: s.last_decision.clone(),
+        frozen: s.frozen,
+        detail: sit.detail.clone(),
+        phase_started_at: s.phase_started_at,
+        phases: sit
+            .cfg
+            .rollout
+            .phases
+            .iter()
+            .map(|p| PhaseView {
+                name: p.name.clone(),
+                weight: p.weight.percent(),
+                hold_s: p.hold.as_secs(),
+                p95_ms: p.p95_ms,
+                approval: p.approval.clone(),
+            })
+            .collect(),
+        evaluation: sit.last_eval.clone(),
+    }
+}

@@ -1,0 +1,128 @@
+//! The pure step of a tick: counts in the window -> gate evaluation ->
+//! decision. No clock reads, no I/O: the live loop hands it a snapshot's
+//! interval and its clock readings, `rollgate replay` hands it recorded ones,
+//! and both get the same evaluation and decision for the same inputs. That
+//! is what makes a replayed difference mean "the new config decides
+//! otherwise" rather than "the replay computes otherwise".
+
+use chrono::{DateTime, NaiveTime, Utc};
+
+use super::gates::{self, Evaluation, GateContext};
+use super::rollout::{Core, Outcome};
+use super::state::RolloutState;
+use super::tripwire::Trip;
+use crate::config::{Config, PhaseMode};
+use crate::routing::Variant;
+use crate::telemetry::{Interval, IntervalRing, Snapshot, StatusClass};
+
+/// The clock readings a step uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TickTime {
+    /// The window clock (ms): intervals are placed on it.
+    pub(crate) ms: u64,
+    /// Decision time: every hold, RED timer and cooldown is a difference of these.
+    pub(crate) at: DateTime<Utc>,
+    /// Local time of day (the promotion window).
+    pub(crate) local: NaiveTime,
+}
+
+/// The window's intervals: enough for the configured window, whatever the
+/// tick, with two ticks of slack.
+pub(crate) fn ring(cfg: &Config) -> IntervalRing {
+    IntervalRing::new(cfg.rollout.window + cfg.rollout.tick * 2)
+}
+
+/// Takes a snapshot into the window. While V2 takes traffic under watch, its
+/// 5xx responses are charged to the error budget. Returns the interval the
+/// snapshot added (`None` on the first), which the evaluation record keeps.
+pub(crate) fn intake(
+    ring: &mut IntervalRing,
+    s: &mut RolloutState,
+    now_ms: u64,
+    snapshot: Snapshot,
+) -> Option<Interval> {
+    let interval = ring.push(now_ms, snapshot).cloned();
+    if let Some(interval) = &interval {
+        if Core::active(s) {
+            let bad: u64 = interval
+                .cells
+                .iter()
+                .skip(Variant::V2 as usize)
+                .step_by(2)
+                .map(|c| c.classes[StatusClass::ServerError as usize])
+                .sum();
+            s.v2_bad_requests += bad;
+        }
+    }
+    interval
+}
+
+/// Every gate over the window that ends at `t`.
+pub(crate) fn evaluate(
+    cfg: &Config,
+    ring: &IntervalRing,
+    s: &RolloutState,
+    t: &TickTime,
+) -> Evaluation {
+    let window = ring.window(cfg.journeys.len(), t.ms, cfg.rollout.window);
+    gates::evaluate(&window, &gate_context(cfg, s, t.at))
+}
+
+/// One tick: evaluate, then decide.
+pub(crate) fn tick(
+    cfg: &Config,
+    ring: &IntervalRing,
+    s: &mut RolloutState,
+    t: &TickTime,
+) -> (Evaluation, Outcome) {
+    let ev = evaluate(cfg, ring, s, t);
+    let out = Core { cfg: &cfg.rollout }.tick(s, &ev, t.at, t.local);
+    (ev, out)
+}
+
+/// A request-path trip: the evaluation at that moment (for the report), and
+/// the rollback the request path already carried out.
+pub(crate) fn trip(
+    cfg: &Config,
+    ring: &IntervalRing,
+    s: &mut RolloutState,
+    trip: Trip,
+    t: &TickTime,
+) -> (Evaluation, Outcome) {
+    let ev = evaluate(cfg, ring, s, t);
+    let out = Core { cfg: &cfg.rollout }.payment_trip(s, trip, t.at);
+    (ev, out)
+}
+
+/// The gate inputs of a tick: the config, and what the rollout state says
+/// about the phase (P95 threshold, control traffic, weight, error budget
+/// spent, shadow mode).
+pub fn gate_context<'a>(
+    cfg: &'a Config,
+    s: &'a RolloutState,
+    now: DateTime<Utc>,
+) -> GateContext<'a> {
+    let phase_p95_ms = s
+        .phase_index
+        .and_then(|i| cfg.rollout.phases.get(i))
+        .unwrap_or(&cfg.rollout.phases[0])
+        .p95_ms;
+    GateContext {
+        cfg,
+        phase_p95_ms,
+        comparative: s.weight_v2 < 100.0,
+        weight_v2: s.weight_v2,
+        v2_bad_since_start: s.v2_bad_requests,
+        shadow: is_shadow(cfg, s),
+        now,
+        previous: &s.gate_status,
+        recovery: &s.gate_recovery,
+    }
+}
+
+/// Whether a phase mirrors rather than routes.
+pub(crate) fn is_shadow(cfg: &Config, s: &RolloutState) -> bool {
+    s.phase_index
+        .and_then(|i| cfg.rollout.phases.get(i))
+        .is_some_and(|p| p.mode == PhaseMode::Shadow)
+}
