@@ -34,7 +34,9 @@ pub(crate) fn route_table(cfg: &Config, s: &RolloutState) -> RouteTable {
     RouteTable {
         v2: WeightBp::from_percent(s.weight_v2).unwrap_or(WeightBp::ZERO),
         headers,
-        headers_to: s.phase_index.map_or(Default::default(), |i| cfg.rollout.phases[i].headers_to),
+        headers_to: s
+            .phase_index
+            .map_or(Default::default(), |i| cfg.rollout.phases[i].headers_to),
         shadow: s.state == StateName::Shadow,
     }
 }
