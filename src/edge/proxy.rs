@@ -22,12 +22,12 @@ use super::region::Regions;
 use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
 use crate::config::{BeaconsConfig, Config, Upstream};
-use crate::journeys::{JourneyId, JourneyKind, Journeys};
+use crate::edge::sticky::{Resolved, Source, Sticky};
+use crate::routing::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::tripwire::PaymentTrip;
 use crate::routing::{RouteTable, Router, Variant};
-use crate::stats::beacons::BeaconReject;
-use crate::stats::{Telemetry, UpstreamErrorKind};
-use crate::sticky::{Resolved, Source, Sticky};
+use crate::telemetry::beacons::BeaconReject;
+use crate::telemetry::{Telemetry, UpstreamErrorKind};
 
 /// Everything the request path reads; built once, shared by all connections.
 pub struct Proxy {

@@ -32,9 +32,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{Config, ShadowConfig};
-use crate::journeys::JourneyId;
-use crate::stats::shadow::ShadowClass;
-use crate::stats::Telemetry;
+use crate::routing::journeys::JourneyId;
+use crate::telemetry::shadow::ShadowClass;
+use crate::telemetry::Telemetry;
 
 use super::headers::{remove_hop_by_hop, X_ROLLGATE_VARIANT};
 use super::upstream::pool::{Pool, PoolConfig};

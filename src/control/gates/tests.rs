@@ -1,7 +1,7 @@
 use super::judge::{zone, Bound, Zone};
 use super::*;
 use crate::config::Config;
-use crate::stats::beacons::{BeaconCounts, BeaconType};
+use crate::telemetry::beacons::{BeaconCounts, BeaconType};
 
 pub(crate) const CONFIG: &str = r#"
         [server]
@@ -701,7 +701,7 @@ fn concurrency_is_yellow_while_shedding() {
 
 #[test]
 fn split_skew_per_region() {
-    use crate::stats::UserShare;
+    use crate::telemetry::UserShare;
     let cfg = edge();
     let mut w = edge_window(&cfg);
     let share = |v1: u64, v2: u64| UserShare {
@@ -751,7 +751,7 @@ fn edge_config_errors_name_the_key() {
 
 #[test]
 fn shadow_phase_judges_the_mirrors() {
-    use crate::stats::shadow::ShadowCounts;
+    use crate::telemetry::shadow::ShadowCounts;
     let cfg = Config::parse(CONFIG, "t").unwrap();
     let eval_shadow = |w: &Window| {
         let mem = Memory::default();
