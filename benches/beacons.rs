@@ -9,9 +9,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rollgate::config::BeaconsConfig;
-use rollgate::proxy::beacon::{parse, Batch};
+use rollgate::edge::beacon::{parse, Batch};
 use rollgate::routing::Variant;
-use rollgate::stats::Telemetry;
+use rollgate::telemetry::Telemetry;
 
 /// A browser's typical batch: a page view, a click, a first-result timing, a
 /// JS error now and then, with the keys real clients add (ignored).

@@ -24,9 +24,9 @@ use rollgate::control::gate_context;
 use rollgate::control::gates::{evaluate, Evaluation};
 use rollgate::control::rollout::Core;
 use rollgate::control::state::{RolloutState, StateName};
-use rollgate::journeys::JourneyId;
+use rollgate::routing::journeys::JourneyId;
 use rollgate::routing::Variant;
-use rollgate::stats::{IntervalRing, Telemetry, Window};
+use rollgate::telemetry::{IntervalRing, Telemetry, Window};
 
 /// Configured journeys; with `other` that makes 50.
 const CONFIGURED: usize = 49;

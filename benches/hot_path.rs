@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::header::{ACCEPT, COOKIE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rollgate::journeys::{Journey, JourneyId, JourneyKind, Journeys, PathMatch};
+use rollgate::edge::sticky::{Sticky, COOKIE_NAME};
+use rollgate::routing::journeys::{Journey, JourneyId, JourneyKind, Journeys, PathMatch};
 use rollgate::routing::{RouteTable, Router, Variant, WeightBp};
-use rollgate::stats::histogram::{bucket_index, BUCKETS};
-use rollgate::stats::Telemetry;
-use rollgate::sticky::{Sticky, COOKIE_NAME};
+use rollgate::telemetry::histogram::{bucket_index, BUCKETS};
+use rollgate::telemetry::Telemetry;
 
 /// Pre-built inputs per loop; a power of two so `i & MASK` picks one.
 const N: usize = 256;
@@ -29,7 +29,7 @@ const MASK: usize = N - 1;
 
 /// `stats` splits each cell into this many stripes, a thread writing to
 /// `thread_index % STRIPES`. Only used to force two threads onto one stripe in
-/// the worst-case bench; keep in sync with `STRIPES` in `src/stats/mod.rs`.
+/// the worst-case bench; keep in sync with `STRIPES` in `src/telemetry/cells.rs`.
 const STRIPES_ASSUMED: usize = 4;
 
 fn prefix(name: &str, path: &str, methods: u16, kind: JourneyKind) -> Journey {
@@ -385,7 +385,7 @@ fn bench_sticky(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             let r = sticky.resolve(black_box(&cookie_maps[i & MASK]));
-            debug_assert_eq!(r.source, rollgate::sticky::Source::Cookie);
+            debug_assert_eq!(r.source, rollgate::edge::sticky::Source::Cookie);
             r
         })
     });
@@ -397,11 +397,11 @@ fn bench_sticky(c: &mut Criterion) {
     // The benches above must measure the path they are named after.
     assert_eq!(
         sticky.resolve(&header_maps[0]).source,
-        rollgate::sticky::Source::UserKey
+        rollgate::edge::sticky::Source::UserKey
     );
     assert_eq!(
         sticky.resolve(&cookie_maps[0]).source,
-        rollgate::sticky::Source::Cookie
+        rollgate::edge::sticky::Source::Cookie
     );
 }
 

@@ -246,7 +246,7 @@ sticky_header = "x-user-id"
 [rollout]
 auto_start = false
 
-$(cat "$ROOT/config/demo-journeys.toml")
+$(cat "$ROOT/src/demo/journeys.toml")
 EOF
 }
 

@@ -130,7 +130,7 @@ sticky_header = "x-user-id"
 auto_start = false
 tick = "1h"
 window = "1h"
-$(cat "$ROOT/config/demo-journeys.toml")
+$(cat "$ROOT/src/demo/journeys.toml")
 EOF
 }
 

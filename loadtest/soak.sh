@@ -83,7 +83,7 @@ timeout = "5s"
 [routing]
 sticky_header = "x-user-id"
 
-$(cat config/demo-journeys.toml)
+$(cat src/demo/journeys.toml)
 
 [gates]
 cooldown = "${COOLDOWN}s"

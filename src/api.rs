@@ -11,53 +11,15 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::control::gates::{Evaluation, GateResult};
-use crate::control::state::{Approval, Decision, Incident, StateName};
-
 pub(crate) use crate::control::report::{Report, ReportIndex};
+// The status answer is the controller's own view: it is built there, where
+// its parts live, so the control plane never imports this module.
+pub use crate::control::{PhaseView, StatusView, Weights};
 
 // === answers ===
-
-/// `GET /api/v1/status`, and the answer to every command.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatusView {
-    pub state: StateName,
-    pub phase: Option<String>,
-    pub phase_index: Option<usize>,
-    pub weights: Weights,
-    pub gates: Vec<GateResult>,
-    pub flags: BTreeMap<String, i64>,
-    pub approvals: Vec<Approval>,
-    pub incidents: Vec<Incident>,
-    pub last_decision: Option<Decision>,
-    pub frozen: bool,
-    /// What the controller is waiting for right now.
-    pub detail: String,
-    pub phase_started_at: Option<DateTime<Utc>>,
-    pub phases: Vec<PhaseView>,
-    pub evaluation: Evaluation,
-}
-
-/// Both variants' weights in percent; they add up to 100.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Weights {
-    pub v1: f64,
-    pub v2: f64,
-}
-
-/// One configured phase, as the status page and the CLI list them.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PhaseView {
-    pub name: String,
-    pub weight: f64,
-    pub hold_s: u64,
-    pub p95_ms: f64,
-    pub approval: Option<String>,
-}
 
 /// `GET /api/v1/reports`: the gate reports, oldest first.
 #[derive(Clone, Debug, Serialize, Deserialize)]

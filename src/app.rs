@@ -17,13 +17,13 @@ use crate::config::{Config, RuntimeMode};
 use crate::control::report::ReportStore;
 use crate::control::state::StateError;
 use crate::control::{ControlHandle, Controller};
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::edge::server::{self, Limits};
+use crate::edge::tls::Tls;
+use crate::edge::Proxy;
 use crate::routing::tripwire::PaymentTrip;
 use crate::routing::{RouteTable, Router};
-use crate::server::{self, Limits};
+use crate::telemetry::prometheus::Metrics;
 use crate::telemetry::{Layout, Telemetry};
-use crate::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -46,7 +46,7 @@ pub enum StartError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::edge::tls::TlsError),
     #[error("cookie secret {path}: {source}")]
     Secret {
         path: PathBuf,
@@ -81,7 +81,7 @@ pub struct App {
     threads: Vec<std::thread::JoinHandle<()>>,
     workers: usize,
     shadow_task: Option<JoinHandle<()>>,
-    shadow: Option<crate::proxy::shadow::Shadow>,
+    shadow: Option<crate::edge::shadow::Shadow>,
 }
 
 const SECRET_FILE: &str = "cookie_secret";
@@ -162,7 +162,7 @@ pub enum ReloadError {
     #[error("`server.tls` was {0}: switching TLS on or off needs a restart")]
     TlsToggle(&'static str),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::edge::tls::TlsError),
     #[error("the controller is shutting down")]
     Gone,
 }
@@ -225,7 +225,7 @@ impl App {
         };
 
         let (shadow, shadow_worker) =
-            match crate::proxy::shadow::Shadow::new(&cfg, telemetry.clone()) {
+            match crate::edge::shadow::Shadow::new(&cfg, telemetry.clone()) {
                 Some((s, w)) => (Some(s), Some(w)),
                 None => (None, None),
             };

@@ -31,10 +31,3 @@ pub mod telemetry;
 
 pub use app::App;
 pub use config::Config;
-// Old paths, kept while the restructure lands.
-pub use edge as proxy;
-pub(crate) use edge::tls;
-pub use edge::{server, sticky};
-pub use routing::journeys;
-pub use telemetry as stats;
-pub(crate) use telemetry::prometheus as metrics;

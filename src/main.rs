@@ -66,7 +66,7 @@ enum Cmd {
         #[arg(long, default_value_t = 700.0)]
         rate: f64,
     },
-    /// Admin API commands (status, weights, approve, pause, ...): see src/cli.rs.
+    /// Admin API commands (status, weights, approve, pause, ...): see src/cli/.
     #[command(flatten)]
     Admin(rollgate::cli::AdminCmd),
 }

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
-use rollgate::journeys::{JourneyId, Journeys};
+use rollgate::edge::sticky::Sticky;
+use rollgate::routing::journeys::{JourneyId, Journeys};
 use rollgate::routing::{RouteTable, Router, Variant, WeightBp};
-use rollgate::stats::{Telemetry, UpstreamErrorKind};
-use rollgate::sticky::Sticky;
+use rollgate::telemetry::{Telemetry, UpstreamErrorKind};
 
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
@@ -276,7 +276,7 @@ fn resolving_a_user_key_and_loading_the_route_allocate_nothing() {
 #[test]
 fn beacon_parse_and_record_allocate_nothing() {
     use rollgate::config::BeaconsConfig;
-    use rollgate::proxy::beacon::{parse, Batch};
+    use rollgate::edge::beacon::{parse, Batch};
     let names = BeaconsConfig {
         names: ["page_view", "js_error", "first_result_ms"]
             .map(String::from)

@@ -17,8 +17,8 @@ use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
-use rollgate::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
-use rollgate::sticky::Sticky;
+use rollgate::edge::sticky::Sticky;
+use rollgate::routing::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
 use rollgate::Config;
 use serde_json::Value;
 
@@ -284,7 +284,7 @@ fn journeys() -> impl Strategy<Value = Vec<Journey>> {
     )
 }
 
-/// The documented rules (src/journeys.rs), written independently.
+/// The documented rules (src/routing/journeys.rs), written independently.
 fn model_matches(j: &Journey, method: &Method, path: &str) -> bool {
     if j.methods != 0 && j.methods & method_bit(method) == 0 {
         return false;

@@ -55,9 +55,9 @@ async fn v2_handle(
 /// `v2` on rollgate's own server.
 async fn spawn_v2(v2: Arc<V2>) -> DemoApp {
     DemoApp::serve(|l, stopped| {
-        rollgate::server::serve(
+        rollgate::edge::server::serve(
             l,
-            rollgate::server::Limits::default(),
+            rollgate::edge::server::Limits::default(),
             move |req, _| v2_handle(v2.clone(), req),
             stopped,
         )

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use http::StatusCode;
-use rollgate::sticky::Sticky;
+use rollgate::edge::sticky::Sticky;
 
 use harness::{expected_variant, Resp, Rg, SALT};
 

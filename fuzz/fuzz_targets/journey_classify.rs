@@ -6,7 +6,7 @@
 
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use rollgate::journeys::{Journey, JourneyKind, Journeys, PathMatch};
+use rollgate::routing::journeys::{Journey, JourneyKind, Journeys, PathMatch};
 
 const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
 

@@ -5,7 +5,7 @@
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use rollgate::sticky::Sticky;
+use rollgate::edge::sticky::Sticky;
 
 fuzz_target!(|data: &[u8]| {
     let s = Sticky::new(

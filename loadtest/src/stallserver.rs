@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use rollgate::server::{self, Limits};
+use rollgate::edge::server::{self, Limits};
 use tokio::net::TcpListener;
 
 /// Counts requests; request number `stall_at` (1-based) waits `stall` first.

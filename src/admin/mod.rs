@@ -33,7 +33,7 @@ use crate::control::history::Since;
 use crate::control::report::{markdown, ReportStore};
 use crate::control::{Command, CommandError, ControlHandle};
 use crate::edge::Live;
-use crate::metrics::Metrics;
+use crate::telemetry::prometheus::Metrics;
 use arc_swap::ArcSwap;
 
 const MAX_BODY: usize = 64 * 1024;

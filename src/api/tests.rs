@@ -1,11 +1,12 @@
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::*;
-use crate::control::gates::{GateStatus, JourneyKpi, Recovery, VariantKpi};
+use crate::control::gates::{Evaluation, GateResult, GateStatus, JourneyKpi, Recovery, VariantKpi};
 use crate::control::history::{HistoryPoint, HistoryView, Since};
 use crate::control::report::{SummaryCard, TriggerStatus};
-use crate::control::state::Action;
-use crate::journeys::JourneyKind;
+use crate::control::state::{Action, Approval, Decision, Incident, StateName};
+use crate::routing::journeys::JourneyKind;
 
 fn at() -> DateTime<Utc> {
     "2025-01-01T00:00:00Z".parse().expect("a time")

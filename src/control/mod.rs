@@ -37,4 +37,4 @@ pub use shell::ControlHandle;
 pub(crate) use shell::Controller;
 pub use step::gate_context;
 
-pub use crate::api::{PhaseView, StatusView, Weights};
+pub use status::{PhaseView, StatusView, Weights};

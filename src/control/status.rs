@@ -7,12 +7,50 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::gates::Evaluation;
+use super::gates::{Evaluation, GateResult};
 use super::history::{History, HistoryPoint, HistoryView};
 use super::shell::Situation;
 use super::state::RolloutState;
-use super::{PhaseView, StatusView, Weights};
+use super::state::{Approval, Decision, Incident, StateName};
+
+/// `GET /api/v1/status`, and the answer to every command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    pub state: StateName,
+    pub phase: Option<String>,
+    pub phase_index: Option<usize>,
+    pub weights: Weights,
+    pub gates: Vec<GateResult>,
+    pub flags: BTreeMap<String, i64>,
+    pub approvals: Vec<Approval>,
+    pub incidents: Vec<Incident>,
+    pub last_decision: Option<Decision>,
+    pub frozen: bool,
+    /// What the controller is waiting for right now.
+    pub detail: String,
+    pub phase_started_at: Option<DateTime<Utc>>,
+    pub phases: Vec<PhaseView>,
+    pub evaluation: Evaluation,
+}
+
+/// Both variants' weights in percent; they add up to 100.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Weights {
+    pub v1: f64,
+    pub v2: f64,
+}
+
+/// One configured phase, as the status page and the CLI list them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseView {
+    pub name: String,
+    pub weight: f64,
+    pub hold_s: u64,
+    pub p95_ms: f64,
+    pub approval: Option<String>,
+}
 
 /// The published status and history.
 pub(crate) struct Board {

@@ -139,7 +139,7 @@ impl Default for DemoOptions {
 
 /// The journeys the synthetic users walk, as config text: shared by the
 /// demo and the tests that drive the same population.
-pub const JOURNEYS: &str = include_str!("../../config/demo-journeys.toml");
+pub const JOURNEYS: &str = include_str!("journeys.toml");
 
 fn config_text(v1: u16, v2: u16, state_dir: &str, window: Duration, limit_scale: f64) -> String {
     let window = humantime::format_duration(window);

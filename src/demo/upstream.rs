@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::server::{self, Limits};
+use crate::edge::server::{self, Limits};
 
 /// Log-normal latency given by its median and P95.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -25,7 +25,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use crate::config::BeaconsConfig;
 use crate::routing::Variant;
-use crate::stats::beacons::{BeaconCells, BeaconReject, BeaconType};
+use crate::telemetry::beacons::{BeaconCells, BeaconReject, BeaconType};
 
 pub const BEACON_PATH: &str = "/_rollgate/beacon";
 /// Largest accepted body.

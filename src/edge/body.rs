@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::upstream::pool::Checkout;
-use crate::stats::{InflightGuard, UpstreamErrorKind};
+use crate::telemetry::{InflightGuard, UpstreamErrorKind};
 
 pub enum ProxyBody {
     /// Streams the upstream body; the guard keeps the request counted as in

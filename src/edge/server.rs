@@ -19,7 +19,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::tls::Tls;
+use crate::edge::tls::Tls;
 
 /// Per-connection limits.
 #[derive(Clone, Copy, Debug)]

@@ -61,6 +61,7 @@ impl PaymentTrip {
         }
     }
 
+    #[cfg(test)]
     pub fn is_armed(&self) -> bool {
         self.armed.load(Ordering::Acquire)
     }

@@ -11,7 +11,7 @@ use super::beacons::BeaconCounts;
 use super::histogram::{Histogram, SparseHistogram, BUCKETS};
 use super::shadow::ShadowCounts;
 use super::StatusClass;
-use crate::journeys::JourneyId;
+use crate::routing::journeys::JourneyId;
 use crate::routing::Variant;
 
 /// Copies of each cell; a thread writes to `thread_index % STRIPES`.

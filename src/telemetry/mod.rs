@@ -40,7 +40,7 @@ pub use classes::{StatusClass, UpstreamErrorKind};
 pub use layout::Layout;
 pub use window::{Interval, IntervalRing, UserShare, Window};
 
-use crate::journeys::JourneyId;
+use crate::routing::journeys::JourneyId;
 use crate::routing::Variant;
 
 /// The request path's telemetry: every counter allocated once at start-up.

@@ -2,7 +2,7 @@
 //! outside the project rely on them: never rename one.
 //!
 //! To add a metric: 1. add its name here, 2. give it HELP text where it is
-//! registered or rendered (`crate::metrics`), 3. make sure a test scrapes it.
+//! registered or rendered (`crate::telemetry::prometheus`), 3. make sure a test scrapes it.
 
 pub const REQUESTS_TOTAL: &str = "rollgate_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "rollgate_request_duration_seconds";

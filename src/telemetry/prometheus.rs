@@ -14,12 +14,12 @@ use std::fmt::Write as _;
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::journeys::Journeys;
+use crate::routing::journeys::Journeys;
 use crate::routing::Variant;
-use crate::stats::beacons::{BeaconReject, BeaconType};
-use crate::stats::names::*;
-use crate::stats::shadow::ShadowClass;
-use crate::stats::{StatusClass, Telemetry, UpstreamErrorKind};
+use crate::telemetry::beacons::{BeaconReject, BeaconType};
+use crate::telemetry::names::*;
+use crate::telemetry::shadow::ShadowClass;
+use crate::telemetry::{StatusClass, Telemetry, UpstreamErrorKind};
 
 /// `le` bounds of the exported latency histogram, in seconds; they include the
 /// default gate thresholds (120/130/160 ms) so dashboards can read them exactly.

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::histogram::{bucket_index, Histogram, SparseHistogram, BUCKETS, MAX_US};
-use crate::journeys::JourneyId;
+use crate::routing::journeys::JourneyId;
 
 /// What V2 answered a mirrored request with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::beacons::{BeaconCounts, SparseBeacon};
 use super::cells::{cell_index, CellCounts, Snapshot, SparseCounts};
 use super::shadow::{ShadowCounts, SparseShadow};
-use crate::journeys::JourneyId;
+use crate::routing::journeys::JourneyId;
 use crate::routing::Variant;
 
 /// The counts of one interval between two snapshots.

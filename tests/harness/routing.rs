@@ -9,7 +9,7 @@ pub const SALT: &str = "rollgate";
 /// `x-rollgate-variant` names it.
 pub fn expected_variant(key: &str, pct: f64) -> &'static str {
     use rollgate::routing::{Variant, WeightBp};
-    let sticky = rollgate::sticky::Sticky::new(SALT, b"unused-for-buckets", None, None);
+    let sticky = rollgate::edge::sticky::Sticky::new(SALT, b"unused-for-buckets", None, None);
     match WeightBp::from_percent(pct)
         .unwrap()
         .pick(sticky.bucket(key.as_bytes()))

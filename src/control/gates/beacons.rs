@@ -2,10 +2,10 @@
 //! errors per page view, funnel ratios and timing medians.
 
 use crate::config::{Funnel, Step, Timing};
-use crate::journeys::JourneyId;
+use crate::routing::journeys::JourneyId;
 use crate::routing::Variant;
-use crate::stats::beacons::{BeaconCounts, BeaconType};
-use crate::stats::{StatusClass, Window};
+use crate::telemetry::beacons::{BeaconCounts, BeaconType};
+use crate::telemetry::{StatusClass, Window};
 
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::{log_ratio, mann_whitney, poisson_rate, Worse};

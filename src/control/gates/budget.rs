@@ -1,7 +1,7 @@
 //! The error budget: a running total of V2's 5xx responses against the
 //! SLO's monthly budget.
 
-use crate::stats::Window;
+use crate::telemetry::Window;
 
 use super::judge::{Bound, Evidence, Measure};
 use super::{Evaluation, Gate, GateContext, GateResult};

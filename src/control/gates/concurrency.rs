@@ -1,7 +1,7 @@
 //! V2 at its reserved capacity: requests shed on the request path.
 
 use crate::routing::Variant;
-use crate::stats::Window;
+use crate::telemetry::Window;
 
 use super::{Evaluation, Gate, GateContext, GateResult, GateStatus};
 

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::journeys::JourneyKind;
-use crate::stats::{CellCounts, UpstreamErrorKind};
+use crate::routing::journeys::JourneyKind;
+use crate::telemetry::{CellCounts, UpstreamErrorKind};
 
 /// Latency and error figures of one variant over the window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

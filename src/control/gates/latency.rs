@@ -2,7 +2,7 @@
 //! limit, and V2's median against V1's.
 
 use crate::config::JourneyLimits;
-use crate::stats::histogram::Histogram;
+use crate::telemetry::histogram::Histogram;
 
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::{binomial_exceeds, mann_whitney};

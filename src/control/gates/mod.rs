@@ -103,9 +103,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, JourneyLimits};
-use crate::journeys::{JourneyId, JourneyKind};
+use crate::routing::journeys::{JourneyId, JourneyKind};
 use crate::routing::Variant;
-use crate::stats::{CellCounts, Window};
+use crate::telemetry::{CellCounts, Window};
 
 pub use key::{Gate, GateKey, UnknownGate};
 pub use kpi::{JourneyKpi, VariantKpi};

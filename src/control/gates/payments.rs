@@ -2,7 +2,7 @@
 //! `rollout.payment_success_min` unless the journey sets its own) and any
 //! journey with its own `success_min` (`success_rate`).
 
-use crate::journeys::JourneyKind;
+use crate::routing::journeys::JourneyKind;
 
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::binomial_exceeds;

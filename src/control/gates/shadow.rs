@@ -1,7 +1,7 @@
 //! A shadow phase: V2 takes no live traffic, so only its answers to mirrored
 //! requests are judged.
 
-use crate::stats::Window;
+use crate::telemetry::Window;
 
 use super::judge::{Bound, Evidence, Measure};
 use super::latency;

@@ -2,7 +2,7 @@
 //! straight from the counters the request path already keeps.
 //!
 //! - [`mann_whitney`]: Mann-Whitney U on two histograms with the layout of
-//!   [`crate::stats::histogram`]. Values in one bucket are ties: each gets the mid-rank
+//!   [`crate::telemetry::histogram`]. Values in one bucket are ties: each gets the mid-rank
 //!   of its bucket, and the variance carries the usual tie correction. With a
 //!   bucket at most 1/64 of its value wide, the only information lost is the
 //!   order *inside* a bucket, which is below the histogram's 0.78 % resolution.

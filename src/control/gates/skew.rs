@@ -1,6 +1,6 @@
 //! Split skew: whether users reach V2 in the share the weights promise.
 
-use crate::stats::Window;
+use crate::telemetry::Window;
 
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::share_vs_expected;

@@ -1,24 +1,13 @@
 use super::judge::{zone, Bound, Zone};
 use super::*;
 use crate::config::Config;
-use crate::stats::beacons::{BeaconCounts, BeaconType};
+use crate::control::rollout::tests::BASE;
+use crate::telemetry::beacons::{BeaconCounts, BeaconType};
 
-pub(crate) const CONFIG: &str = r#"
-        [server]
-        listen = "127.0.0.1:0"
-        [upstreams]
-        v1 = "http://127.0.0.1:1"
-        v2 = "http://127.0.0.1:2"
-        [[journeys]]
-        name = "search"
-        path_prefix = "/search"
-        [[journeys]]
-        name = "payments"
-        path_prefix = "/api/payments"
-        kind = "payment"
-        [rollout]
-        min_samples = 50
-"#;
+/// Two journeys (search, payments) and `min_samples = 50`.
+fn base_config() -> Config {
+    Config::parse(&format!("{BASE}[rollout]\nmin_samples = 50\n"), "t").unwrap()
+}
 
 fn window(cfg: &Config, fill: impl Fn(JourneyId, Variant, &mut CellCounts)) -> Window {
     let mut w = Window::empty(cfg.journeys.len());
@@ -94,7 +83,7 @@ fn status(ev: &Evaluation, key: &str) -> GateStatus {
 
 #[test]
 fn healthy_window_is_all_green() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let w = window(&cfg, |id, _, c| {
         if id.index() < 2 {
             cell(c, 200, 50, 0)
@@ -120,7 +109,7 @@ fn healthy_window_is_all_green() {
 
 #[test]
 fn too_few_samples_is_yellow_never_green() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let w = window(&cfg, |id, v, c| {
         if id.index() == 0 {
             cell(c, if v == Variant::V2 { 49 } else { 1000 }, 10, 0)
@@ -141,7 +130,7 @@ fn too_few_samples_is_yellow_never_green() {
 
 #[test]
 fn slow_errors_and_failed_payments_are_red() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let w = window(&cfg, |id, v, c| match (id.index(), v) {
         (0, Variant::V2) => cell(c, 1000, 140, 0),
         (1, Variant::V2) => cell(c, 1000, 20, 15),
@@ -176,7 +165,7 @@ fn search_at(cfg: &Config, ms: u64) -> Window {
 
 #[test]
 fn recovery_needs_the_promote_band_and_the_cooldown() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let key = "latency_p95/search";
     let was_red = BTreeMap::from([(key.parse().unwrap(), GateStatus::Red)]);
     // 128 ms: inside 130 but not inside 130 * 0.95 = 123.5.
@@ -207,7 +196,7 @@ fn recovery_needs_the_promote_band_and_the_cooldown() {
 
 #[test]
 fn at_least_bands_use_the_narrower_of_threshold_and_complement() {
-    let g = Config::parse(CONFIG, "t").unwrap().gates;
+    let g = base_config().gates;
     let z = |v, t| zone(v, t, Bound::Min, &g);
     // 97 %: the complement is narrower (3 % * 5 % = 0.15 pp).
     assert_eq!(z(0.9716, 0.97), Zone::Clear);
@@ -226,7 +215,7 @@ fn at_least_bands_use_the_narrower_of_threshold_and_complement() {
 
 #[test]
 fn red_needs_the_rollback_band_and_stays_red_inside_it() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let key = "latency_p95/search";
     // 134 ms: beyond 130, inside 130 * 1.05 = 136.5.
     let near = search_at(&cfg, 134);
@@ -247,7 +236,7 @@ fn red_needs_the_rollback_band_and_stays_red_inside_it() {
 /// GREEN/non-GREEN alternation, and GREEN again only after the cooldown.
 #[test]
 fn a_value_hovering_at_the_threshold_never_flaps() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let key = "latency_p95/search";
     let mut mem = Memory::default();
     let mut now = t0();
@@ -275,7 +264,7 @@ fn a_value_hovering_at_the_threshold_never_flaps() {
 
 #[test]
 fn latency_vs_control_needs_the_threshold_and_significance() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let key = "latency_vs_control/search";
     // GREEN: V2 as fast as V1.
     let same = window(&cfg, |id, _, c| {
@@ -335,7 +324,7 @@ fn latency_vs_control_needs_the_threshold_and_significance() {
 
 #[test]
 fn comparative_gates_are_skipped_without_a_control() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let w = window(&cfg, |id, v, c| {
         if id.index() == 0 && v == Variant::V2 {
             cell(c, 500, 40, 1)
@@ -365,7 +354,7 @@ fn comparative_gates_are_skipped_without_a_control() {
 
 #[test]
 fn error_rate_margin_breach_needs_significance() {
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     // V1 0.1 %, V2 0.4 %: beyond V1 + 0.1 % but under the 0.5 % ceiling,
     // and 2 errors in 500 is no evidence.
     let w = window(&cfg, |id, v, c| {
@@ -408,7 +397,7 @@ fn error_rate_margin_breach_needs_significance() {
 fn equal_canaries_through_the_real_gates_are_rarely_red() {
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    let cfg = base_config();
     let mut rng = SmallRng::seed_from_u64(0x0dd_ba11);
     let lognormal_us = |rng: &mut SmallRng| {
         let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
@@ -694,14 +683,14 @@ fn concurrency_is_yellow_while_shedding() {
     assert_eq!(g.status, GateStatus::Yellow, "{g:?}");
     assert!(g.reason.contains("7 requests shed"), "{}", g.reason);
     // No reserved capacity configured: no gate.
-    let plain = Config::parse(CONFIG, "t").unwrap();
+    let plain = base_config();
     let ev = eval(&plain, &window(&plain, |_, _, _| {}), &BTreeMap::new());
     assert!(ev.gates.iter().all(|g| g.name != "concurrency"));
 }
 
 #[test]
 fn split_skew_per_region() {
-    use crate::stats::UserShare;
+    use crate::telemetry::UserShare;
     let cfg = edge();
     let mut w = edge_window(&cfg);
     let share = |v1: u64, v2: u64| UserShare {
@@ -751,8 +740,8 @@ fn edge_config_errors_name_the_key() {
 
 #[test]
 fn shadow_phase_judges_the_mirrors() {
-    use crate::stats::shadow::ShadowCounts;
-    let cfg = Config::parse(CONFIG, "t").unwrap();
+    use crate::telemetry::shadow::ShadowCounts;
+    let cfg = base_config();
     let eval_shadow = |w: &Window| {
         let mem = Memory::default();
         evaluate(

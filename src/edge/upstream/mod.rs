@@ -10,7 +10,7 @@ use hyper::{Request, Response};
 
 use crate::config::UpstreamsConfig;
 use crate::routing::Variant;
-use crate::stats::UpstreamErrorKind;
+use crate::telemetry::UpstreamErrorKind;
 use pool::{Checkout, Pool, PoolConfig, PoolError};
 
 /// One keep-alive pool per upstream, indexed by [`Variant`].

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::DEFAULT_ALPHA;
-use crate::stats::histogram::Histogram;
+use crate::telemetry::histogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
