@@ -1,6 +1,7 @@
 //! `[rollout]` and `[[rollout.phases]]`: the schedule, its thresholds, the
 //! flags that guard the first live phase, and where status goes.
 
+pub use crate::routing::HeadersTo;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -52,18 +53,6 @@ pub enum PhaseMode {
     #[default]
     Live,
     Shadow,
-}
-
-/// Which variant's requests carry a phase's `headers`.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum HeadersTo {
-    /// V2's requests only: the phase describes the canary (e.g. payments in
-    /// test mode for the few users on the new version), not the control.
-    #[default]
-    Canary,
-    /// V1's and V2's requests alike.
-    Both,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 
-use crate::config::HeadersTo;
+/// Which variant's requests carry a phase's `headers`.
+#[derive(Debug, serde::Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadersTo {
+    /// V2's requests only: the phase describes the canary (e.g. payments in
+    /// test mode for the few users on the new version), not the control.
+    #[default]
+    Canary,
+    /// V1's and V2's requests alike.
+    Both,
+}
 
 /// The two versions behind the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
