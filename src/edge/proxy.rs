@@ -25,7 +25,7 @@ use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
 use crate::config::{BeaconsConfig, Config, Upstream};
 use crate::routing::journeys::{JourneyId, JourneyKind, Journeys};
-use crate::routing::tripwire::PaymentTrip;
+use crate::routing::tripwire::{PaymentOutcome, PaymentTrip};
 use crate::routing::{RouteTable, Router, Variant};
 use crate::telemetry::beacons::BeaconReject;
 use crate::telemetry::{Telemetry, UpstreamErrorKind};
@@ -150,7 +150,8 @@ impl Proxy {
         };
         let status = resp.status();
         if self.journeys.kind(journey) == JourneyKind::Payment {
-            self.payment_trip.observe(variant, status.is_server_error());
+            self.payment_trip
+                .observe(variant, PaymentOutcome::of(status));
         }
         if let Some(m) = log_method {
             self.access_log

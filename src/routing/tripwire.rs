@@ -14,6 +14,31 @@ use tokio::sync::Notify;
 
 use crate::routing::{Router, Variant};
 
+/// What one payment response says about V2's payments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// A 2xx: the only answer that ends a streak of failures.
+    Succeeded,
+    /// A 5xx, or the upstream failed (502/504): counts towards the streak.
+    Failed,
+    /// Anything else (1xx, 3xx, 4xx, a client's broken body): says nothing
+    /// about V2, so a client cannot end a real streak with a 4xx of its own.
+    Neither,
+}
+
+impl PaymentOutcome {
+    #[inline]
+    pub fn of(status: http::StatusCode) -> Self {
+        if status.is_success() {
+            PaymentOutcome::Succeeded
+        } else if status.is_server_error() {
+            PaymentOutcome::Failed
+        } else {
+            PaymentOutcome::Neither
+        }
+    }
+}
+
 pub struct PaymentTrip {
     limit: AtomicU32,
     consecutive: AtomicU32,
@@ -68,13 +93,17 @@ impl PaymentTrip {
 
     /// Called for every payment-journey response.
     #[inline]
-    pub fn observe(&self, variant: Variant, failed: bool) {
+    pub fn observe(&self, variant: Variant, outcome: PaymentOutcome) {
         if variant != Variant::V2 {
             return;
         }
-        if !failed {
-            self.consecutive.store(0, Ordering::Relaxed);
-            return;
+        match outcome {
+            PaymentOutcome::Failed => {}
+            PaymentOutcome::Succeeded => {
+                self.consecutive.store(0, Ordering::Relaxed);
+                return;
+            }
+            PaymentOutcome::Neither => return,
         }
         let seen = Instant::now();
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
@@ -114,21 +143,64 @@ mod tests {
         let trip = PaymentTrip::new(5, router.clone());
         trip.arm(true);
         for _ in 0..5 {
-            trip.observe(Variant::V2, true);
+            trip.observe(Variant::V2, PaymentOutcome::Failed);
         }
-        trip.observe(Variant::V2, false); // a success resets the run
+        trip.observe(Variant::V2, PaymentOutcome::Succeeded); // a success resets the run
         for _ in 0..5 {
-            trip.observe(Variant::V2, true);
-            trip.observe(Variant::V1, true); // V1 failures do not count
+            trip.observe(Variant::V2, PaymentOutcome::Failed);
+            trip.observe(Variant::V1, PaymentOutcome::Failed); // V1 failures do not count
         }
         assert_eq!(router.load().v2.bp(), 2_500);
         assert!(trip.take_trip().is_none());
-        trip.observe(Variant::V2, true);
+        trip.observe(Variant::V2, PaymentOutcome::Failed);
         assert_eq!(router.load().v2, WeightBp::ZERO);
         let t = trip.take_trip().unwrap();
         assert_eq!(t.failures, 6);
         assert!(trip.take_trip().is_none());
         assert!(!trip.is_armed());
+    }
+
+    #[test]
+    fn a_4xx_neither_counts_nor_ends_a_streak_only_a_2xx_does() {
+        use http::StatusCode;
+        let router = Arc::new(Router::new(RouteTable {
+            v2: WeightBp::from_percent(5.0).unwrap(),
+            ..RouteTable::default()
+        }));
+        let trip = PaymentTrip::new(5, router.clone());
+        trip.arm(true);
+        let observe = |s: u16| {
+            trip.observe(
+                Variant::V2,
+                PaymentOutcome::of(StatusCode::from_u16(s).unwrap()),
+            )
+        };
+        // A client's 4xx (bad card, bad body) between real failures changes nothing.
+        for _ in 0..5 {
+            observe(503);
+            observe(402);
+            observe(408);
+        }
+        observe(302);
+        assert_eq!(router.load().v2.bp(), 500, "5 failures are not more than 5");
+        // Floods of 4xx never trip either.
+        let quiet = PaymentTrip::new(5, router.clone());
+        quiet.arm(true);
+        for _ in 0..100 {
+            quiet.observe(Variant::V2, PaymentOutcome::of(StatusCode::BAD_REQUEST));
+        }
+        assert!(quiet.take_trip().is_none());
+        // The sixth failure trips: the 4xx in between did not reset the run.
+        observe(502);
+        assert_eq!(router.load().v2, WeightBp::ZERO);
+        assert_eq!(trip.take_trip().unwrap().failures, 6);
+        // And a 2xx does reset it.
+        let again = PaymentTrip::new(1, router.clone());
+        again.arm(true);
+        again.observe(Variant::V2, PaymentOutcome::Failed);
+        again.observe(Variant::V2, PaymentOutcome::Succeeded);
+        again.observe(Variant::V2, PaymentOutcome::Failed);
+        assert!(again.take_trip().is_none());
     }
 
     #[test]
@@ -139,7 +211,7 @@ mod tests {
         }));
         let trip = PaymentTrip::new(1, router.clone());
         for _ in 0..10 {
-            trip.observe(Variant::V2, true);
+            trip.observe(Variant::V2, PaymentOutcome::Failed);
         }
         assert_eq!(router.load().v2, WeightBp::FULL);
     }

@@ -62,6 +62,14 @@ impl Gate {
         Gate::ShadowDiff,
     ];
 
+    /// Whether a sustained RED of this gate may roll back, or only hold.
+    /// `split_skew` only holds: a skewed split is evidence about the
+    /// measurement (bots, caches, a regional outage, or a client choosing its
+    /// own user keys), not about V2's health, and anyone can move it.
+    pub fn may_roll_back(self) -> bool {
+        !matches!(self, Gate::SplitSkew)
+    }
+
     /// The name in the status JSON, reports and the `gate` metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -234,7 +234,7 @@ impl Core<'_> {
             .unwrap_or(chrono::TimeDelta::MAX);
         s.red_since
             .iter()
-            .filter(|(_, since)| now - **since >= limit)
+            .filter(|(key, since)| key.gate().may_roll_back() && now - **since >= limit)
             .min_by_key(|(_, since)| **since)
             .map(|(key, since)| {
                 (

@@ -891,6 +891,27 @@ fn a_gate_red_for_red_rollback_after_rolls_back() {
 }
 
 #[test]
+fn a_split_skew_red_for_red_rollback_after_only_holds() {
+    let cfg = plain();
+    let mut r = Run::started(&cfg);
+    let mut skewed = green();
+    skewed
+        .gates
+        .push(gate("split_skew", Some("all"), GateStatus::Red));
+    // Twice the time a RED latency gate takes to roll back.
+    for out in r.ticks(&skewed, 41) {
+        assert_ne!(action(&out), Action::Rollback, "{out:?}");
+    }
+    assert!(r.s.red_since.contains_key("split_skew/all"));
+    assert_ne!(r.s.state, StateName::RolledBack);
+    assert!(r.s.weight_v2 > 0.0);
+    // The same RED on a gate of V2's health does roll back.
+    let mut r = Run::started(&cfg);
+    let outs = r.ticks(&red(), 21);
+    assert_eq!(action(outs.last().unwrap()), Action::Rollback);
+}
+
+#[test]
 fn red_for_less_or_interrupted_does_not_roll_back() {
     let cfg = plain();
     // RED for 4m45s, then GREEN.
