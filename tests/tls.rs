@@ -158,3 +158,52 @@ async fn tls_client_that_goes_silent_after_the_handshake_is_closed() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     rg.shutdown().await;
 }
+
+/// Everything the server writes on `tls` after `bytes`, until it closes.
+async fn answer_to(
+    mut tls: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    bytes: &[u8],
+) -> Vec<u8> {
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut out))
+        .await
+        .expect("the connection is closed within the deadline");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_alpn_agreed_on_is_the_only_one_spoken() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = Cert::new(dir.path(), "a");
+    let (v1, v2, rg) = tls_rig(&cert, "").await;
+    let request = b"GET /smuggled HTTP/1.1\r\nHost: localhost\r\nx-user-id: u\r\n\r\n";
+
+    // After `h2`, an HTTP/1.1 request is a bad connection preface: the server
+    // answers in HTTP/2 frames (its SETTINGS, then GOAWAY) and closes.
+    let tls = tls_connect(rg.app.proxy_addr, &[&cert.der], b"h2").await;
+    let out = answer_to(tls, request).await;
+    assert!(
+        !out.starts_with(b"HTTP/1"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        out.len() >= 9 && out[3] == 0x4,
+        "an h2 SETTINGS frame first: {out:?}"
+    );
+
+    // After `http/1.1`, the h2 preface is not taken for HTTP/2.
+    let tls = tls_connect(rg.app.proxy_addr, &[&cert.der], b"http/1.1").await;
+    let out = answer_to(tls, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        v1.seen().is_empty() && v2.seen().is_empty(),
+        "nothing forwarded"
+    );
+    rg.shutdown().await;
+}

@@ -156,6 +156,14 @@ pub async fn serve_tls<H, Fut, B>(
                             return;
                         }
                     };
+                    // The protocol ALPN agreed on is the only one spoken: an
+                    // HTTP/1.1 request line after `h2` (or an h2 preface after
+                    // `http/1.1`) is a protocol error, not something to sniff.
+                    let builder = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => builder.http2_only(),
+                        Some(b"http/1.1") => builder.http1_only(),
+                        _ => builder,
+                    };
                     // As above, after the handshake: wait for the first
                     // plaintext bytes (kept in the buffer) within the limit.
                     let mut stream = tokio::io::BufReader::new(stream);
