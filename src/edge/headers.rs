@@ -9,7 +9,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::forwarded::{set_forwarding, Peer, TrustedProxies};
+use super::forwarded::{set_forwarding, TrustedProxies};
 use super::shadow::X_ROLLGATE_SHADOW;
 use crate::config::Config;
 use crate::routing::{RouteTable, Variant};
@@ -120,12 +120,6 @@ impl UpstreamHeaders {
         }
     }
 
-    /// The sender of a request (see [`TrustedProxies::peer`]).
-    #[inline]
-    pub(crate) fn peer(&self, addr: std::net::SocketAddr, headers: &HeaderMap) -> Peer {
-        self.trusted.peer(addr, headers)
-    }
-
     /// Rewrites a client's request headers for `variant`'s upstream: hop-by-hop
     /// and control headers out, HTTP/2 cookie crumbs joined, then rollgate's
     /// own forwarding headers, request id, variant and the phase's headers.
@@ -136,12 +130,12 @@ impl UpstreamHeaders {
         h: &mut HeaderMap,
         variant: Variant,
         route: &RouteTable,
-        peer: &Peer,
+        from: std::net::SocketAddr,
     ) {
         remove_hop_by_hop(h);
         self.control.strip(h);
         join_cookie_crumbs(h);
-        set_forwarding(h, peer, self.tls);
+        set_forwarding(h, &self.trusted.peer(from), self.tls);
         ensure_request_id(h);
         h.insert(X_ROLLGATE_VARIANT.clone(), variant.header_value());
         for (name, value) in route.headers_for(variant) {

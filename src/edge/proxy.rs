@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 
 use super::access_log::AccessLog;
 use super::body::ProxyBody;
-use super::forwarded::Peer;
 use super::headers::*;
 use super::region::Regions;
 use super::sticky::{Resolved, Source, Sticky};
@@ -103,8 +102,6 @@ impl Proxy {
         req: Request<Incoming>,
         addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        // Who sent it, once per request: per-client limits key on `peer.client`.
-        let peer = self.upstream_headers.peer(addr, req.headers());
         if req.uri().path() == beacon::BEACON_PATH {
             return Ok(self.beacon(req).await);
         }
@@ -124,7 +121,7 @@ impl Proxy {
         let log_method = self.access_log.method(req.method());
 
         // Forward.
-        let result = self.forward(req, journey, variant, route, peer).await;
+        let result = self.forward(req, journey, variant, route, addr).await;
         let latency = start.elapsed();
 
         // Record and answer.
@@ -168,7 +165,7 @@ impl Proxy {
         journey: JourneyId,
         variant: Variant,
         route: Guard<Arc<RouteTable>>,
-        peer: Peer,
+        peer: SocketAddr,
     ) -> Result<Relayed, Refusal> {
         // V2's reserved capacity: the excess is shed here, before V2 sees it.
         let permit = match variant {
@@ -178,7 +175,7 @@ impl Proxy {
         let inflight = self.telemetry.inflight(journey, variant);
 
         // In a shadow phase, queue a mirror to V2 (never waits).
-        self.prepare_upstream(&mut req, variant, &route, &peer);
+        self.prepare_upstream(&mut req, variant, &route, peer);
         let mut tee = match &self.shadow {
             Some(sh)
                 if route.shadow && variant == Variant::V1 && sh.eligible(journey, req.method()) =>
@@ -313,7 +310,7 @@ impl Proxy {
         req: &mut Request<Incoming>,
         variant: Variant,
         route: &RouteTable,
-        peer: &Peer,
+        peer: SocketAddr,
     ) {
         let target = &self.targets[variant as usize];
         let incoming_authority = req.uri().authority().cloned();

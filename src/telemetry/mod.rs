@@ -46,7 +46,6 @@ use crate::routing::Variant;
 /// The request path's telemetry: every counter allocated once at start-up.
 pub struct Telemetry {
     layout: Layout,
-    journeys: usize,
     cells: Box<[Cell]>,
     /// Requests refused with 503 because V2 was over its reserved capacity.
     shed: [AtomicU64; 2],
@@ -82,7 +81,6 @@ impl Telemetry {
             })
             .collect();
         Self {
-            journeys,
             cells,
             shed: Default::default(),
             beacons: BeaconCells::new(layout.beacons()),
@@ -119,7 +117,7 @@ impl Telemetry {
     }
 
     pub fn journeys(&self) -> usize {
-        self.journeys
+        self.layout.journeys()
     }
 
     pub fn enabled(&self) -> bool {
@@ -190,7 +188,7 @@ impl Telemetry {
 
     /// In-flight requests of one variant over every journey.
     pub fn inflight_of(&self, variant: Variant) -> i64 {
-        (0..self.journeys)
+        (0..self.journeys())
             .flat_map(|j| self.cells[j * 2 + variant as usize].stripes.iter())
             .map(|s| s.inflight.load(Relaxed))
             .sum()
@@ -222,7 +220,7 @@ impl Telemetry {
             })
             .collect();
         Snapshot {
-            journeys: self.journeys,
+            journeys: self.journeys(),
             cells,
             beacons: self.beacons.snapshot(),
             shed: [self.shed(Variant::V1), self.shed(Variant::V2)],

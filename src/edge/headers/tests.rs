@@ -130,8 +130,8 @@ fn routes(cfg: &Config) -> Vec<RouteTable> {
     all
 }
 
-fn peer(up: &UpstreamHeaders, ip: &str, h: &HeaderMap) -> Peer {
-    up.peer(SocketAddr::new(ip.parse().unwrap(), 50_000), h)
+fn peer(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), 50_000)
 }
 
 #[test]
@@ -144,8 +144,8 @@ fn phase_headers_reach_the_canary_only_unless_the_phase_says_both() {
     let sent = |route: &RouteTable, variant| {
         let mut h = HeaderMap::new();
         h.insert(&X_PAYMENT_MODE, HeaderValue::from_static("live"));
-        let p = peer(&up, "192.0.2.1", &h);
-        up.rewrite(&mut h, variant, route, &p);
+        let p = peer("192.0.2.1");
+        up.rewrite(&mut h, variant, route, p);
         h
     };
     // Seed-style first phase: the canary in test mode, the control untouched.
@@ -184,8 +184,8 @@ fn client_control_headers_are_removed_in_every_state() {
                 );
             }
             h.append("x-rollgate-shadow", HeaderValue::from_static("again"));
-            let p = peer(&up, "192.0.2.1", &h);
-            up.rewrite(&mut h, v, &route, &p);
+            let p = peer("192.0.2.1");
+            up.rewrite(&mut h, v, &route, p);
             let ctx = format!("{route:?} {v:?}: {h:?}");
             assert!(h.get(&X_ROLLGATE_SHADOW).is_none(), "{ctx}");
             assert!(h.get(header::FORWARDED).is_none(), "{ctx}");
@@ -213,10 +213,14 @@ fn a_trusted_proxy_keeps_its_forwarding_headers_and_only_those() {
     h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
     h.insert(&X_ROLLGATE_SHADOW, HeaderValue::from_static("1"));
-    let p = peer(&up, "10.0.0.2", &h);
-    assert!(p.trusted);
-    assert_eq!(p.client, "198.51.100.7".parse::<IpAddr>().unwrap());
-    up.rewrite(&mut h, Variant::V1, &RouteTable::default(), &p);
+    let p = peer("10.0.0.2");
+    let judged = up.trusted.peer(p);
+    assert!(judged.trusted);
+    assert_eq!(
+        up.trusted.client(&judged, &h),
+        "198.51.100.7".parse::<IpAddr>().unwrap()
+    );
+    up.rewrite(&mut h, Variant::V1, &RouteTable::default(), p);
     assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.2");
     assert_eq!(h[&X_FORWARDED_PROTO], "https");
     assert!(h.get(header::FORWARDED).is_none());
@@ -302,8 +306,8 @@ proptest! {
             h.append(n.clone(), v.clone());
         }
         let client = h.clone();
-        let p = peer(&up, if from_proxy { "10.0.0.2" } else { "192.0.2.1" }, &h);
-        up.rewrite(&mut h, variant, route, &p);
+        let p = peer(if from_proxy { "10.0.0.2" } else { "192.0.2.1" });
+        up.rewrite(&mut h, variant, route, p);
 
         let values = |n: &str| h.get_all(n).iter().cloned().collect::<Vec<_>>();
         let ours = |v: &'static str| vec![HeaderValue::from_static(v)];
