@@ -24,18 +24,23 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The fixed hop-by-hop headers (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [&HeaderName; 9] = [
+/// The fixed hop-by-hop headers (RFC 9110 §7.6.1). `Trailer` is not one:
+/// it announces end-to-end fields and must travel with the message, or
+/// hyper's HTTP/1.1 encoder drops the trailers it names. `TE` is (bit 5),
+/// but its one end-to-end meaning, `trailers`, is passed on (see
+/// [`remove_hop_by_hop`]).
+static HOP_BY_HOP: [&HeaderName; 8] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &header::PROXY_AUTHENTICATE,
     &header::PROXY_AUTHORIZATION,
     &header::TE,
-    &header::TRAILER,
     &header::TRANSFER_ENCODING,
     &header::UPGRADE,
 ];
+const TE_BIT: u16 = 1 << 5;
+static TE_TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection only and must
 /// not be forwarded, along with any header the `Connection` header names.
@@ -57,6 +62,18 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     if present == 0 {
         return;
     }
+    // A client that accepts trailers says so with `TE: trailers`; the
+    // upstream only sends them (gRPC status, checksums) when told, so that
+    // one value goes on and every other TE token stops here. Read before the
+    // `Connection` list can remove the field.
+    let te_trailers = present & TE_BIT != 0
+        && h.get_all(header::TE).iter().any(|v| {
+            v.as_bytes().split(|&c| c == b',').any(|t| {
+                t.split(|&c| c == b';')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            })
+        });
     // Headers listed in `Connection` first, while it is still there (bit 0).
     if present & 1 != 0 {
         let mut values = h.get_all(header::CONNECTION).iter();
@@ -69,6 +86,7 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
                     if !n.is_empty()
                         && !n.eq_ignore_ascii_case("keep-alive")
                         && !n.eq_ignore_ascii_case("close")
+                        && !is_end_to_end_only(n)
                     {
                         h.remove(n);
                     }
@@ -82,6 +100,7 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .filter(|n| !is_end_to_end_only(n.as_str()))
                 .collect();
             for n in named {
                 h.remove(n);
@@ -93,6 +112,36 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
             h.remove(*n);
         }
     }
+    if te_trailers {
+        h.insert(header::TE, TE_TRAILERS.clone());
+    }
+}
+
+/// An upstream's response head made fit for the client: framing that could
+/// be read two ways is settled, then the hop-by-hop headers go.
+///
+/// hyper's client decodes a `Transfer-Encoding` body and ignores a
+/// `Content-Length` beside it, but leaves both headers in the map: relayed
+/// as they were, the length (once `Transfer-Encoding` is removed as
+/// hop-by-hop) would frame a body it does not describe. A 1xx, 204 or 304
+/// has no body at all, so any length on it is dropped too (an h2 client
+/// treats a length on a 204 as a malformed response).
+pub fn upstream_response_headers(h: &mut HeaderMap, status: http::StatusCode) {
+    if h.contains_key(header::TRANSFER_ENCODING)
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        h.remove(header::CONTENT_LENGTH);
+    }
+    remove_hop_by_hop(h);
+}
+
+/// Headers a `Connection` list may not remove: `Host` names the site the
+/// upstream must serve (without it rollgate would substitute the upstream's
+/// own name), and `Trailer` announces end-to-end trailer fields.
+fn is_end_to_end_only(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("trailer")
 }
 
 /// What the upstream request's headers are made of, built once per config.

@@ -14,6 +14,7 @@
 #![deny(clippy::disallowed_types)]
 
 pub(crate) mod access_log;
+pub(crate) mod admission;
 pub mod beacon;
 pub(crate) mod body;
 pub(crate) mod forwarded;

@@ -102,6 +102,9 @@ impl Proxy {
         req: Request<Incoming>,
         addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        if let Err(refused) = super::admission::check(&req) {
+            return Ok(refused.response());
+        }
         if req.uri().path() == beacon::BEACON_PATH {
             return Ok(self.beacon(req).await);
         }
@@ -198,7 +201,7 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         let cache_hit = is_cache_hit(&parts.headers);
-        remove_hop_by_hop(&mut parts.headers);
+        upstream_response_headers(&mut parts.headers, parts.status);
         if let Some(t) = tee.as_mut() {
             t.head(parts.status.as_u16(), &parts.headers);
             if http_body::Body::is_end_stream(&body) {
@@ -329,14 +332,20 @@ impl Proxy {
         // Room for what is added below, so the map grows at most once.
         h.reserve(5 + route.headers.len());
         self.upstream_headers.rewrite(h, variant, route, peer);
-        // h2 clients send :authority instead of Host; keep the name they asked for.
-        if !h.contains_key(header::HOST) {
-            let host = incoming_authority
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .or_else(|| HeaderValue::from_str(target.authority.as_str()).ok());
-            if let Some(v) = host {
+        // The target's authority (h2 `:authority`, an HTTP/1.1 absolute-form
+        // target) wins over any `Host` field; without one, the client's `Host`
+        // stays, and only a request with neither gets the upstream's name.
+        let host = incoming_authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        match host {
+            Some(v) => {
                 h.insert(header::HOST, v);
             }
+            None if !h.contains_key(header::HOST) => {
+                if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+                    h.insert(header::HOST, v);
+                }
+            }
+            None => {}
         }
     }
 }

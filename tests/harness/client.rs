@@ -244,6 +244,11 @@ impl HttpClient {
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let _ = s.write_all(request).await;
+    read_to_close(&mut s).await
+}
+
+/// Everything until the peer closes (or resets); fails after [`DEADLINE`].
+pub async fn read_to_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {

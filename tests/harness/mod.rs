@@ -17,6 +17,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod edge_http;
 pub mod inproc;
 pub mod metrics;
 pub mod process;

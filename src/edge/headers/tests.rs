@@ -18,12 +18,59 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
     );
     h.insert("x-secret-hop", HeaderValue::from_static("1"));
     h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    h.insert(header::TE, HeaderValue::from_static("gzip"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert("x-app", HeaderValue::from_static("kept"));
     remove_hop_by_hop(&mut h);
     assert_eq!(h.len(), 1);
     assert_eq!(h["x-app"], "kept");
+}
+
+#[test]
+fn te_trailers_trailer_and_host_survive_the_hop() {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("host, te, trailer"),
+    );
+    h.insert(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+    h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+    remove_hop_by_hop(&mut h);
+    assert_eq!(h[header::HOST], "shop.example");
+    assert_eq!(h[header::TE], "trailers");
+    assert_eq!(h[header::TRAILER], "grpc-status");
+    assert_eq!(h.len(), 3);
+    let mut h = HeaderMap::new();
+    h.append(header::CONNECTION, HeaderValue::from_static("Host"));
+    h.append(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+    h.insert(header::TE, HeaderValue::from_static("deflate"));
+    remove_hop_by_hop(&mut h);
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[header::HOST], "shop.example");
+}
+
+#[test]
+fn upstream_framing_is_settled_before_relaying() {
+    use http::StatusCode;
+    let framed = |status: StatusCode, te: bool| {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        if te {
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        upstream_response_headers(&mut h, status);
+        assert!(!h.contains_key(header::TRANSFER_ENCODING));
+        h.get(header::CONTENT_LENGTH).cloned()
+    };
+    assert_eq!(framed(StatusCode::OK, true), None);
+    assert_eq!(framed(StatusCode::OK, false).unwrap(), "10");
+    assert_eq!(framed(StatusCode::NO_CONTENT, false), None);
+    assert_eq!(framed(StatusCode::NOT_MODIFIED, false), None);
 }
 
 #[test]

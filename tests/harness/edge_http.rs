@@ -1,0 +1,95 @@
+//! Raw pieces for the HTTP conformance and connection tests: a client that
+//! connects from 127.0.0.2 (the attacker's address, so a per-client limit
+//! on it leaves the harness's own 127.0.0.1 requests alone), and an upstream
+//! that answers every request with fixed bytes and keeps what it was sent.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::client::read_to_close;
+
+/// A TCP connection to `addr` from `127.0.0.2`.
+pub async fn attacker(addr: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.2:0".parse().unwrap())
+        .expect("bind 127.0.0.2");
+    s.connect(addr).await.expect("connect from 127.0.0.2")
+}
+
+/// Writes `request` from 127.0.0.2 and reads until the server closes.
+pub async fn attacker_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = attacker(addr).await;
+    let _ = s.write_all(request).await;
+    read_to_close(&mut s).await
+}
+
+/// An upstream that reads each request up to its end (a head, plus a
+/// chunked body when it has one) and writes `answer`, keeping every byte it
+/// received.
+pub struct CannedUpstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CannedUpstream {
+    pub async fn start(answer: &'static [u8]) -> CannedUpstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let keep = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        if complete(&req) {
+                            keep.lock().unwrap().extend_from_slice(&req);
+                            req.clear();
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        CannedUpstream { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request byte received so far, as text.
+    pub fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+/// Whether `req` holds one whole request: a head without a body, or a
+/// chunked body through its last chunk and trailer section.
+fn complete(req: &[u8]) -> bool {
+    let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+    if !head.contains("transfer-encoding: chunked") {
+        return true;
+    }
+    let body = &req[end + 4..];
+    body.starts_with(b"0\r\n") && body.ends_with(b"\r\n\r\n")
+        || body.windows(7).any(|w| w == b"\r\n0\r\n\r\n")
+        || body
+            .windows(5)
+            .position(|w| w == b"\r\n0\r\n")
+            .is_some_and(|i| body[i..].ends_with(b"\r\n\r\n"))
+}
