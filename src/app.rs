@@ -17,7 +17,9 @@ use crate::config::{Config, RuntimeMode};
 use crate::control::report::ReportStore;
 use crate::control::state::StateError;
 use crate::control::{ControlHandle, Controller};
-use crate::edge::server::{self, Limits};
+use crate::edge::forwarded::TrustedProxies;
+use crate::edge::proxy::Capacity;
+use crate::edge::server::{self, ConnLimits, Limits};
 use crate::edge::tls::Tls;
 use crate::edge::Proxy;
 use crate::routing::tripwire::PaymentTrip;
@@ -33,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (`{key}`): the address is already in use (another rollgate, or another server, is listening there)")]
+    InUse { key: &'static str, addr: SocketAddr },
     #[error("`server.state_dir` {path}: cannot create or open the directory: {source}")]
     StateDir {
         path: PathBuf,
@@ -82,6 +86,7 @@ pub struct App {
     workers: usize,
     shadow_task: Option<JoinHandle<()>>,
     shadow: Option<crate::edge::shadow::Shadow>,
+    capacity: Arc<Capacity>,
 }
 
 const SECRET_FILE: &str = "cookie_secret";
@@ -137,6 +142,27 @@ fn worker_count(cfg: &Config) -> usize {
         RuntimeMode::Shared => 1,
         RuntimeMode::PerCore if cfg.server.workers > 0 => cfg.server.workers,
         RuntimeMode::PerCore => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// Fails when anything already listens on `addr`. The workers' listeners
+/// use SO_REUSEPORT, which would let a second rollgate (of the same user)
+/// join the first one's port silently and take half its connections; a
+/// probe socket without it is refused by the kernel if anyone holds the
+/// address. SO_REUSEADDR stays on, so a restart is not refused by the
+/// previous process's connections in TIME_WAIT.
+fn probe_free(key: &'static str, addr: SocketAddr) -> Result<(), StartError> {
+    use socket2::{Domain, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let err = |source| StartError::Bind { key, addr, source };
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    match s.bind(&addr.into()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(StartError::InUse { key, addr }),
+        Err(source) => Err(err(source)),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -203,6 +229,7 @@ impl App {
         controller.echo_reports = opts.echo_reports;
 
         let workers = worker_count(&cfg);
+        probe_free("server.listen", cfg.server.listen)?;
         let proxy_std =
             reuseport_listener(cfg.server.listen).map_err(|source| StartError::Bind {
                 key: "server.listen",
@@ -222,7 +249,19 @@ impl App {
             header_read_timeout: cfg.server.header_read_timeout,
             drain_timeout: cfg.server.drain_timeout,
             max_connections: cfg.server.max_connections,
+            idle_timeout: cfg.server.idle_timeout,
+            h2_keepalive_interval: cfg.server.h2_keepalive_interval,
+            protocol: cfg.server.protocol,
         };
+        // One set of caps for every worker, kept across reloads: the
+        // connection caps and V2's reserved capacity count the process, not
+        // a worker, and a reload must not forget what is still open.
+        let conns = ConnLimits::new(
+            cfg.server.max_connections,
+            cfg.server.max_connections_per_client,
+            TrustedProxies::new(&cfg.server.trusted_proxies),
+        );
+        let capacity = Capacity::new(cfg.upstreams.reserved_capacity);
 
         let (shadow, shadow_worker) =
             match crate::edge::shadow::Shadow::new(&cfg, telemetry.clone()) {
@@ -239,6 +278,7 @@ impl App {
                     trip.clone(),
                     shadow.clone(),
                     tls.is_some(),
+                    capacity.clone(),
                 ))
             })
             .collect();
@@ -282,19 +322,20 @@ impl App {
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
         for (i, std_listener) in listeners.into_iter().enumerate() {
-            let (live, tls, rx) = (live.clone(), tls.clone(), shutdown_rx.clone());
+            let (live, tls, rx, conns) = (
+                live.clone(),
+                tls.clone(),
+                shutdown_rx.clone(),
+                conns.clone(),
+            );
             // One refcount increment per request buys a consistent view of
             // config, telemetry and upstream pool across a reload.
             let handler = move |req, peer| live.load_full().proxies[i].clone().handle(req, peer);
+            let serve =
+                move |listener| server::serve_tls(listener, tls, limits, conns, handler, stop(rx));
             if serve_here {
                 let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
-                tasks.push(tokio::spawn(server::serve_tls(
-                    listener,
-                    tls,
-                    limits,
-                    handler,
-                    stop(rx),
-                )));
+                tasks.push(tokio::spawn(serve(listener)));
                 continue;
             }
             // Runtime and listener are set up here, not on the new thread, so
@@ -315,7 +356,7 @@ impl App {
                     if let Some(f) = on_start {
                         f(i);
                     }
-                    rt.block_on(server::serve_tls(listener, tls, limits, handler, stop(rx)));
+                    rt.block_on(serve(listener));
                 })
                 .map_err(worker_err)?;
             threads.push(thread);
@@ -347,6 +388,7 @@ impl App {
             workers,
             shadow_task,
             shadow,
+            capacity,
         })
     }
 
@@ -385,6 +427,10 @@ impl App {
             || new.server.workers != s.workers
             || new.server.max_connections != s.max_connections
             || new.server.header_read_timeout != s.header_read_timeout
+            || new.server.max_connections_per_client != s.max_connections_per_client
+            || new.server.idle_timeout != s.idle_timeout
+            || new.server.h2_keepalive_interval != s.h2_keepalive_interval
+            || new.server.protocol != s.protocol
         {
             tracing::warn!("reload: listen addresses, state_dir, workers and connection limits only change on restart; keeping the running values");
         }
@@ -405,6 +451,8 @@ impl App {
         };
         self.trip
             .set_limit(new.rollout.consecutive_payment_failures);
+        // The in-flight count carries over; only the limit changes.
+        self.capacity.set_limit(new.upstreams.reserved_capacity);
         let config = Arc::new(new);
         self.control
             .reload(config.clone(), telemetry.clone())
@@ -420,6 +468,7 @@ impl App {
                     self.trip.clone(),
                     self.shadow.clone(),
                     self.tls.is_some(),
+                    self.capacity.clone(),
                 ))
             })
             .collect();

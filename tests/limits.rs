@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use harness::client::{many_headers, one_big_header, start_of};
+use harness::edge_http::keepalive_request;
 use harness::{raw_exchange, raw_status, HttpClient, Rg, DEADLINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,40 +119,6 @@ async fn slowloris_connection_is_closed_after_the_header_read_timeout() {
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     rg.assert_serving("slowloris").await;
     rg.shutdown().await;
-}
-
-/// Sends a keep-alive request on `s` and reads its complete (small) answer.
-async fn keepalive_request(s: &mut TcpStream, path: &str) -> String {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
-            .await
-            .expect("an answer within the deadline")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before answering: {:?}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .expect("content-length");
-            if body.len() >= len {
-                return text.into_owned();
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,7 +47,7 @@ pub use routing::RoutingConfig;
 #[cfg(test)]
 pub(crate) use gates::DEFAULT_ALPHA;
 pub(crate) use server::DEFAULT_MAX_HEADER_BYTES;
-pub use server::{RuntimeMode, ServerConfig, TlsFiles};
+pub use server::{Protocol, RuntimeMode, ServerConfig, TlsFiles};
 pub use shadow::ShadowConfig;
 pub use upstreams::{Upstream, UpstreamsConfig};
 

@@ -22,6 +22,10 @@ defaults! {
     const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15)
         => fn default_drain_timeout() -> Dur;
     const DEFAULT_ACCESS_LOG_SAMPLE: f64 = 1.0 => fn default_access_log_sample() -> f64;
+    const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60)
+        => fn default_idle_timeout() -> Dur;
+    const DEFAULT_H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20)
+        => fn default_h2_keepalive_interval() -> Dur;
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +64,22 @@ pub(crate) struct FileServer {
     /// How long SIGTERM waits for in-flight requests before closing connections.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Dur,
+    /// Open connections from one client address; 0 = no limit.
+    #[serde(default)]
+    pub max_connections_per_client: usize,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 with a GOAWAY); HTTP/1.1 keep-alive is also bounded by
+    /// `header_read_timeout`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// HTTP/2 PING every this long; a peer that does not answer within the
+    /// same time is disconnected. "0s" = no pings.
+    #[serde(default = "default_h2_keepalive_interval")]
+    pub h2_keepalive_interval: Dur,
+    /// What the cleartext listener speaks: `auto` (HTTP/1.1, or h2c by
+    /// prior knowledge), `http1` or `h2c`. Under TLS, ALPN decides.
+    #[serde(default)]
+    pub protocol: Protocol,
     pub tls: Option<FileTls>,
     /// One log line per request (method, journey, variant, status, latency; no path or query).
     #[serde(default)]
@@ -79,6 +99,16 @@ pub enum RuntimeMode {
     #[default]
     PerCore,
     Shared,
+}
+
+/// `server.protocol`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Auto,
+    Http1,
+    H2c,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +133,11 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    pub max_connections_per_client: usize,
+    pub idle_timeout: Duration,
+    /// `None` = no HTTP/2 pings.
+    pub h2_keepalive_interval: Option<Duration>,
+    pub protocol: Protocol,
     pub tls: Option<TlsFiles>,
     pub access_log: bool,
     pub access_log_sample: f64,
@@ -147,6 +182,10 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
         header_read_timeout: s.header_read_timeout.0,
         max_connections: s.max_connections,
         drain_timeout: s.drain_timeout.0,
+        max_connections_per_client: s.max_connections_per_client,
+        idle_timeout: s.idle_timeout.0,
+        h2_keepalive_interval: Some(s.h2_keepalive_interval.0).filter(|d| !d.is_zero()),
+        protocol: s.protocol,
         tls: s.tls.map(|t| TlsFiles {
             cert: t.cert,
             key: t.key,
@@ -157,6 +196,15 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
     }
     if server.max_connections == 0 {
         return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+    if server.idle_timeout.is_zero() {
+        return Err(invalid("server.idle_timeout", "must be above zero"));
+    }
+    if server.tls.is_some() && server.protocol != Protocol::Auto {
+        return Err(invalid(
+            "server.protocol",
+            "applies to the cleartext listener only; under TLS, ALPN decides (leave it \"auto\")",
+        ));
     }
     Ok(server)
 }

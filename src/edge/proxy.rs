@@ -65,6 +65,7 @@ impl Proxy {
         payment_trip: Arc<PaymentTrip>,
         shadow: Option<shadow::Shadow>,
         tls: bool,
+        capacity: Arc<Capacity>,
     ) -> Self {
         let r = &config.routing;
         Self {
@@ -85,10 +86,7 @@ impl Proxy {
             access_log: AccessLog::new(config),
             beacons: config.beacons.clone(),
             regions: Regions::new(&config.routing),
-            capacity: Arc::new(Capacity {
-                limit: config.upstreams.reserved_capacity,
-                inflight: AtomicU32::new(0),
-            }),
+            capacity,
             shadow,
             upstream_headers: UpstreamHeaders::new(config, tls),
             tls,
@@ -397,10 +395,12 @@ impl Refusal {
     }
 }
 
-/// V2's in-flight admission counter (`upstreams.reserved_capacity`).
+/// V2's in-flight admission counter (`upstreams.reserved_capacity`): one
+/// for the process, shared by every worker and kept across reloads (which
+/// only change its limit), so N workers do not admit N times the limit.
 pub struct Capacity {
     /// 0 = no cap.
-    limit: u32,
+    limit: AtomicU32,
     inflight: AtomicU32,
 }
 
@@ -411,13 +411,26 @@ pub struct Shed;
 pub struct Permit(Arc<Capacity>);
 
 impl Capacity {
+    pub fn new(limit: u32) -> Arc<Self> {
+        Arc::new(Self {
+            limit: AtomicU32::new(limit),
+            inflight: AtomicU32::new(0),
+        })
+    }
+
+    /// A reload's new limit; requests in flight keep their permits.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
     /// `Ok(None)` when there is no cap; a permit when under it.
     #[inline]
     fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
-        if self.limit == 0 {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
             return Ok(None);
         }
-        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.limit {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(Shed);
         }

@@ -1,24 +1,30 @@
 //! Accept loop shared by the proxy and admin listeners: HTTP/1.1 and HTTP/2
 //! on one port (hyper-util's auto builder; h2c by prior knowledge, or h2 by
 //! ALPN under TLS), keep-alive, header limits, a cap on open connections, and
-//! a graceful drain when the shutdown future resolves.
+//! an idle timeout, and a graceful drain when the shutdown future resolves.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::watch;
 
+pub use crate::config::Protocol;
+pub use crate::edge::conn_limits::ConnLimits;
+use crate::edge::log_limit::rate_limited;
 use crate::edge::tls::Tls;
 
 /// Per-connection limits.
@@ -31,8 +37,15 @@ pub struct Limits {
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
     /// Open connections; at the cap, accepting pauses until one closes
-    /// (the kernel backlog holds new ones meanwhile).
+    /// (the kernel backlog holds new ones meanwhile). Enforced by the
+    /// [`ConnLimits`] handed to [`serve_tls`], shared by every worker.
     pub max_connections: usize,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval (and the time allowed for its answer).
+    pub h2_keepalive_interval: Option<Duration>,
+    /// What the cleartext listener speaks.
+    pub protocol: Protocol,
 }
 
 impl Default for Limits {
@@ -42,6 +55,9 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            h2_keepalive_interval: Some(Duration::from_secs(20)),
+            protocol: Protocol::Auto,
         }
     }
 }
@@ -60,7 +76,15 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // A peer that vanished without a FIN (a NAT dropping the mapping)
+        // would otherwise hold its connection until the idle timeout.
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(
+            limits
+                .h2_keepalive_interval
+                .unwrap_or(Duration::from_secs(20)),
+        );
     b
 }
 
@@ -74,55 +98,85 @@ pub async fn serve<H, Fut, B>(
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_tls(listener, None, limits, handler, shutdown).await
+    let conns = ConnLimits::new(limits.max_connections, 0, Default::default());
+    serve_tls(listener, None, limits, conns, handler, shutdown).await
 }
 
-/// [`serve`], terminating TLS first when `tls` is set.
+/// [`serve`], terminating TLS first when `tls` is set, under the connection
+/// caps `conns` (shared with the other workers of the same listener).
 pub async fn serve_tls<H, Fut, B>(
     listener: TcpListener,
     tls: Option<Tls>,
     limits: Limits,
+    conns: Arc<ConnLimits>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builder = builder(&limits);
-    let graceful = GracefulShutdown::new();
-    let slots = std::sync::Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // Every connection task holds a receiver: `true` asks it to wind down,
+    // and the sender sees all of them gone once the last one has.
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            () = &mut shutdown => break,
-        };
+        // Accept first, then wait for a place: with one listener per worker
+        // and places shared by all, a worker that took a place before
+        // accepting could sit on it with an empty queue while another
+        // worker's queue starves. This way each worker holds at most one
+        // accepted connection beyond the cap, and the semaphore's queue
+        // hands freed places out in order.
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of fds or a transient error: back off, never exit the loop.
-                    tracing::warn!(error = %e, "accept failed");
+                    rate_limited!(warn, "accept failed", error = %e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        let slot = tokio::select! {
+            p = conns.slot() => p,
+            () = &mut shutdown => break,
+        };
+        let Some(permit) = conns.admit(slot, peer.ip()) else {
+            // Closed at once: the client learns as early as possible, and
+            // its connection costs nothing more than the accept.
+            rate_limited!(warn, "over server.max_connections_per_client: connection closed", %peer);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let svc = service_fn(move |req| handler(req, peer));
-        let watcher = graceful.watcher();
+        let activity = Arc::new(Activity::new());
+        let svc = {
+            let (handler, activity) = (handler.clone(), activity.clone());
+            service_fn(move |req| {
+                let guard = Active::begin(&activity);
+                let fut = handler(req, peer);
+                async move {
+                    let resp = fut.await?;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked {
+                        body,
+                        _guard: guard,
+                    }))
+                }
+            })
+        };
+        let stop = stop_rx.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;
+        let idle = limits.idle_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let result = match tls {
@@ -138,8 +192,16 @@ pub async fn serve_tls<H, Fut, B>(
                             return;
                         }
                     }
+                    // The operator's choice for the cleartext port: an
+                    // h2c-only port answers an HTTP/1.1 request line (or any
+                    // bad preface) with an h2 GOAWAY instead of sniffing.
+                    let builder = match limits.protocol {
+                        Protocol::Auto => builder,
+                        Protocol::Http1 => builder.http1_only(),
+                        Protocol::H2c => builder.http2_only(),
+                    };
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    watcher.watch(conn.into_owned()).await
+                    drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop).await
                 }
                 Some(tls) => {
                     let accepted =
@@ -175,7 +237,7 @@ pub async fn serve_tls<H, Fut, B>(
                         }
                     }
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    watcher.watch(conn.into_owned()).await
+                    drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop).await
                 }
             };
             if let Err(e) = result {
@@ -184,10 +246,137 @@ pub async fn serve_tls<H, Fut, B>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(limits.drain_timeout, stop_tx.closed())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout: closing remaining connections");
+    }
+}
+
+/// Runs one connection to its end, asking it to wind down (GOAWAY on h2,
+/// close after the current exchange on HTTP/1.1) when the listener stops or
+/// when it has had no request in flight for `idle`. An idle peer that does
+/// not take part in the h2 shutdown (it never answers the closing PING) is
+/// dropped after `idle` more.
+async fn drive<C, E>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut idle_closed = false;
+    loop {
+        let check_at = activity.idle_deadline(idle);
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = stop.wait_for(|v| *v), if !closing => {
+                graceful(conn.as_mut());
+                closing = true;
+            }
+            () = tokio::time::sleep_until(check_at), if !closing || idle_closed => {
+                if activity.idle_deadline(idle) > tokio::time::Instant::now() {
+                    continue;
+                }
+                if idle_closed {
+                    tracing::debug!("idle connection ignored the shutdown: dropped");
+                    return Ok(());
+                }
+                tracing::debug!("idle timeout: closing the connection");
+                graceful(conn.as_mut());
+                closing = true;
+                idle_closed = true;
+                activity.restart_idle();
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+struct Activity {
+    inflight: AtomicU32,
+    /// Milliseconds after `born` at which `inflight` last dropped to zero.
+    idle_since_ms: AtomicU64,
+    born: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            inflight: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Starts the idle clock afresh (the grace after an idle close).
+    fn restart_idle(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.idle_since_ms.store(ms, Ordering::Release);
+    }
+
+    /// When the connection will have been idle for `idle` if nothing
+    /// happens; a busy connection is looked at again `idle` from now.
+    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return tokio::time::Instant::now() + idle;
+        }
+        self.born + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)) + idle
+    }
+}
+
+/// One request in flight: from the handler's call until hyper drops the
+/// response body (sent, or the stream reset). One refcount per request, no
+/// allocation.
+struct Active(Arc<Activity>);
+
+impl Active {
+    fn begin(a: &Arc<Activity>) -> Self {
+        a.inflight.fetch_add(1, Ordering::AcqRel);
+        Active(Arc::clone(a))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.restart_idle();
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked<B> {
+    body: B,
+    _guard: Active,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

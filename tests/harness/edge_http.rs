@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::client::read_to_close;
+use super::DEADLINE;
 
 /// A TCP connection to `addr` from `127.0.0.2`.
 pub async fn attacker(addr: SocketAddr) -> TcpStream {
@@ -92,4 +93,38 @@ fn complete(req: &[u8]) -> bool {
             .windows(5)
             .position(|w| w == b"\r\n0\r\n")
             .is_some_and(|i| body[i..].ends_with(b"\r\n\r\n"))
+}
+
+/// Sends a keep-alive request on `s` and reads its complete (small) answer.
+pub async fn keepalive_request(s: &mut TcpStream, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nx-user-id: u\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("an answer within the deadline")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before answering: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return text.into_owned();
+            }
+        }
+    }
 }
