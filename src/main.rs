@@ -74,12 +74,16 @@ enum Cmd {
 fn init_logs(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Warnings clients can cause inside h2/hyper/rustls: one per site per 10 s.
+    let quiet = rollgate::edge::log_limit::LibraryWarnings;
     match format {
-        LogFormat::Human => b.init(),
-        LogFormat::Json => b.json().init(),
+        LogFormat::Human => b.finish().with(quiet).init(),
+        LogFormat::Json => b.json().finish().with(quiet).init(),
     }
 }
 

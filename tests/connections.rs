@@ -195,3 +195,48 @@ async fn a_second_rollgate_on_a_served_address_refuses_to_start() {
     first.assert_serving("a second rollgate's attempt").await;
     first.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_a_client_can_repeat_are_rate_limited_in_the_log() {
+    let (v1, v2) = Upstream::pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::free();
+    let cfg = dir.path().join("rg.toml");
+    Conf::new(v1.url(), v2.url())
+        .ports(ports)
+        .write(&cfg, &dir.path().join("state"));
+    let mut rg = Proc::spawn(&cfg, ports, dir.path().join("rg.err"));
+    rg.wait_ready().await;
+    // 200 PING acks for pings the server never sent: h2 warns about each.
+    let mut s = attacker(ports.proxy).await;
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&EMPTY_SETTINGS).await.unwrap();
+    let ack: [u8; 17] = [0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    for _ in 0..200 {
+        s.write_all(&ack).await.unwrap();
+    }
+    // Then a PING of our own: once its ack is back, every frame before it
+    // was read.
+    s.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(5).any(|w| w == [0, 0, 8, 6, 1]) {
+        let n = tokio::time::timeout(harness::DEADLINE, s.read(&mut buf))
+            .await
+            .expect("our PING acked")
+            .unwrap();
+        assert!(n > 0, "closed before acking our PING");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    rg.assert_serving("200 unsolicited PING acks").await;
+    let lines = rg.stderr().matches("PING ack").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines about PING acks:\n{}",
+        rg.stderr()
+    );
+    rg.kill9();
+}

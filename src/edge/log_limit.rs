@@ -66,6 +66,36 @@ macro_rules! rate_limited {
 }
 pub(crate) use rate_limited;
 
+/// The same budget for the warnings of the libraries under the edge (h2,
+/// hyper, rustls), which a client triggers as easily (a PING ack nobody
+/// asked for, a burst of resets) but whose call sites are not ours: a
+/// `tracing` layer that lets one WARN-or-worse event per call site through
+/// per [`INTERVAL`] and drops the rest (their count cannot be added to a
+/// line that is not ours; the rate-limited sites of rollgate carry it).
+/// Call sites share [`LIBRARY_SITES`] slots by address.
+pub struct LibraryWarnings;
+
+const LIBRARY_SITES: usize = 64;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LibraryWarnings {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        static SITES: [LogLimit; LIBRARY_SITES] = [const { LogLimit::new() }; LIBRARY_SITES];
+        let meta = event.metadata();
+        let library = ["h2", "hyper", "rustls", "tokio_rustls"]
+            .iter()
+            .any(|t| meta.target().split("::").next() == Some(t));
+        if !library || *meta.level() > tracing::Level::WARN {
+            return true;
+        }
+        let site = meta as *const _ as usize;
+        SITES[(site >> 4) % LIBRARY_SITES].allow().is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

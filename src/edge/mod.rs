@@ -20,7 +20,7 @@ pub(crate) mod body;
 pub(crate) mod conn_limits;
 pub(crate) mod forwarded;
 pub(crate) mod headers;
-pub(crate) mod log_limit;
+pub mod log_limit;
 pub(crate) mod proxy;
 pub(crate) mod region;
 pub mod server;
