@@ -6,6 +6,7 @@
 
 mod harness;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,26 +166,35 @@ async fn the_cleartext_port_speaks_the_configured_protocol() {
     h1.shutdown().await;
 }
 
+/// The config file `dir/<name>.toml` for the real binary on `ports`.
+fn write_conf(dir: &Path, name: &str, v: &(Upstream, Upstream), ports: Ports) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    Conf::new(v.0.url(), v.1.url())
+        .ports(ports)
+        .write(&path, &dir.join(format!("state-{name}")));
+    path
+}
+
+/// `rollgate run` (the real binary) on fresh ports, ready.
+async fn binary(dir: &Path, v: &(Upstream, Upstream)) -> (Proc, Ports) {
+    let ports = Ports::free();
+    let cfg = write_conf(dir, "first", v, ports);
+    let mut rg = Proc::spawn(&cfg, ports, dir.join("first.err"));
+    rg.wait_ready().await;
+    (rg, ports)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_rollgate_on_a_served_address_refuses_to_start() {
-    let (v1, v2) = Upstream::pair().await;
+    let ups = Upstream::pair().await;
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::free();
-    let first_cfg = dir.path().join("first.toml");
-    Conf::new(v1.url(), v2.url())
-        .ports(ports)
-        .write(&first_cfg, &dir.path().join("state-1"));
-    let mut first = Proc::spawn(&first_cfg, ports, dir.path().join("first.err"));
-    first.wait_ready().await;
+    let (first, ports) = binary(dir.path(), &ups).await;
 
     let second = Ports {
         proxy: ports.proxy,
         admin: Ports::free().admin,
     };
-    let second_cfg = dir.path().join("second.toml");
-    Conf::new(v1.url(), v2.url())
-        .ports(second)
-        .write(&second_cfg, &dir.path().join("state-2"));
+    let second_cfg = write_conf(dir.path(), "second", &ups, second);
     let (status, out) = run_bin(&["run"], &second_cfg);
     assert!(!status.success(), "the second one started: {out}");
     assert!(
@@ -198,15 +208,9 @@ async fn a_second_rollgate_on_a_served_address_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warnings_a_client_can_repeat_are_rate_limited_in_the_log() {
-    let (v1, v2) = Upstream::pair().await;
+    let ups = Upstream::pair().await;
     let dir = tempfile::tempdir().unwrap();
-    let ports = Ports::free();
-    let cfg = dir.path().join("rg.toml");
-    Conf::new(v1.url(), v2.url())
-        .ports(ports)
-        .write(&cfg, &dir.path().join("state"));
-    let mut rg = Proc::spawn(&cfg, ports, dir.path().join("rg.err"));
-    rg.wait_ready().await;
+    let (rg, ports) = binary(dir.path(), &ups).await;
     // 200 PING acks for pings the server never sent: h2 warns about each.
     let mut s = attacker(ports.proxy).await;
     s.write_all(PREFACE).await.unwrap();
