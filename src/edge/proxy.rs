@@ -57,6 +57,10 @@ pub struct Proxy {
 static ROOT: PathAndQuery = PathAndQuery::from_static("/");
 
 impl Proxy {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one process-wide piece a worker's proxy shares; a struct would only rename them"
+    )]
     pub fn new(
         config: &Config,
         cookie_secret: &[u8],
