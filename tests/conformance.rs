@@ -208,3 +208,57 @@ async fn trailers_travel_end_to_end_when_the_client_accepts_them() {
     assert!(!answer.contains("x-checksum: 42"), "{answer}");
     rg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_tunnelled_to_the_user_s_variant() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ws, heads) = harness::edge_http::ws_echo_upstream().await;
+    let rg = Rg::start(&Conf::at(ws, ws)).await;
+    let mut s = harness::edge_http::attacker(rg.app.proxy_addr).await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nx-user-id: ws-user\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(harness::DEADLINE, s.read(&mut buf))
+            .await
+            .expect("an answer to the upgrade")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nsec-websocket-accept: "), "{head}");
+    assert!(head.contains("\r\nx-rollgate-variant: v1\r\n"), "{head}");
+    // The tunnel carries bytes both ways.
+    for msg in [&b"frame one"[..], b"frame two"] {
+        s.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(harness::DEADLINE, s.read_exact(&mut echo))
+            .await
+            .expect("echo through the tunnel")
+            .unwrap();
+        assert_eq!(echo, msg);
+    }
+    let upstream_head = heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        upstream_head.contains("\r\nupgrade: websocket\r\n"),
+        "{upstream_head}"
+    );
+    assert!(
+        upstream_head.contains("\r\nconnection: upgrade\r\n"),
+        "{upstream_head}"
+    );
+    assert!(
+        upstream_head.contains("\r\nx-rollgate-variant: v1\r\n"),
+        "{upstream_head}"
+    );
+    drop(s);
+    rg.shutdown().await;
+}

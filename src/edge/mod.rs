@@ -27,6 +27,7 @@ pub mod server;
 pub(crate) mod shadow;
 pub mod sticky;
 pub(crate) mod tls;
+pub(crate) mod upgrade;
 pub(crate) mod upstream;
 
 pub(crate) use proxy::Proxy;

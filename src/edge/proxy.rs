@@ -34,9 +34,9 @@ pub struct Proxy {
     journeys: Journeys,
     router: Arc<Router>,
     sticky: Sticky,
-    telemetry: Arc<Telemetry>,
+    pub(super) telemetry: Arc<Telemetry>,
     payment_trip: Arc<PaymentTrip>,
-    upstreams: Upstreams,
+    pub(super) upstreams: Upstreams,
     targets: [Upstream; 2],
     expose_variant: bool,
     allow_override: bool,
@@ -45,7 +45,7 @@ pub struct Proxy {
     /// Region header and labels (split skew per region).
     regions: Regions,
     /// V2's reserved capacity.
-    capacity: Arc<Capacity>,
+    pub(super) capacity: Arc<Capacity>,
     /// Mirroring during shadow phases (`None` without a shadow phase).
     shadow: Option<shadow::Shadow>,
     /// The upstream request's headers: what is stripped, who is trusted.
@@ -126,7 +126,12 @@ impl Proxy {
         let log_method = self.access_log.method(req.method());
 
         // Forward.
-        let result = self.forward(req, journey, variant, route, addr).await;
+        let result = if super::upgrade::requested(&req) {
+            self.forward_upgrade(req, journey, variant, route, addr)
+                .await
+        } else {
+            self.forward(req, journey, variant, route, addr).await
+        };
         let latency = start.elapsed();
 
         // Record and answer.
@@ -310,7 +315,7 @@ impl Proxy {
     }
 
     /// Rewrites the request in place for the chosen upstream.
-    fn prepare_upstream(
+    pub(super) fn prepare_upstream(
         &self,
         req: &mut Request<Incoming>,
         variant: Variant,
@@ -353,17 +358,17 @@ impl Proxy {
 }
 
 /// The upstream's answer on its way to the client.
-struct Relayed {
-    resp: Response<ProxyBody>,
+pub(super) struct Relayed {
+    pub(super) resp: Response<ProxyBody>,
     /// The upstream said it answered from its cache (read before the
     /// hop-by-hop headers are removed).
-    cache_hit: bool,
+    pub(super) cache_hit: bool,
 }
 
 /// Why rollgate answers a request itself instead of relaying the upstream's
 /// answer.
 #[derive(Clone, Copy, Debug)]
-enum Refusal {
+pub(super) enum Refusal {
     /// V2 is at its reserved capacity.
     Shed,
     /// The client's own request body broke while being forwarded (a bad
@@ -429,7 +434,7 @@ impl Capacity {
 
     /// `Ok(None)` when there is no cap; a permit when under it.
     #[inline]
-    fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
+    pub(super) fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
             return Ok(None);

@@ -62,17 +62,43 @@ impl Default for Limits {
     }
 }
 
+/// The HTTP/1.1 settings, for the auto builder's HTTP/1.1 half and the
+/// HTTP/1.1-only builder alike (their types differ, their methods do not).
+macro_rules! http1_settings {
+    ($b:expr, $limits:expr) => {
+        $b.timer(TokioTimer::new())
+            .keep_alive(true)
+            // One flattened write per response (see `proxy::pool`).
+            .writev(false)
+            // hyper rejects anything below 8 KiB; it is the whole read buffer, so
+            // it bounds the request head.
+            .max_buf_size($limits.max_header_bytes.max(8192))
+            .header_read_timeout($limits.header_read_timeout)
+    };
+}
+
+/// The connection builders: `auto` sniffs HTTP/1.1 or h2 (and is forced to
+/// h2 where that is the only protocol); `http1` serves HTTP/1.1 only, with
+/// upgrades. hyper-util's auto builder ignores a forced version once
+/// upgrades are on, so the HTTP/1.1-only case has a builder of its own.
+#[derive(Clone)]
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+}
+
+fn builders(limits: &Limits) -> Builders {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1_settings!(http1, limits);
+    Builders {
+        auto: builder(limits),
+        http1,
+    }
+}
+
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // One flattened write per response (see `proxy::pool`).
-        .writev(false)
-        // hyper rejects anything below 8 KiB; it is the whole read buffer, so
-        // it bounds the request head.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .header_read_timeout(limits.header_read_timeout);
+    http1_settings!(b.http1(), limits);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
@@ -122,7 +148,7 @@ pub async fn serve_tls<H, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(&limits);
+    let builders = builders(&limits);
     // Every connection task holds a receiver: `true` asks it to wind down,
     // and the sender sees all of them gone once the last one has.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -160,8 +186,12 @@ pub async fn serve_tls<H, Fut, B>(
         let activity = Arc::new(Activity::new());
         let svc = {
             let (handler, activity) = (handler.clone(), activity.clone());
-            service_fn(move |req| {
+            service_fn(move |mut req: Request<Incoming>| {
                 let guard = Active::begin(&activity);
+                if req.headers().contains_key(http::header::UPGRADE) {
+                    // Only upgrade requests (rare) pay for the extension.
+                    req.extensions_mut().insert(ConnHold::new(&activity));
+                }
                 let fut = handler(req, peer);
                 async move {
                     let resp = fut.await?;
@@ -173,10 +203,34 @@ pub async fn serve_tls<H, Fut, B>(
             })
         };
         let stop = stop_rx.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;
         let idle = limits.idle_timeout;
+        // Serves `io` in `speak` (h2c here means h2 only, cleartext or not).
+        macro_rules! serve_as {
+            ($speak:expr, $io:expr) => {{
+                let io = TokioIo::new($io);
+                let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match $speak {
+                    Protocol::Auto => {
+                        let conn = builders.auto.serve_connection_with_upgrades(io, svc);
+                        drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop).await
+                    }
+                    Protocol::Http1 => {
+                        let conn = builders.http1.serve_connection(io, svc).with_upgrades();
+                        drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop)
+                            .await
+                            .map_err(Into::into)
+                    }
+                    Protocol::H2c => {
+                        let auto = builders.auto.http2_only();
+                        let conn = auto.serve_connection(io, svc);
+                        drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop).await
+                    }
+                };
+                result
+            }};
+        }
         tokio::spawn(async move {
             let _permit = permit;
             let result = match tls {
@@ -195,13 +249,7 @@ pub async fn serve_tls<H, Fut, B>(
                     // The operator's choice for the cleartext port: an
                     // h2c-only port answers an HTTP/1.1 request line (or any
                     // bad preface) with an h2 GOAWAY instead of sniffing.
-                    let builder = match limits.protocol {
-                        Protocol::Auto => builder,
-                        Protocol::Http1 => builder.http1_only(),
-                        Protocol::H2c => builder.http2_only(),
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop).await
+                    serve_as!(limits.protocol, stream)
                 }
                 Some(tls) => {
                     let accepted =
@@ -221,10 +269,10 @@ pub async fn serve_tls<H, Fut, B>(
                     // The protocol ALPN agreed on is the only one spoken: an
                     // HTTP/1.1 request line after `h2` (or an h2 preface after
                     // `http/1.1`) is a protocol error, not something to sniff.
-                    let builder = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => builder.http2_only(),
-                        Some(b"http/1.1") => builder.http1_only(),
-                        _ => builder,
+                    let speak = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::H2c,
+                        Some(b"http/1.1") => Protocol::Http1,
+                        _ => Protocol::Auto,
                     };
                     // As above, after the handshake: wait for the first
                     // plaintext bytes (kept in the buffer) within the limit.
@@ -236,8 +284,7 @@ pub async fn serve_tls<H, Fut, B>(
                             return;
                         }
                     }
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    drive(conn, |c| c.graceful_shutdown(), &activity, idle, stop).await
+                    serve_as!(speak, stream)
                 }
             };
             if let Err(e) = result {
@@ -274,10 +321,10 @@ where
     tokio::pin!(conn);
     let mut closing = false;
     let mut idle_closed = false;
-    loop {
+    let ended = loop {
         let check_at = activity.idle_deadline(idle);
         tokio::select! {
-            r = conn.as_mut() => return r,
+            r = conn.as_mut() => break r,
             _ = stop.wait_for(|v| *v), if !closing => {
                 graceful(conn.as_mut());
                 closing = true;
@@ -288,7 +335,7 @@ where
                 }
                 if idle_closed {
                     tracing::debug!("idle connection ignored the shutdown: dropped");
-                    return Ok(());
+                    break Ok(());
                 }
                 tracing::debug!("idle timeout: closing the connection");
                 graceful(conn.as_mut());
@@ -297,12 +344,19 @@ where
                 activity.restart_idle();
             }
         }
-    }
+    };
+    // An upgraded connection left hyper but is still open: it keeps its
+    // places under the caps until the tunnel closes.
+    activity.tunnels_closed().await;
+    ended
 }
 
 /// Requests in flight on one connection, and since when it has had none.
 struct Activity {
     inflight: AtomicU32,
+    /// Upgrade requests and the tunnels they became.
+    tunnels: AtomicU32,
+    tunnel_closed: tokio::sync::Notify,
     /// Milliseconds after `born` at which `inflight` last dropped to zero.
     idle_since_ms: AtomicU64,
     born: tokio::time::Instant,
@@ -312,8 +366,21 @@ impl Activity {
     fn new() -> Self {
         Self {
             inflight: AtomicU32::new(0),
+            tunnels: AtomicU32::new(0),
+            tunnel_closed: tokio::sync::Notify::new(),
             idle_since_ms: AtomicU64::new(0),
             born: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn tunnels_closed(&self) {
+        loop {
+            // Created before the check, so a close in between still wakes it.
+            let closed = self.tunnel_closed.notified();
+            if self.tunnels.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
         }
     }
 
@@ -349,6 +416,32 @@ impl Drop for Active {
     fn drop(&mut self) {
         self.0.restart_idle();
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps an upgrade request's connection under the caps: carried in the
+/// request's extensions and moved into the tunnel when the upgrade
+/// succeeds, dropped with the request otherwise.
+pub(crate) struct ConnHold(Arc<Activity>);
+
+impl ConnHold {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.tunnels.fetch_add(1, Ordering::AcqRel);
+        ConnHold(Arc::clone(a))
+    }
+}
+
+/// `Extensions` wants `Clone`; a copy is one more hold.
+impl Clone for ConnHold {
+    fn clone(&self) -> Self {
+        ConnHold::new(&self.0)
+    }
+}
+
+impl Drop for ConnHold {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::AcqRel);
+        self.0.tunnel_closed.notify_waiters();
     }
 }
 

@@ -168,8 +168,10 @@ where
             .map_err(PoolError::Handshake)?;
         // The connection's I/O runs on the current runtime (in per-core mode,
         // this worker's own); it ends when the last sender is dropped.
+        // With upgrades, a 101 hands the connection to the tunnel (which
+        // keeps its `Checkout` out of the pool) instead of ending it.
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         self.start_reaper();
         Ok(tx)
