@@ -495,3 +495,38 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_worker_and_every_reload_share_one_reserved_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = |cap: u32| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n\
+                 state_dir = {:?}\n[upstreams]\nv1 = \"http://127.0.0.1:1\"\nv2 = \"http://127.0.0.1:1\"\n\
+                 reserved_capacity = {cap}\n",
+                dir.path().display().to_string()
+            )
+        };
+        let app = App::start(Config::parse(&text(2), "t.toml").unwrap())
+            .await
+            .unwrap();
+        let first = app.live.load_full();
+        let cap = &first.proxies[0].capacity;
+        assert!(Arc::ptr_eq(cap, &first.proxies[1].capacity));
+        let held = cap.admit().ok().flatten().expect("under the limit");
+        app.reload(Config::parse(&text(1), "t.toml").unwrap())
+            .await
+            .unwrap();
+        let after = app.live.load_full();
+        assert!(Arc::ptr_eq(cap, &after.proxies[1].capacity));
+        // The permit taken before the reload still counts against the new limit.
+        assert!(after.proxies[0].capacity.admit().is_err());
+        drop(held);
+        assert!(after.proxies[1].capacity.admit().is_ok());
+        app.shutdown().await;
+    }
+}

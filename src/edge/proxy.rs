@@ -45,7 +45,7 @@ pub struct Proxy {
     /// Region header and labels (split skew per region).
     regions: Regions,
     /// V2's reserved capacity.
-    pub(super) capacity: Arc<Capacity>,
+    pub(crate) capacity: Arc<Capacity>,
     /// Mirroring during shadow phases (`None` without a shadow phase).
     shadow: Option<shadow::Shadow>,
     /// The upstream request's headers: what is stripped, who is trusted.
@@ -434,7 +434,7 @@ impl Capacity {
 
     /// `Ok(None)` when there is no cap; a permit when under it.
     #[inline]
-    pub(super) fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
         let limit = self.limit.load(Ordering::Relaxed);
         if limit == 0 {
             return Ok(None);
