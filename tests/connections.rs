@@ -135,6 +135,23 @@ async fn an_h2c_connection_that_only_says_hello_is_closed_when_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_that_never_answers_a_ping_is_closed() {
+    // The idle timeout is far away: only the keep-alive ping can close it.
+    let (_v1, _v2, rg) = Rg::echo("idle_timeout = \"1h\"\nh2_keepalive_interval = \"1s\"").await;
+    let mut s = attacker(rg.app.proxy_addr).await;
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&EMPTY_SETTINGS).await.unwrap();
+    let answer = read_to_close(&mut s).await.into_bytes();
+    // A PING (type 6, no ACK flag) went out before the close.
+    assert!(
+        answer.windows(5).any(|w| w == [0, 0, 8, 6, 0]),
+        "no PING before the close: {answer:?}"
+    );
+    rg.assert_serving("a silent h2 peer").await;
+    rg.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cleartext_port_speaks_the_configured_protocol() {
     let (_v1, _v2, h2c) = Rg::echo("protocol = \"h2c\"").await;
     let r = HttpClient::h2c().get(&h2c.proxy("/h2c"), &[]).await;
