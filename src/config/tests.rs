@@ -197,3 +197,28 @@ fn phase_headers_go_to_the_canary_unless_the_phase_says_both() {
     let e = err(&phase("headers_to = \"v1\""));
     assert!(e.contains("headers_to") && e.contains("canary"), "{e}");
 }
+
+#[test]
+fn connection_keys_have_defaults_and_are_checked() {
+    let s = Config::parse(MINIMAL, "t.toml").unwrap().server;
+    assert_eq!(s.max_connections_per_client, 0);
+    assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.h2_keepalive_interval, Some(Duration::from_secs(20)));
+    assert_eq!(s.protocol, Protocol::Auto);
+    let with = |line: &str| MINIMAL.replacen("[upstreams]", &format!("{line}\n[upstreams]"), 1);
+    let off = Config::parse(&with("h2_keepalive_interval = \"0s\""), "t.toml").unwrap();
+    assert_eq!(off.server.h2_keepalive_interval, None);
+    let h2c = Config::parse(&with("protocol = \"h2c\""), "t.toml").unwrap();
+    assert_eq!(h2c.server.protocol, Protocol::H2c);
+    let e = err(&with("idle_timeout = \"0s\""));
+    assert!(
+        e.contains("server.idle_timeout") && e.contains("above zero"),
+        "{e}"
+    );
+    let e = err(&with("protocol = \"h3\""));
+    assert!(e.contains("protocol"), "{e}");
+    let e = err(&with(
+        "protocol = \"h2c\"\n[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"",
+    ));
+    assert!(e.contains("server.protocol") && e.contains("ALPN"), "{e}");
+}
