@@ -482,6 +482,23 @@ mod tests {
         assert_eq!(u.closed.load(Ordering::SeqCst), 3);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_is_only_noticed_after_the_limit_without_bytes() {
+        let mut stall = Stall::new(Duration::from_secs(1));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(!stall.poll_stalled(&mut cx), "armed, not yet stalled");
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!stall.poll_stalled(&mut cx));
+        // Bytes came: the next empty read waits a whole limit again.
+        stall.progressed();
+        assert!(!stall.poll_stalled(&mut cx));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!stall.poll_stalled(&mut cx), "900 ms since the last bytes");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(stall.poll_stalled(&mut cx), "1.1 s without bytes");
+    }
+
     #[tokio::test]
     async fn a_refused_connect_is_a_connect_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
