@@ -24,9 +24,7 @@ use harness::api::state_of;
 use harness::client::raw_status;
 use harness::config::{FLAGS, JOURNEYS};
 use harness::metrics::sum;
-use harness::slow_body::{
-    connect_as_attacker, post_head, read_until_closed, stalling_upstream, trickle,
-};
+use harness::slow_body::{connect_as_attacker, post_head, read_until_closed, trickle};
 use harness::upstream::{fault_upstream, Fault};
 use harness::{eventually, keys_on, metric, Conf, Rg, Upstream};
 
@@ -265,7 +263,7 @@ async fn one_broken_v2_answer(rg: &Rg, kind: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_silent_after_its_head_is_cut_and_counted_as_a_v2_timeout_and_error() {
     let v1 = Upstream::start("v1", harness::Mode::Echo).await;
-    let stall: SocketAddr = stalling_upstream().await;
+    let stall: SocketAddr = fault_upstream(Fault::StallMidBody).await;
     let (rg, user) = rig(&v1, format!("http://{stall}"), "10s").await;
     get_cut_answer(&rg, &user).await;
     one_broken_v2_answer(&rg, "timeout").await;

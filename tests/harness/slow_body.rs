@@ -1,13 +1,12 @@
 //! Clients that send their request bodies slowly, partly or not at all, from
 //! the attacker's address (`127.0.0.2`, so per-address limits can tell them
-//! from the real users on `127.0.0.1`), and an upstream that goes silent
-//! after its response head.
+//! from the real users on `127.0.0.1`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::DEADLINE;
 
@@ -61,40 +60,4 @@ pub async fn read_until_closed(s: &mut TcpStream) -> String {
         .await
         .expect("the server closes the connection");
     String::from_utf8_lossy(&got).into_owned()
-}
-
-/// A raw HTTP/1.1 upstream that answers every request head with a `200`
-/// promising `content-length: 100000`, sends 1000 bytes of it, then stays
-/// silent with the connection open.
-pub async fn stalling_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
-                    .await;
-                let _ = s.write_all(&[b'x'; 1000]).await;
-                // Silent until rollgate gives up on us.
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
