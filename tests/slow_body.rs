@@ -295,3 +295,55 @@ async fn a_beacon_declaring_more_than_it_sends_is_let_go_after_the_deadline() {
     );
     rg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_stalled_past_client_body_timeout_is_408_and_the_connection_goes_on() {
+    let (v1, v2) = Upstream::pair().await;
+    let (rg, user) = rig(&v1, v2.url(), "500ms").await;
+    let addr = rg.app.proxy_addr;
+    let tcp = connect_as_attacker(addr).await;
+    let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = |path: &str| {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}{path}"))
+            .header("x-user-id", user.as_str())
+            .header("content-length", "100")
+            .body(())
+            .unwrap()
+    };
+    // 10 of the 100 declared bytes, then silence on this stream.
+    let (resp, mut body) = h2.send_request(req("/api/payments/charge"), false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"{\"amount\":"), false)
+        .unwrap();
+    let resp = tokio::time::timeout(harness::DEADLINE, resp)
+        .await
+        .expect("an answer within the deadline")
+        .expect("an answer, not a reset");
+    assert_eq!(resp.status(), http::StatusCode::REQUEST_TIMEOUT);
+    assert!(resp.headers().get("connection").is_none());
+
+    // The same connection still carries a prompt request.
+    let mut h2 = h2.ready().await.expect("the connection is still open");
+    let (resp, mut body) = h2.send_request(req("/api/payments/ok"), false).unwrap();
+    body.send_data(bytes::Bytes::from(vec![b'x'; 100]), true)
+        .unwrap();
+    let resp = tokio::time::timeout(harness::DEADLINE, resp)
+        .await
+        .expect("an answer")
+        .expect("an answer, not a reset");
+    assert_eq!(resp.status(), http::StatusCode::OK);
+
+    let m = rg.metrics().await;
+    assert_eq!(payments_v2_class(&m, "4xx"), 1.0, "{m}");
+    assert_eq!(payments_v2_class(&m, "2xx"), 1.0, "{m}");
+    assert_eq!(upstream_errors(&m), 0.0, "{m}");
+    assert_eq!(
+        payments_v2(&m, "rollgate_request_duration_seconds_count"),
+        1.0
+    );
+    rg.shutdown().await;
+}
