@@ -347,3 +347,30 @@ async fn an_h2_stream_stalled_past_client_body_timeout_is_408_and_the_connection
     );
     rg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_command_declaring_more_than_it_sends_is_let_go_after_ten_seconds() {
+    let (v1, v2) = Upstream::pair().await;
+    let (rg, _) = rig(&v1, v2.url(), "500ms").await;
+    let mut s = connect_as_attacker(rg.app.admin_addr).await;
+    let head = format!(
+        "PUT /api/v1/weights HTTP/1.1\r\nhost: admin\r\nauthorization: {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n",
+        rg.bearer()
+    );
+    let started = Instant::now();
+    trickle(&mut s, &head, b"{", 1, Duration::ZERO).await;
+    let answer = read_until_closed(&mut s).await;
+    assert_eq!(raw_status(&answer), 408, "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "the admin bound is 10 s"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // Nothing changed.
+    assert_eq!(rg.status().await["weights"]["v2"].as_f64(), Some(50.0));
+    rg.shutdown().await;
+}
