@@ -108,13 +108,19 @@ pub struct Checkout<B> {
 }
 
 /// Notices a response body that has had no bytes for `body_idle_timeout`.
-/// Armed when a read finds nothing, disarmed by the next bytes: a client
-/// slow to read pauses the body without the wait counting against the
-/// upstream.
+/// A wait starts at the first read that finds nothing after the last bytes,
+/// so a client slow to read pauses the body without the pause counting
+/// against the upstream.
+///
+/// The timer is moved lazily: bytes only clear `waiting_since` (no timer
+/// call per chunk), and a timer that fires for an older, earlier wait is
+/// pushed to the current one's deadline. A wait never ends before an older
+/// one would, so the timer is never late; it is reset at most once per
+/// `limit` of streaming.
 pub struct Stall {
     timer: Pin<Box<Sleep>>,
     limit: Duration,
-    armed: bool,
+    waiting_since: Option<tokio::time::Instant>,
 }
 
 impl Stall {
@@ -122,25 +128,29 @@ impl Stall {
         Self {
             timer: Box::pin(tokio::time::sleep(limit)),
             limit,
-            armed: false,
+            waiting_since: None,
         }
     }
 
     /// Called when a read of the body found nothing: `true` once nothing has
     /// come for the whole limit since the first such read.
     pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.armed {
-            self.timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + self.limit);
-            self.armed = true;
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + self.limit;
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
         }
-        self.timer.as_mut().poll(cx).is_ready()
+        false
     }
 
     /// Bytes came: the next empty read starts a new wait.
     pub fn progressed(&mut self) {
-        self.armed = false;
+        self.waiting_since = None;
     }
 }
 
