@@ -18,6 +18,8 @@ defaults! {
         => fn default_max_header_bytes() -> usize;
     const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20)
         => fn default_header_read_timeout() -> Dur;
+    const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30)
+        => fn default_client_body_timeout() -> Dur;
     const DEFAULT_MAX_CONNECTIONS: usize = 10_000 => fn default_max_connections() -> usize;
     const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15)
         => fn default_drain_timeout() -> Dur;
@@ -54,6 +56,10 @@ pub(crate) struct FileServer {
     /// waiting for its next request: hyper runs one timer for both.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// Time allowed for a whole request body, from its head (so also the
+    /// longest pause between two reads); later: 408 and the connection closed.
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout: Dur,
     /// Open client connections per listener; at the cap accepting pauses.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -101,6 +107,8 @@ pub struct ServerConfig {
     pub workers: usize,
     pub runtime: RuntimeMode,
     pub header_read_timeout: Duration,
+    /// Whole request body, from the head; see `edge::request_body`.
+    pub client_body_timeout: Duration,
     pub max_connections: usize,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
@@ -145,6 +153,7 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
         workers: s.workers,
         runtime: s.runtime,
         header_read_timeout: s.header_read_timeout.0,
+        client_body_timeout: s.client_body_timeout.0,
         max_connections: s.max_connections,
         drain_timeout: s.drain_timeout.0,
         tls: s.tls.map(|t| TlsFiles {
@@ -154,6 +163,9 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
     };
     if server.header_read_timeout.is_zero() {
         return Err(invalid("server.header_read_timeout", "must be above zero"));
+    }
+    if server.client_body_timeout.is_zero() {
+        return Err(invalid("server.client_body_timeout", "must be above zero"));
     }
     if server.max_connections == 0 {
         return Err(invalid("server.max_connections", "must be at least 1"));

@@ -20,6 +20,7 @@ pub(crate) mod forwarded;
 pub(crate) mod headers;
 pub(crate) mod proxy;
 pub(crate) mod region;
+pub(crate) mod request_body;
 pub mod server;
 pub(crate) mod shadow;
 pub mod sticky;

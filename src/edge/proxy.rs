@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::Guard;
 use http::uri::{PathAndQuery, Uri};
@@ -19,6 +19,7 @@ use super::access_log::AccessLog;
 use super::body::ProxyBody;
 use super::headers::*;
 use super::region::Regions;
+use super::request_body::Timing;
 use super::sticky::{Resolved, Source, Sticky};
 use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
@@ -78,7 +79,7 @@ impl Proxy {
             ),
             telemetry,
             payment_trip,
-            upstreams: Upstreams::new(&config.upstreams),
+            upstreams: Upstreams::new(&config.upstreams, config.server.client_body_timeout),
             targets: [config.upstreams.v1.clone(), config.upstreams.v2.clone()],
             expose_variant: r.expose_variant_header,
             allow_override: r.allow_override_header,
@@ -119,10 +120,14 @@ impl Proxy {
             self.telemetry.record_user(region, variant, sticky.bucket);
         }
         let log_method = self.access_log.method(req.method());
+        let h1 = req.version() < Version::HTTP_2;
 
-        // Forward.
-        let result = self.forward(req, journey, variant, route, addr).await;
-        let latency = start.elapsed();
+        // Forward; the latency sample starts once the upstream has the whole request.
+        let mut timing = Timing::new(start);
+        let result = self
+            .forward(req, journey, variant, route, addr, &mut timing)
+            .await;
+        let latency = timing.latency();
 
         // Record and answer.
         let resp = match result {
@@ -136,10 +141,19 @@ impl Proxy {
                 self.telemetry.record_shed(Variant::V2);
                 return Ok(self.finish(Refusal::Shed.response(), variant, sticky));
             }
-            Err(refusal) => {
-                if let Refusal::Upstream(kind) = refusal {
-                    self.telemetry.record_upstream_error(journey, variant, kind);
+            // The client broke its body or let it time out: a 4xx of its
+            // journey, never an error or a latency sample of the upstream.
+            Err(refusal @ (Refusal::ClientBody | Refusal::ClientTimeout)) => {
+                self.telemetry
+                    .record_status(journey, variant, refusal.status().as_u16());
+                let mut r = refusal.response();
+                if h1 {
+                    close_after(&mut r);
                 }
+                r
+            }
+            Err(refusal @ Refusal::Upstream(kind)) => {
+                self.telemetry.record_upstream_error(journey, variant, kind);
                 self.telemetry
                     .record(journey, variant, latency, refusal.status().as_u16(), false);
                 refusal.response()
@@ -166,6 +180,7 @@ impl Proxy {
         variant: Variant,
         route: Guard<Arc<RouteTable>>,
         peer: SocketAddr,
+        timing: &mut Timing,
     ) -> Result<Relayed, Refusal> {
         // V2's reserved capacity: the excess is shed here, before V2 sees it.
         let permit = match variant {
@@ -185,9 +200,12 @@ impl Proxy {
             _ => None,
         };
         drop(route);
+        let limit = self.upstreams.client_body_timeout();
+        let req = req.map(|body| timing.wrap(body, limit));
         let (resp, conn) = match self.upstreams.send(variant, req).await {
             Ok(sent) => sent,
             Err(SendError::ClientBody) => return Err(Refusal::ClientBody),
+            Err(SendError::ClientTimeout) => return Err(Refusal::ClientTimeout),
             Err(SendError::Upstream(kind)) => {
                 let refusal = Refusal::Upstream(kind);
                 if let Some(t) = tee.as_mut() {
@@ -206,9 +224,10 @@ impl Proxy {
                 t.finish(None);
             }
         }
+        let head_5xx = parts.status.is_server_error();
         let resp = Response::from_parts(
             parts,
-            ProxyBody::upstream(body, conn, inflight, permit, tee),
+            ProxyBody::upstream(body, conn, head_5xx, inflight, permit, tee),
         );
         Ok(Relayed { resp, cache_hit })
     }
@@ -249,45 +268,59 @@ impl Proxy {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             r
         } else {
+            let h1 = req.version() < Version::HTTP_2;
             match self.ingest_beacon(req, variant).await {
                 Ok(()) => {
                     let mut r = Response::new(ProxyBody::empty());
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
                 }
-                Err(why) => {
+                Err(BeaconFailure::Reject(why)) => {
                     self.telemetry.beacons.reject(why);
                     text_response(StatusCode::BAD_REQUEST, reject_body(why))
+                }
+                // Not a rejected batch: nothing whole arrived to judge.
+                Err(BeaconFailure::Timeout) => {
+                    let mut r = Refusal::ClientTimeout.response();
+                    if h1 {
+                        close_after(&mut r);
+                    }
+                    r
                 }
             }
         };
         self.finish(resp, variant, sticky)
     }
 
+    /// The body is read within [`BEACON_BODY_TIMEOUT`] (or the shorter
+    /// `server.client_body_timeout`): a client that declares a length and
+    /// sends less is answered 408 and let go instead of holding the
+    /// connection open.
     async fn ingest_beacon(
         &self,
         req: Request<Incoming>,
         variant: Variant,
-    ) -> Result<(), BeaconReject> {
+    ) -> Result<(), BeaconFailure> {
         use http_body_util::{BodyExt, LengthLimitError, Limited};
+        let deadline = tokio::time::Instant::now()
+            + BEACON_BODY_TIMEOUT.min(self.upstreams.client_body_timeout());
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > beacon::MAX_BODY as u64) {
-            drain(req.into_body()).await;
-            return Err(BeaconReject::TooLarge);
+            let _ = tokio::time::timeout_at(deadline, drain(req.into_body())).await;
+            return Err(BeaconReject::TooLarge.into());
         }
-        let body = match Limited::new(req.into_body(), beacon::MAX_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(BeaconReject::TooLarge)
+        let collect = Limited::new(req.into_body(), beacon::MAX_BODY).collect();
+        let body = match tokio::time::timeout_at(deadline, collect).await {
+            Err(_) => return Err(BeaconFailure::Timeout),
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(BeaconReject::TooLarge.into())
             }
             // The client went away mid-body: nothing usable arrived.
-            Err(_) => return Err(BeaconReject::NotJson),
+            Ok(Err(_)) => return Err(BeaconReject::NotJson.into()),
         };
         let mut batch = beacon::Batch::default();
         beacon::parse(&body, &self.beacons, &mut batch)?;
@@ -341,6 +374,34 @@ impl Proxy {
     }
 }
 
+/// Longest a beacon body may take to arrive. A beacon is at most
+/// `beacon::MAX_BODY` (64 KiB) that a browser sends in one go, so even a
+/// slow mobile link delivers it well within this; holding a connection
+/// longer only serves a client that means to hold it.
+const BEACON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a beacon was not recorded.
+enum BeaconFailure {
+    /// Refused for what it said (counted by reason).
+    Reject(BeaconReject),
+    /// The body did not arrive in time.
+    Timeout,
+}
+
+impl From<BeaconReject> for BeaconFailure {
+    fn from(why: BeaconReject) -> Self {
+        BeaconFailure::Reject(why)
+    }
+}
+
+/// Makes an HTTP/1.1 connection close after this answer (an h2 stream needs
+/// nothing: hyper resets the stream whose body is left unread, and the
+/// connection's other streams carry on).
+fn close_after(resp: &mut Response<ProxyBody>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
 /// The upstream's answer on its way to the client.
 struct Relayed {
     resp: Response<ProxyBody>,
@@ -358,6 +419,8 @@ enum Refusal {
     /// The client's own request body broke while being forwarded (a bad
     /// chunk, a body cut short): never counted against the upstream.
     ClientBody,
+    /// The client's body was not complete within `server.client_body_timeout`.
+    ClientTimeout,
     /// The upstream failed: counted against its variant.
     Upstream(UpstreamErrorKind),
 }
@@ -368,6 +431,7 @@ impl Refusal {
         match self {
             Refusal::Shed => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::ClientBody => StatusCode::BAD_REQUEST,
+            Refusal::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::Upstream(UpstreamErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(
                 UpstreamErrorKind::Connect | UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol,
@@ -383,6 +447,10 @@ impl Refusal {
                 *r.status_mut() = self.status();
                 r
             }
+            Refusal::ClientTimeout => text_response(
+                self.status(),
+                "rollgate: request body not complete in time\n",
+            ),
             Refusal::Upstream(kind) => error_response(self.status(), kind),
         }
     }

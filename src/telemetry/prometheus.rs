@@ -144,7 +144,7 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
         out,
         REQUEST_DURATION_SECONDS,
         "histogram",
-        "Time from request to upstream response headers, by journey and variant.",
+        "Time from the whole request at the upstream to its response headers, by journey and variant.",
     );
     for (j, v) in cells() {
         let c = snap.cell(j, v);

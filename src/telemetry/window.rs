@@ -113,7 +113,7 @@ impl Window {
         let mut acc = CellCounts::default();
         for c in self.cells.iter().skip(variant as usize).step_by(2) {
             acc.latency.add(&c.latency);
-            acc.add_counters(&c.classes, &c.errors, c.cache_hits);
+            acc.add_counters(&c.classes, &c.errors, c.cache_hits, c.broken);
             acc.inflight += c.inflight;
         }
         acc

@@ -21,6 +21,7 @@ pub mod inproc;
 pub mod metrics;
 pub mod process;
 pub mod routing;
+pub mod slow_body;
 pub mod upstream;
 
 use std::future::Future;
