@@ -281,6 +281,7 @@ fn beacon_parse_and_record_allocate_nothing() {
         names: ["page_view", "js_error", "first_result_ms"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     };
     let t = Telemetry::with_beacons(3, names.names.len(), true);
     let event = r#"{"type":"timing","name":"first_result_ms","value":123.4,"url":"/x"},{"type":"funnel","name":"page_view"},{"type":"js_error","name":"js_error","message":"TypeError: x is undefined"}"#;
