@@ -997,3 +997,277 @@ fn gate_keys_serialise_as_the_text_they_always_were() {
     assert_eq!(serde_json::from_str::<GateResult>(&json).unwrap(), g);
     assert_eq!(g.key(), "cache_hit/search");
 }
+
+// ===== beacon gates under a botnet (BENCHMARKS.md) =====
+
+/// The js_errors gate as it was before it counted users: every `js_error`
+/// event per `page_view` event, Poisson rate test. Kept here, through the
+/// same judge, to measure what the change bought.
+fn js_errors_by_events(window: &Window, ctx: &GateContext<'_>) -> GateResult {
+    use super::judge::{Evidence, Measure};
+    let errors = |v| beacon_of(window, JS_ERROR, v).counts[BeaconType::JsError as usize];
+    let views = |v| beacon_of(window, PAGE_VIEW, v).total();
+    let (e1, n1, e2, n2) = (
+        errors(Variant::V1),
+        views(Variant::V1),
+        errors(Variant::V2),
+        views(Variant::V2),
+    );
+    let rate = |e: u64, n: u64| (n > 0).then(|| e as f64 / n as f64);
+    ctx.gate(Measure {
+        gate: Gate::JsErrors,
+        journey: None,
+        bound: Bound::Max,
+        what: "V2 JS errors per page view",
+        value: rate(e2, n2),
+        threshold: rate(e1, n1).unwrap_or(0.0) * (1.0 + ctx.cfg.gates.js_errors_max_increase),
+        samples: n2,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: Some(n1),
+        evidence: Evidence::Test(super::significance::poisson_rate(
+            e1,
+            n1,
+            e2,
+            n2,
+            super::significance::Worse::Higher,
+        )),
+    })
+}
+
+/// A beacon funnel as it was: numerator events per denominator event,
+/// log-ratio test.
+fn funnel_by_events(
+    window: &Window,
+    ctx: &GateContext<'_>,
+    f: &crate::config::Funnel,
+) -> GateResult {
+    use super::judge::{Evidence, Measure};
+    let count = |b, v| beacon_of(window, b, v).total();
+    let (x1, n1, x2, n2) = (
+        count(CLICK, Variant::V1),
+        count(PAGE_VIEW, Variant::V1),
+        count(CLICK, Variant::V2),
+        count(PAGE_VIEW, Variant::V2),
+    );
+    let ratio = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
+    ctx.gate(Measure {
+        gate: Gate::Funnel,
+        journey: Some(&f.name),
+        bound: Bound::Min,
+        what: "V2 conversion",
+        value: ratio(x2, n2),
+        threshold: ratio(x1, n1).unwrap_or(0.0) * (1.0 - f.max_drop),
+        samples: n2,
+        min_samples: f.min_samples.unwrap_or(ctx.cfg.rollout.min_samples),
+        control_samples: Some(n1),
+        evidence: Evidence::Test(super::significance::log_ratio(
+            x1,
+            n1,
+            x2,
+            n2,
+            super::significance::Worse::Lower,
+        )),
+    })
+}
+
+fn beacon_of(w: &Window, name: usize, v: Variant) -> &BeaconCounts {
+    &w.beacons[name * 2 + v as usize]
+}
+
+/// The simulated population of one window: `users` real users, a quarter
+/// of them on V2 (the 25 % canary), each with 4 page views; 2 % of users
+/// with one JS error, 40 % with one click on a search result. Both variants
+/// equally healthy.
+struct Population {
+    users: u64,
+}
+
+const VIEWS_PER_USER: u64 = 4;
+const ERROR_SHARE: f64 = 0.02;
+const CLICK_SHARE: f64 = 0.40;
+/// What one address posts when nothing limits it: the 15 beacons/s
+/// of 100 events, over a 5-minute window.
+const UNCAPPED_EVENTS_PER_ADDRESS: u64 = 15 * 100 * 300;
+
+impl Population {
+    fn on(&self, v: Variant) -> u64 {
+        match v {
+            Variant::V1 => self.users - self.users / 4,
+            Variant::V2 => self.users / 4,
+        }
+    }
+
+    /// The real users' events and user sets.
+    fn window(&self, cfg: &Config) -> Window {
+        let mut w = edge_window(cfg);
+        for (i, v) in Variant::ALL.into_iter().enumerate() {
+            let n = self.on(v);
+            let errors = (n as f64 * ERROR_SHARE).round() as u64;
+            let clicks = (n as f64 * CLICK_SHARE).round() as u64;
+            users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, 0..n);
+            users_into(&mut w.beacon_users.js_error[i], v, 0..errors);
+            users_into(w.beacon_users.of_mut(JS_ERROR, v), v, 0..errors);
+            users_into(w.beacon_users.of_mut(CLICK, v), v, 0..clicks);
+            beacon(&mut w, PAGE_VIEW, v).counts[BeaconType::Funnel as usize] = n * VIEWS_PER_USER;
+            beacon(&mut w, JS_ERROR, v).counts[BeaconType::JsError as usize] = errors;
+            beacon(&mut w, CLICK, v).counts[BeaconType::Funnel as usize] = clicks;
+        }
+        w
+    }
+}
+
+/// What the attacker adds with `n` units of its cheapest attack on a gate.
+#[derive(Clone, Copy)]
+enum Attack {
+    /// Events: `js_error` on V2 (the attack).
+    ErrorEvents,
+    /// Events: `page_view` on V2, diluting the click-through.
+    ViewEvents,
+    /// Users: V2 keys with a page view and a JS error (2 events each).
+    ErrorUsers,
+    /// Users: V2 keys with a page view only (1 event each).
+    ViewUsers,
+}
+
+impl Attack {
+    fn apply(self, w: &mut Window, n: u64) {
+        let v = Variant::V2;
+        let fake = 1 << 39; // far from the real users' numbers
+        match self {
+            Attack::ErrorEvents => {
+                beacon(w, JS_ERROR, v).counts[BeaconType::JsError as usize] += n;
+            }
+            Attack::ViewEvents => {
+                beacon(w, PAGE_VIEW, v).counts[BeaconType::Funnel as usize] += n;
+            }
+            Attack::ErrorUsers => {
+                users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, fake..fake + n);
+                users_into(&mut w.beacon_users.js_error[1], v, fake..fake + n);
+            }
+            Attack::ViewUsers => {
+                users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, fake..fake + n);
+            }
+        }
+    }
+}
+
+/// A gate judged one way.
+type Judge<'a> = &'a dyn Fn(&Window) -> GateStatus;
+/// One row of the table: gate, the attack and judge before, the attack and
+/// judge after, events per fake user after.
+type Row<'a> = (&'static str, Attack, Judge<'a>, Attack, Judge<'a>, u64);
+
+/// The fewest units of `attack` that turn the gate RED (binary search; the
+/// gate is monotone in them), or `None` up to `limit`.
+fn fewest_for_red(
+    cfg: &Config,
+    pop: &Population,
+    attack: Attack,
+    judge: &dyn Fn(&Window) -> GateStatus,
+    limit: u64,
+) -> Option<u64> {
+    let red = |n: u64| {
+        let mut w = pop.window(cfg);
+        attack.apply(&mut w, n);
+        judge(&w) == GateStatus::Red
+    };
+    if red(0) {
+        return Some(0);
+    }
+    if !red(limit) {
+        return None;
+    }
+    let (mut lo, mut hi) = (0, limit);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if red(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
+/// Prints the BENCHMARKS.md table: attacker addresses needed to turn each
+/// beacon gate from GREEN to RED, before (events, no caps) and after
+/// (users, caps). Run: `cargo test --lib botnet -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the botnet table of BENCHMARKS.md"]
+fn botnet_addresses_to_turn_beacon_gates_red() {
+    let cfg = edge_with_beacon_funnel();
+    let f = cfg
+        .gates
+        .funnels
+        .iter()
+        .find(|f| f.name == "view_to_click")
+        .unwrap()
+        .clone();
+    let mem = Memory::default();
+    let ctx = GateContext {
+        cfg: &cfg,
+        phase_p95_ms: 130.0,
+        comparative: true,
+        weight_v2: 25.0,
+        v2_bad_since_start: 0,
+        shadow: false,
+        now: t0(),
+        previous: &mem.status,
+        recovery: &mem.recovery,
+    };
+    let after_js = |w: &Window| gate_of(&evaluate(w, &ctx), "js_errors").status;
+    let after_funnel = |w: &Window| gate_of(&evaluate(w, &ctx), "funnel/view_to_click").status;
+    let before_js = |w: &Window| js_errors_by_events(w, &ctx).status;
+    let before_funnel = |w: &Window| funnel_by_events(w, &ctx, &f).status;
+    // Worst case for the caps: a window straddling two cap epochs.
+    let per_address = |events_per_unit: u64, cap: u64| 2 * cap / events_per_unit;
+    let caps = [cfg.beacons.max_events_per_client as u64, 20];
+    println!(
+        "| real users | gate | before: events needed | before: addresses | after: fake users needed | after: addresses (cap {}) | after: addresses (cap {}) |",
+        caps[0], caps[1]
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for users in [200u64, 2_000, 20_000] {
+        let pop = Population { users };
+        let rows: [Row; 2] = [
+            (
+                "js_errors",
+                Attack::ErrorEvents,
+                &before_js,
+                Attack::ErrorUsers,
+                &after_js,
+                2,
+            ),
+            (
+                "funnel view_to_click",
+                Attack::ViewEvents,
+                &before_funnel,
+                Attack::ViewUsers,
+                &after_funnel,
+                1,
+            ),
+        ];
+        for (name, ev, before, us, after, events_per_user) in rows {
+            let pw = pop.window(&cfg);
+            assert_eq!(
+                before(&pw),
+                GateStatus::Green,
+                "{users} {name}: healthy before"
+            );
+            assert_eq!(
+                after(&pw),
+                GateStatus::Green,
+                "{users} {name}: healthy after"
+            );
+            let e = fewest_for_red(&cfg, &pop, ev, before, 100_000_000).unwrap();
+            let u = fewest_for_red(&cfg, &pop, us, after, 1_000_000).unwrap();
+            let addrs = |cap| u.div_ceil(per_address(events_per_user, cap));
+            println!(
+                "| {users} | {name} | {e} | {} | {u} | {} | {} |",
+                e.div_ceil(UNCAPPED_EVENTS_PER_ADDRESS),
+                addrs(caps[0]),
+                addrs(caps[1]),
+            );
+        }
+    }
+}
