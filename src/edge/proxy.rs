@@ -27,7 +27,7 @@ use crate::config::{BeaconsConfig, Config, Upstream};
 use crate::routing::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::tripwire::{PaymentOutcome, PaymentTrip};
 use crate::routing::{RouteTable, Router, Variant};
-use crate::telemetry::beacons::BeaconReject;
+use crate::telemetry::beacons::{BeaconReject, CapLimits, Sender};
 use crate::telemetry::{Telemetry, UpstreamErrorKind};
 
 /// Everything the request path reads; built once, shared by all connections.
@@ -43,6 +43,8 @@ pub struct Proxy {
     allow_override: bool,
     access_log: AccessLog,
     beacons: BeaconsConfig,
+    /// The per-window beacon caps (`[beacons]` and `rollout.window`).
+    beacon_caps: CapLimits,
     /// Region header and labels (split skew per region).
     regions: Regions,
     /// V2's reserved capacity.
@@ -85,6 +87,11 @@ impl Proxy {
             allow_override: r.allow_override_header,
             access_log: AccessLog::new(config),
             beacons: config.beacons.clone(),
+            beacon_caps: CapLimits {
+                per_client: config.beacons.max_events_per_client,
+                per_key: config.beacons.max_events_per_key,
+                window_ms: config.rollout.window.as_millis().max(1) as u64,
+            },
             regions: Regions::new(&config.routing),
             capacity: Arc::new(Capacity {
                 limit: config.upstreams.reserved_capacity,
@@ -104,7 +111,7 @@ impl Proxy {
         addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if req.uri().path() == beacon::BEACON_PATH {
-            return Ok(self.beacon(req).await);
+            return Ok(self.beacon(req, addr).await);
         }
         let start = Instant::now();
 
@@ -253,8 +260,9 @@ impl Proxy {
     /// `POST /_rollgate/beacon`, answered here and never forwarded. The
     /// variant is picked exactly as for a proxied request (sticky key, override
     /// header, weights), never read from the body; a client without any key
-    /// gets its `rg_bucket` cookie like on any request.
-    async fn beacon(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// gets its `rg_bucket` cookie like on any request. The sender (client
+    /// address, sticky key) is charged against the per-window caps.
+    async fn beacon(&self, req: Request<Incoming>, addr: SocketAddr) -> Response<ProxyBody> {
         let sticky = self.sticky.resolve(req.headers());
         let variant = self
             .override_variant(&req)
@@ -269,10 +277,25 @@ impl Proxy {
             r
         } else {
             let h1 = req.version() < Version::HTTP_2;
-            match self.ingest_beacon(req, variant).await {
+            let from = Sender {
+                client: self.upstream_headers.client(addr, req.headers()),
+                user: sticky.key,
+                opted_out: beacon::opted_out(req.headers()),
+            };
+            match self.ingest_beacon(req, variant, &from).await {
                 Ok(()) => {
                     let mut r = Response::new(ProxyBody::empty());
                     *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                }
+                Err(BeaconFailure::Reject(BeaconReject::RateLimited)) => {
+                    self.telemetry.beacons.reject(BeaconReject::RateLimited);
+                    let mut r = text_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        reject_body(BeaconReject::RateLimited),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, retry_after(&self.beacon_caps));
                     r
                 }
                 Err(BeaconFailure::Reject(why)) => {
@@ -300,6 +323,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         variant: Variant,
+        from: &Sender,
     ) -> Result<(), BeaconFailure> {
         use http_body_util::{BodyExt, LengthLimitError, Limited};
         let deadline = tokio::time::Instant::now()
@@ -325,7 +349,11 @@ impl Proxy {
         let mut batch = beacon::Batch::default();
         beacon::parse(&body, &self.beacons, &mut batch)?;
         if self.telemetry.enabled() {
-            batch.record(&self.telemetry.beacons, variant);
+            let cells = &self.telemetry.beacons;
+            if !cells.admit(&self.beacon_caps, from, batch.events().len()) {
+                return Err(BeaconReject::RateLimited.into());
+            }
+            batch.record_from(cells, variant, from);
         }
         Ok(())
     }
@@ -519,7 +547,14 @@ fn reject_body(why: BeaconReject) -> &'static str {
         BeaconReject::UnknownName => "unknown_name\n",
         BeaconReject::UnknownType => "unknown_type\n",
         BeaconReject::BadValue => "bad_value\n",
+        BeaconReject::RateLimited => "rate_limited\n",
     }
+}
+
+/// `Retry-After` of a rate-limited beacon: the caps' window in seconds (an
+/// upper bound on the wait for the next one; no clock read to refine it).
+fn retry_after(caps: &CapLimits) -> HeaderValue {
+    HeaderValue::from((caps.window_ms / 1000).max(1))
 }
 
 fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<ProxyBody> {

@@ -154,6 +154,8 @@ pub struct Snapshot {
     pub cells: Vec<CellCounts>,
     /// Beacon counts, indexed by `name * 2 + variant`.
     pub beacons: Vec<BeaconCounts>,
+    /// Users who sent beacons since the previous take (set by the controller).
+    pub beacon_users: super::beacons::BeaconUsers,
     /// Requests shed per variant (cumulative).
     pub shed: [u64; 2],
     /// Distinct user buckets per region and variant since the previous

@@ -236,6 +236,7 @@ impl Telemetry {
             journeys: self.journeys(),
             cells,
             beacons: self.beacons.snapshot(),
+            beacon_users: Default::default(),
             shed: [self.shed(Variant::V1), self.shed(Variant::V2)],
             users: Vec::new(),
             weight_v2_bp: 0,

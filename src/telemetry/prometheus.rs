@@ -271,7 +271,7 @@ pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String])
         out,
         BEACON_REJECTED_TOTAL,
         "counter",
-        "Client beacon batches refused with 400, by reason.",
+        "Client beacon batches refused, by reason (400 bad input; 429 rate_limited: the client address or sticky key is at its per-window cap).",
     );
     for r in BeaconReject::ALL {
         let _ = writeln!(

@@ -15,6 +15,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod beacons;
 pub mod client;
 pub mod config;
 pub mod inproc;

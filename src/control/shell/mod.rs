@@ -177,6 +177,7 @@ impl Intake {
     fn take(&mut self, s: &mut RolloutState, t: &TickTime) -> Option<Interval> {
         let mut snapshot = self.telemetry.snapshot();
         snapshot.users = self.telemetry.take_users();
+        snapshot.beacon_users = self.telemetry.beacons.take_users();
         // The weight in force since the last tick: the interval was routed with it.
         snapshot.weight_v2_bp = self.router.load().v2.bp();
         step::intake(&mut self.ring, s, t.ms, snapshot)
