@@ -74,7 +74,7 @@ impl Effects {
     ) -> Result<Self, state::StateError> {
         let dir = &cfg.server.state_dir;
         let audit = AuditLog::open(dir)?;
-        router.store(route_table(cfg, state));
+        trip.publish(route_table(cfg, state));
         trip.arm(Core::active(state));
         Ok(Effects {
             router,
@@ -113,9 +113,12 @@ impl Effects {
         }
     }
 
-    /// Publishes the routing table of the situation.
+    /// Publishes the routing table of the situation; a latched payment trip
+    /// keeps V2 at zero until the controller has handled it.
     pub(crate) fn route(&self, sit: &Situation) {
-        self.router.store(route_table(&sit.cfg, &sit.state));
+        if !self.trip.publish(route_table(&sit.cfg, &sit.state)) {
+            tracing::debug!("payment trip latched: routing table kept at V2 = 0");
+        }
     }
 
     /// Appends the evaluation record (`control::replay`).

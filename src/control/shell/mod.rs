@@ -283,6 +283,9 @@ impl Controller {
     }
 
     fn on_tick(&mut self) {
+        // A trip the select has not delivered yet is handled first: this
+        // tick must decide on the rolled-back state, not the one before.
+        self.on_trip();
         // The cost of a tick in real time, whatever the controller's clock says.
         let started = std::time::Instant::now();
         let t = self.step(RecordKind::Tick, "controller", step::tick);
@@ -297,12 +300,14 @@ impl Controller {
         let Some(trip) = self.intake.trip.take_trip() else {
             return;
         };
-        if matches!(self.sit.state.state, StateName::RolledBack) {
-            return;
+        if !matches!(self.sit.state.state, StateName::RolledBack) {
+            self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
+                step::trip(cfg, ring, s, trip, t)
+            });
         }
-        self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
-            step::trip(cfg, ring, s, trip, t)
-        });
+        // Handled: the state says rolled back (and is being persisted), so
+        // only an operator's later action can give V2 weight again.
+        self.intake.trip.release();
     }
 
     /// Reads the clock and the counts, runs the pure `decide` step, records
@@ -331,6 +336,7 @@ impl Controller {
     }
 
     fn on_reload(&mut self, r: ReloadMsg) {
+        self.on_trip();
         if !Arc::ptr_eq(&r.telemetry, &self.intake.telemetry) {
             // New cell layout: old interval deltas no longer line up.
             self.intake.ring = step::ring(&r.cfg);
@@ -345,6 +351,8 @@ impl Controller {
     }
 
     fn on_command(&mut self, msg: CommandMsg) {
+        // A command is judged against the state after any trip that came first.
+        self.on_trip();
         let name = msg.cmd.name();
         let args = command_detail(&msg.cmd);
         let core = Core {
