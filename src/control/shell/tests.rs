@@ -38,6 +38,29 @@ struct Rig {
 }
 
 fn start(dir: &Path) -> Rig {
+    let b = build(dir);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(b.ctl.run(b.rx, stop_rx));
+    Rig {
+        handle: b.handle,
+        router: b.router,
+        telemetry: b.telemetry,
+        stop,
+        task,
+    }
+}
+
+/// A controller and everything around it, not yet running.
+struct Built {
+    ctl: Controller,
+    handle: ControlHandle,
+    rx: mpsc::Receiver<Msg>,
+    router: Arc<Router>,
+    trip: Arc<PaymentTrip>,
+    telemetry: Arc<Telemetry>,
+}
+
+fn build(dir: &Path) -> Built {
     let cfg = Arc::new(config(dir));
     let telemetry = Arc::new(Telemetry::new(cfg.journeys.len(), true));
     let router = Arc::new(Router::new(RouteTable::default()));
@@ -49,18 +72,17 @@ fn start(dir: &Path) -> Rig {
         cfg,
         telemetry.clone(),
         router.clone(),
-        trip,
+        trip.clone(),
         Arc::new(Metrics::new()),
     )
     .expect("controller starts");
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(ctl.run(rx, stop_rx));
-    Rig {
+    Built {
+        ctl,
         handle,
+        rx,
         router,
+        trip,
         telemetry,
-        stop,
-        task,
     }
 }
 
@@ -216,22 +238,8 @@ async fn a_gate_red_for_red_rollback_after_rolls_back() {
 /// A controller driven by direct calls, not its loop: the test picks the
 /// order in which a trip, a tick and a command are handled.
 fn controller(dir: &Path) -> (Controller, Arc<Router>, Arc<PaymentTrip>) {
-    let cfg = Arc::new(config(dir));
-    let telemetry = Arc::new(Telemetry::new(cfg.journeys.len(), true));
-    let router = Arc::new(Router::new(RouteTable::default()));
-    let trip = Arc::new(PaymentTrip::new(
-        cfg.rollout.consecutive_payment_failures,
-        router.clone(),
-    ));
-    let (ctl, _handle, _rx) = Controller::new(
-        cfg,
-        telemetry,
-        router.clone(),
-        trip.clone(),
-        Arc::new(Metrics::new()),
-    )
-    .expect("controller starts");
-    (ctl, router, trip)
+    let b = build(dir);
+    (b.ctl, b.router, b.trip)
 }
 
 fn command(ctl: &mut Controller, cmd: Command) -> Result<Arc<StatusView>, CommandError> {
