@@ -141,6 +141,17 @@ impl Clock {
     }
 }
 
+/// Sleeps until `t`; never wakes without one.
+async fn at(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long shutdown waits for a failing state write's next try.
+const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 // === controller ===
 
 /// What the controller knows between ticks.
@@ -151,6 +162,8 @@ pub(crate) struct Situation {
     pub(crate) last_eval: Evaluation,
     /// What the controller is waiting for right now (the last reason).
     pub(crate) detail: String,
+    /// The state file does not hold `state` yet (a failed write is retried).
+    pub(crate) persist_degraded: bool,
 }
 
 impl Situation {
@@ -235,6 +248,7 @@ impl Controller {
                 state,
                 last_eval: Evaluation::default(),
                 detail: String::new(),
+                persist_degraded: false,
             },
             clock: Clock::start(),
             effects,
@@ -264,6 +278,7 @@ impl Controller {
         let mut tick = self.sit.cfg.rollout.tick;
         let mut interval = every(tick);
         let trip = self.intake.trip.clone();
+        let mut tries_left = 3;
         loop {
             if self.sit.cfg.rollout.tick != tick {
                 tick = self.sit.cfg.rollout.tick;
@@ -276,10 +291,34 @@ impl Controller {
                     Msg::Reload(r) => self.on_reload(r),
                 },
                 () = trip.notify.notified() => self.on_trip(),
+                () = at(self.effects.persist_retry_at()) => self.on_persist_retry(),
                 _ = shutdown.changed() => break,
             }
         }
-        self.effects.persist(&self.sit);
+        self.effects.persist(&mut self.sit);
+        // A last few tries before exiting with the state file behind.
+        while let Some(t) = self.effects.persist_retry_at() {
+            if t.duration_since(Instant::now()) > SHUTDOWN_RETRY || tries_left == 0 {
+                tracing::error!(
+                    state = self.sit.state.state.as_str(),
+                    weight_v2 = self.sit.state.weight_v2,
+                    "exiting with the rollout state not on disk: the state file still holds an earlier state; check it before the next start"
+                );
+                break;
+            }
+            tries_left -= 1;
+            tokio::time::sleep_until(t).await;
+            self.effects.persist(&mut self.sit);
+        }
+    }
+
+    /// A failed state write is due again.
+    fn on_persist_retry(&mut self) {
+        let was = self.sit.persist_degraded;
+        self.effects.persist(&mut self.sit);
+        if self.sit.persist_degraded != was {
+            self.board.publish(&self.sit);
+        }
     }
 
     fn on_tick(&mut self) {
