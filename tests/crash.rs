@@ -183,6 +183,116 @@ async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
     p.kill9();
 }
 
+// ===== a rollback the state file cannot take =====
+
+/// The state dir's path turned into a regular file (and the directory put
+/// aside), or put back. Every write under it then fails with ENOTDIR, also
+/// for root, whom permissions would not stop (the tests run as root).
+fn break_state_dir(state_dir: &Path, aside: &Path, broken: bool) {
+    if broken {
+        std::fs::rename(state_dir, aside).expect("move the state dir aside");
+        std::fs::write(state_dir, b"not a directory\n").expect("a file in its place");
+    } else {
+        std::fs::remove_file(state_dir).expect("remove the file");
+        std::fs::rename(aside, state_dir).expect("put the state dir back");
+    }
+}
+
+fn degraded_gauge(metrics: &str) -> Option<f64> {
+    harness::metric(metrics, "rollgate_state_persist_degraded", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_never_undone() {
+    let (v1, v2) = (
+        DemoApp::start(fast("v1")).await,
+        DemoApp::start(fast("v2")).await,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state_dir = dir.path().join("state");
+    let aside = dir.path().join("state.aside");
+    let ports = Ports::free();
+    let config = dir.path().join("rollgate.toml");
+    resume_conf(v1.addr, v2.addr, ports).write(&config, &state_dir);
+    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-1.log"));
+    p.wait_ready().await;
+    p.wait_for("canary", |s| s["state"] == "canary").await;
+    assert_eq!(p.status().await["state_persist_degraded"], false);
+    assert_eq!(degraded_gauge(&p.metrics().await), Some(0.0));
+
+    // The state dir goes away; then a Sev-1 rolls back.
+    break_state_dir(&state_dir, &aside, true);
+    let s = call_ok(
+        &p,
+        Method::POST,
+        "/api/v1/incidents",
+        json!({"severity": 1, "summary": "checkout down"}),
+    )
+    .await
+    .json();
+    assert_eq!(s["state"], "rolled_back", "{s}");
+    assert_eq!(s["weights"]["v2"].as_f64(), Some(0.0));
+    assert_eq!(s["state_persist_degraded"], true, "{s}");
+    assert_eq!(degraded_gauge(&p.metrics().await), Some(1.0));
+    let page = p.call(Method::GET, "/", "").await.text();
+    assert!(
+        page.contains("persist-degraded"),
+        "no degraded marker on the status page"
+    );
+    // Routing follows the rollback at once, written or not.
+    for i in 0..40 {
+        assert_eq!(p.variant_of(&format!("user-{i}"), "/search").await, "v1");
+    }
+    // On disk, the state before the rollback: still the canary.
+    let on_disk = state::load(&aside).unwrap().expect("state file");
+    assert_eq!(on_disk.state, StateName::Canary);
+
+    // A second process started on it now refuses to start: it never serves
+    // the canary's weight from the stale file.
+    let other = Ports::free();
+    let other_config = dir.path().join("other.toml");
+    resume_conf(v1.addr, v2.addr, other).write(&other_config, &state_dir);
+    let mut q = Proc::spawn(&other_config, other, dir.path().join("stderr-2.log"));
+    let exit = q.wait_exit();
+    assert!(!exit.success(), "started on an unwritable state dir");
+    let err = q.stderr();
+    assert!(err.contains("state"), "{err}");
+
+    // Still degraded while it lasts; the retries do not flood the log.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(p.status().await["state_persist_degraded"], true);
+    let errors = p
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("could not persist the rollout state"))
+        .count();
+    assert!((1..=6).contains(&errors), "{errors} error lines in 3 s");
+
+    // Writable again: the retry lands, degraded clears, the file has the rollback.
+    break_state_dir(&state_dir, &aside, false);
+    p.wait_for("the state written", |s| {
+        s["state_persist_degraded"] == false
+    })
+    .await;
+    assert_eq!(degraded_gauge(&p.metrics().await), Some(0.0));
+    let on_disk = state::load(&state_dir).unwrap().expect("state file");
+    assert_eq!(on_disk.state, StateName::RolledBack);
+    assert_eq!(on_disk.weight_v2, 0.0);
+    p.kill9();
+
+    // And a restart resumes the rollback, not the canary.
+    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-3.log"));
+    p.wait_ready().await;
+    let s = p.status().await;
+    assert_eq!(
+        (s["state"].as_str(), s["weights"]["v2"].as_f64()),
+        (Some("rolled_back"), Some(0.0)),
+        "{s}"
+    );
+    assert_eq!(p.variant_of("user-1", "/search").await, "v1");
+    p.kill9();
+}
+
 // ===== twenty SIGKILLs at random points =====
 
 /// Users and an operator, until stopped: steady traffic through the proxy and
