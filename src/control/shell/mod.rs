@@ -142,7 +142,7 @@ impl Clock {
 }
 
 /// Sleeps until `t`; never wakes without one.
-async fn at(t: Option<Instant>) {
+async fn sleep_until_some(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
@@ -291,7 +291,7 @@ impl Controller {
                     Msg::Reload(r) => self.on_reload(r),
                 },
                 () = trip.notify.notified() => self.on_trip(),
-                () = at(self.effects.persist_retry_at()) => self.on_persist_retry(),
+                () = sleep_until_some(self.effects.persist_retry_at()) => self.on_persist_retry(),
                 _ = shutdown.changed() => break,
             }
         }
