@@ -78,21 +78,46 @@ fn durable(s: &Value) -> Value {
     })
 }
 
+/// Two fast apps and a `resume_conf` config in a temp dir, not started.
+struct Resumable {
+    v1: DemoApp,
+    v2: DemoApp,
+    dir: tempfile::TempDir,
+    state_dir: std::path::PathBuf,
+    ports: Ports,
+    config: std::path::PathBuf,
+}
+
+impl Resumable {
+    async fn new() -> Resumable {
+        let (v1, v2) = (
+            DemoApp::start(fast("v1")).await,
+            DemoApp::start(fast("v2")).await,
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state_dir = dir.path().join("state");
+        let ports = Ports::free();
+        let config = dir.path().join("rollgate.toml");
+        resume_conf(v1.addr, v2.addr, ports).write(&config, &state_dir);
+        Resumable {
+            v1,
+            v2,
+            dir,
+            state_dir,
+            ports,
+            config,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
-    let (v1, v2) = (
-        DemoApp::start(fast("v1")).await,
-        DemoApp::start(fast("v2")).await,
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state_dir = dir.path().join("state");
-    let ports = Ports::free();
-    let config = dir.path().join("rollgate.toml");
-    resume_conf(v1.addr, v2.addr, ports).write(&config, &state_dir);
+    let r = Resumable::new().await;
+    let (dir, state_dir, ports, config) = (&r.dir, &r.state_dir, r.ports, &r.config);
 
     // First life: the start tick enters canary-5; the CFO approves; the
     // operator promotes to canary-25, then sets a manual weight (paused).
-    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-1.log"));
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-1.log"));
     p.wait_ready().await;
     let s = p.wait_for("canary", |s| s["state"] == "canary").await;
     assert_eq!(s["phase"], "canary-5");
@@ -129,11 +154,11 @@ async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
         variants.iter().any(|v| v == "v2") && variants.iter().any(|v| v == "v1"),
         "{variants:?}"
     );
-    let audit_before = audit_lines(&state_dir).len();
+    let audit_before = audit_lines(state_dir).len();
     p.kill9();
 
     // Second life, same config and state dir.
-    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-2.log"));
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-2.log"));
     p.wait_ready().await;
     // The start tick runs at once after a restart too; it must change nothing
     // while paused (its verdict shows in `detail`).
@@ -158,7 +183,7 @@ async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
     assert_eq!(again, variants, "users moved variant across the restart");
 
     // The audit log kept everything written before the kill, all complete lines.
-    let audit = audit_lines(&state_dir);
+    let audit = audit_lines(state_dir);
     assert!(
         audit.len() >= audit_before,
         "audit log lost entries: {} < {audit_before}",
@@ -204,24 +229,18 @@ fn degraded_gauge(metrics: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_never_undone() {
-    let (v1, v2) = (
-        DemoApp::start(fast("v1")).await,
-        DemoApp::start(fast("v2")).await,
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state_dir = dir.path().join("state");
+    let r = Resumable::new().await;
+    let (dir, state_dir, ports, config) = (&r.dir, &r.state_dir, r.ports, &r.config);
+    let (v1, v2) = (&r.v1, &r.v2);
     let aside = dir.path().join("state.aside");
-    let ports = Ports::free();
-    let config = dir.path().join("rollgate.toml");
-    resume_conf(v1.addr, v2.addr, ports).write(&config, &state_dir);
-    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-1.log"));
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-1.log"));
     p.wait_ready().await;
     p.wait_for("canary", |s| s["state"] == "canary").await;
     assert_eq!(p.status().await["state_persist_degraded"], false);
     assert_eq!(degraded_gauge(&p.metrics().await), Some(0.0));
 
     // The state dir goes away; then a Sev-1 rolls back.
-    break_state_dir(&state_dir, &aside, true);
+    break_state_dir(state_dir, &aside, true);
     let s = call_ok(
         &p,
         Method::POST,
@@ -251,7 +270,7 @@ async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_nev
     // the canary's weight from the stale file.
     let other = Ports::free();
     let other_config = dir.path().join("other.toml");
-    resume_conf(v1.addr, v2.addr, other).write(&other_config, &state_dir);
+    resume_conf(v1.addr, v2.addr, other).write(&other_config, state_dir);
     let mut q = Proc::spawn(&other_config, other, dir.path().join("stderr-2.log"));
     let exit = q.wait_exit();
     assert!(!exit.success(), "started on an unwritable state dir");
@@ -269,19 +288,19 @@ async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_nev
     assert!((1..=6).contains(&errors), "{errors} error lines in 3 s");
 
     // Writable again: the retry lands, degraded clears, the file has the rollback.
-    break_state_dir(&state_dir, &aside, false);
+    break_state_dir(state_dir, &aside, false);
     p.wait_for("the state written", |s| {
         s["state_persist_degraded"] == false
     })
     .await;
     assert_eq!(degraded_gauge(&p.metrics().await), Some(0.0));
-    let on_disk = state::load(&state_dir).unwrap().expect("state file");
+    let on_disk = state::load(state_dir).unwrap().expect("state file");
     assert_eq!(on_disk.state, StateName::RolledBack);
     assert_eq!(on_disk.weight_v2, 0.0);
     p.kill9();
 
     // And a restart resumes the rollback, not the canary.
-    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-3.log"));
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-3.log"));
     p.wait_ready().await;
     let s = p.status().await;
     assert_eq!(

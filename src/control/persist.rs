@@ -140,14 +140,19 @@ mod tests {
         s
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_write_is_retried_with_backoff_until_it_lands() {
+    /// A persister whose first write, of `rolled_back()`, failed.
+    fn failed_once() -> (tempfile::TempDir, Persister) {
         let dir = tempfile::tempdir().unwrap();
-        let before = RolloutState::new(Default::default());
-        let mut p = Persister::new(before.clone());
+        let mut p = Persister::new(RolloutState::new(Default::default()));
         block(dir.path(), true);
         p.persist(dir.path(), &rolled_back());
         assert!(p.degraded());
+        (dir, p)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_is_retried_with_backoff_until_it_lands() {
+        let (dir, mut p) = failed_once();
         let first = p.retry_at().unwrap() - Instant::now();
         assert_eq!(first, FIRST_RETRY);
         // Not due yet: the same state is not tried again.
@@ -176,11 +181,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_changed_state_is_tried_at_once_and_going_back_to_the_saved_one_clears() {
-        let dir = tempfile::tempdir().unwrap();
-        let before = RolloutState::new(Default::default());
-        let mut p = Persister::new(before.clone());
-        block(dir.path(), true);
-        p.persist(dir.path(), &rolled_back());
+        let (dir, mut p) = failed_once();
         let mut other = rolled_back();
         other.weight_v2 = 0.5;
         block(dir.path(), false);

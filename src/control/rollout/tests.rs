@@ -80,6 +80,22 @@ approval = "ceo"
 approval_waived_if_green = true
 "#;
 
+/// A shadow phase, then two live ones.
+const SHADOW_FIRST: &str = r#"
+[[rollout.phases]]
+name = "shadow"
+weight = 0
+mode = "shadow"
+hold = "10m"
+[[rollout.phases]]
+name = "canary-5"
+weight = 5
+hold = "10m"
+[[rollout.phases]]
+name = "full"
+weight = 100
+"#;
+
 /// `rollout_keys` go under `[rollout]`, then the phases.
 pub(crate) fn config(rollout_keys: &str, phases: &str) -> Config {
     let text = format!("{BASE}\n[rollout]\nmin_samples = 50\n{rollout_keys}\n{phases}");
@@ -373,21 +389,7 @@ fn all_flags_set_go_into_phase_zero_with_its_weight_and_headers() {
 
 #[test]
 fn a_shadow_phase_needs_no_flags_and_sets_shadow_pass_when_it_passes() {
-    let phases = r#"
-        [[rollout.phases]]
-        name = "shadow"
-        weight = 0
-        mode = "shadow"
-        hold = "10m"
-        [[rollout.phases]]
-        name = "canary-5"
-        weight = 5
-        hold = "10m"
-        [[rollout.phases]]
-        name = "full"
-        weight = 100
-    "#;
-    let cfg = config("flags = { A2_V26_COMPLIANT = 1 }", phases);
+    let cfg = config("flags = { A2_V26_COMPLIANT = 1 }", SHADOW_FIRST);
     let mut r = Run::new(&cfg);
     let out = r.cmd(Command::Start).unwrap();
     assert_eq!(action(&out), Action::Go);
@@ -988,21 +990,6 @@ fn sev1_rolls_back_at_once() {
     assert_eq!(r.s.incidents.len(), 1);
     assert_eq!(r.s.incidents[0].severity, 1);
 }
-
-const SHADOW_FIRST: &str = r#"
-[[rollout.phases]]
-name = "shadow"
-weight = 0
-mode = "shadow"
-hold = "10m"
-[[rollout.phases]]
-name = "canary-5"
-weight = 5
-hold = "10m"
-[[rollout.phases]]
-name = "full"
-weight = 100
-"#;
 
 #[test]
 fn sev1_in_any_state_not_yet_ended_rolls_back_and_a_new_start_is_the_operators() {
