@@ -309,7 +309,22 @@ async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_nev
         "{s}"
     );
     assert_eq!(p.variant_of("user-1", "/search").await, "v1");
-    p.kill9();
+
+    // A graceful stop while a write is failing says so before it exits.
+    break_state_dir(state_dir, &aside, true);
+    let s = call_ok(&p, Method::POST, "/api/v1/rollout/start", Value::Null)
+        .await
+        .json();
+    assert_eq!(s["state_persist_degraded"], true, "{s}");
+    p.signal("TERM");
+    p.wait_exit();
+    assert!(
+        p.stderr()
+            .contains("exiting with the rollout state not on disk"),
+        "{}",
+        p.stderr()
+    );
+    break_state_dir(state_dir, &aside, false);
 }
 
 // ===== twenty SIGKILLs at random points =====
