@@ -216,6 +216,12 @@ impl Effects {
         }
     }
 
+    /// Tries a failing write again now, whatever its backoff says.
+    pub(crate) fn persist_now(&mut self, sit: &mut Situation) {
+        self.persister.due_now();
+        self.persist(sit);
+    }
+
     /// When a failed state write is due to be tried again.
     pub(crate) fn persist_retry_at(&self) -> Option<Instant> {
         self.persister.retry_at()

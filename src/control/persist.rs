@@ -58,6 +58,13 @@ impl Persister {
         self.failing.as_ref().map(|f| f.next)
     }
 
+    /// Makes a failing write due at once (shutdown does not wait for backoff).
+    pub(crate) fn due_now(&mut self) {
+        if let Some(f) = &mut self.failing {
+            f.next = Instant::now();
+        }
+    }
+
     /// Writes `s` unless the file holds it already. A state that is the
     /// same as the last failed attempt waits for its retry time; a changed
     /// one is tried at once.

@@ -149,8 +149,9 @@ async fn sleep_until_some(t: Option<Instant>) {
     }
 }
 
-/// How long shutdown waits for a failing state write's next try.
-const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often, and how far apart, shutdown tries a failing state write again.
+const SHUTDOWN_TRIES: usize = 3;
+const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
 
 // === controller ===
 
@@ -278,7 +279,6 @@ impl Controller {
         let mut tick = self.sit.cfg.rollout.tick;
         let mut interval = every(tick);
         let trip = self.intake.trip.clone();
-        let mut tries_left = 3;
         loop {
             if self.sit.cfg.rollout.tick != tick {
                 tick = self.sit.cfg.rollout.tick;
@@ -296,19 +296,21 @@ impl Controller {
             }
         }
         self.effects.persist(&mut self.sit);
-        // A last few tries before exiting with the state file behind.
-        while let Some(t) = self.effects.persist_retry_at() {
-            if t.duration_since(Instant::now()) > SHUTDOWN_RETRY || tries_left == 0 {
-                tracing::error!(
-                    state = self.sit.state.state.as_str(),
-                    weight_v2 = self.sit.state.weight_v2,
-                    "exiting with the rollout state not on disk: the state file still holds an earlier state; check it before the next start"
-                );
-                break;
+        // A last few tries, whatever the backoff, before exiting with the
+        // state file behind.
+        for _ in 0..SHUTDOWN_TRIES {
+            if !self.sit.persist_degraded {
+                return;
             }
-            tries_left -= 1;
-            tokio::time::sleep_until(t).await;
-            self.effects.persist(&mut self.sit);
+            tokio::time::sleep(SHUTDOWN_RETRY).await;
+            self.effects.persist_now(&mut self.sit);
+        }
+        if self.sit.persist_degraded {
+            tracing::error!(
+                state = self.sit.state.state.as_str(),
+                weight_v2 = self.sit.state.weight_v2,
+                "exiting with the rollout state not on disk: the state file still holds an earlier state; check it before the next start"
+            );
         }
     }
 
