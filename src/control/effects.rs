@@ -205,8 +205,12 @@ impl Effects {
     /// Writes the state file when the state changed; a failed write is
     /// retried (`retry_at`) and marks the situation degraded until it lands.
     pub(crate) fn persist(&mut self, sit: &mut Situation) {
-        self.persister
-            .persist(&sit.cfg.server.state_dir, &sit.state);
+        let server = &sit.cfg.server;
+        self.persister.persist(
+            &server.state_dir,
+            server.state_fallback_dir.as_deref(),
+            &sit.state,
+        );
         let degraded = self.persister.degraded();
         if degraded != sit.persist_degraded {
             sit.persist_degraded = degraded;

@@ -11,6 +11,13 @@
 //! `state_persist_degraded`, the status page, `rollgate_state_persist_degraded`).
 //! Logs stay bounded however long the outage lasts: the first failure, then
 //! each time the count of failed attempts doubles, then the recovery.
+//!
+//! With `server.state_fallback_dir` set (best on another disk), a state the
+//! state file cannot take is written there at once; start-up resumes the
+//! copy when it is newer than the state file, so even a process killed
+//! while degraded and restarted after the state dir is repaired does not
+//! come back at the weight before. The copy is removed once the state file
+//! holds the state; degraded still means "the state file is behind".
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +34,8 @@ pub(crate) struct Persister {
     /// What the state file holds: an unchanged state is not rewritten.
     saved: RolloutState,
     failing: Option<Failing>,
+    /// What the fallback dir holds, while it holds anything.
+    in_fallback: Option<RolloutState>,
 }
 
 /// A write that has not succeeded yet.
@@ -45,6 +54,7 @@ impl Persister {
         Persister {
             saved,
             failing: None,
+            in_fallback: None,
         }
     }
 
@@ -68,10 +78,10 @@ impl Persister {
     /// Writes `s` unless the file holds it already. A state that is the
     /// same as the last failed attempt waits for its retry time; a changed
     /// one is tried at once.
-    pub(crate) fn persist(&mut self, dir: &Path, s: &RolloutState) {
+    pub(crate) fn persist(&mut self, dir: &Path, fallback: Option<&Path>, s: &RolloutState) {
         if *s == self.saved {
             // Back to what the file holds (or nothing new): it is current.
-            self.recovered();
+            self.recovered(fallback);
             return;
         }
         let now = Instant::now();
@@ -85,9 +95,12 @@ impl Persister {
         match state::save(dir, s) {
             Ok(()) => {
                 self.saved = s.clone();
-                self.recovered();
+                self.recovered(fallback);
             }
             Err(e) => {
+                if let Some(fallback) = fallback {
+                    self.to_fallback(fallback, s);
+                }
                 let f = self.failing.get_or_insert_with(|| Failing {
                     attempts: 0,
                     since: now,
@@ -114,7 +127,40 @@ impl Persister {
         }
     }
 
-    fn recovered(&mut self) {
+    /// Writes `s` to the fallback dir unless it holds it already.
+    fn to_fallback(&mut self, fallback: &Path, s: &RolloutState) {
+        if self.in_fallback.as_ref() == Some(s) {
+            return;
+        }
+        let written = std::fs::create_dir_all(fallback)
+            .map_err(|source| state::StateError::Io {
+                path: fallback.to_path_buf(),
+                source,
+            })
+            .and_then(|()| state::save(fallback, s));
+        match written {
+            Ok(()) => {
+                if self.in_fallback.is_none() {
+                    tracing::warn!(
+                        fallback = %fallback.display(),
+                        "rollout state written to the fallback dir; a restart resumes it from there"
+                    );
+                }
+                self.in_fallback = Some(s.clone());
+            }
+            // Logged with the state file's failure, at the same bounded pace.
+            Err(e) => tracing::debug!(error = %e, "the fallback dir cannot take the state either"),
+        }
+    }
+
+    fn recovered(&mut self, fallback: Option<&Path>) {
+        if let (Some(dir), Some(_)) = (fallback, &self.in_fallback) {
+            match state::remove_fallback(dir) {
+                Ok(()) => self.in_fallback = None,
+                // Older than the state file now: start-up ignores it.
+                Err(e) => tracing::warn!(error = %e, "could not remove the fallback state copy"),
+            }
+        }
         if let Some(f) = self.failing.take() {
             tracing::warn!(
                 failed_attempts = f.attempts,
@@ -152,7 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut p = Persister::new(RolloutState::new(Default::default()));
         block(dir.path(), true);
-        p.persist(dir.path(), &rolled_back());
+        p.persist(dir.path(), None, &rolled_back());
         assert!(p.degraded());
         (dir, p)
     }
@@ -163,13 +209,13 @@ mod tests {
         let first = p.retry_at().unwrap() - Instant::now();
         assert_eq!(first, FIRST_RETRY);
         // Not due yet: the same state is not tried again.
-        p.persist(dir.path(), &rolled_back());
+        p.persist(dir.path(), None, &rolled_back());
         assert_eq!(p.retry_at().unwrap() - Instant::now(), FIRST_RETRY);
         // Due: tried, fails, the wait doubles, up to the cap.
         let mut waits = Vec::new();
         for _ in 0..10 {
             tokio::time::sleep_until(p.retry_at().unwrap()).await;
-            p.persist(dir.path(), &rolled_back());
+            p.persist(dir.path(), None, &rolled_back());
             waits.push(p.retry_at().unwrap() - Instant::now());
         }
         assert_eq!(waits[0], FIRST_RETRY * 2);
@@ -180,7 +226,7 @@ mod tests {
         // Writable again: the next attempt lands and degraded clears.
         block(dir.path(), false);
         tokio::time::sleep_until(p.retry_at().unwrap()).await;
-        p.persist(dir.path(), &rolled_back());
+        p.persist(dir.path(), None, &rolled_back());
         assert!(!p.degraded());
         assert_eq!(p.retry_at(), None);
         assert_eq!(state::load(dir.path()).unwrap(), Some(rolled_back()));
@@ -192,15 +238,54 @@ mod tests {
         let mut other = rolled_back();
         other.weight_v2 = 0.5;
         block(dir.path(), false);
-        p.persist(dir.path(), &other);
+        p.persist(dir.path(), None, &other);
         assert!(!p.degraded(), "a changed state does not wait for the retry");
         assert_eq!(state::load(dir.path()).unwrap(), Some(other.clone()));
         // A failure, then the state returns to what the file holds.
         block(dir.path(), true);
-        p.persist(dir.path(), &rolled_back());
+        p.persist(dir.path(), None, &rolled_back());
         assert!(p.degraded());
-        p.persist(dir.path(), &other);
+        p.persist(dir.path(), None, &other);
         assert!(!p.degraded());
         assert_eq!(state::load(dir.path()).unwrap(), Some(other));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_fallback_dir_the_state_lands_there_and_is_resumed_until_the_file_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fallback = tempfile::tempdir().unwrap();
+        let before = RolloutState::new(Default::default());
+        state::save(dir.path(), &before).unwrap();
+        let mut p = Persister::new(before.clone());
+        block(dir.path(), true);
+        p.persist(dir.path(), Some(fallback.path()), &rolled_back());
+        assert!(p.degraded(), "the state file is still behind");
+        assert_eq!(state::load(fallback.path()).unwrap(), Some(rolled_back()));
+        // A restart now resumes the copy, not the state file's older state.
+        let resumed = state::load_resumable(dir.path(), Some(fallback.path())).unwrap();
+        assert_eq!(resumed, Some(rolled_back()));
+        // Once the state file has it, the copy goes.
+        block(dir.path(), false);
+        tokio::time::sleep_until(p.retry_at().unwrap()).await;
+        p.persist(dir.path(), Some(fallback.path()), &rolled_back());
+        assert!(!p.degraded());
+        assert_eq!(state::load(fallback.path()).unwrap(), None);
+        assert_eq!(state::load(dir.path()).unwrap(), Some(rolled_back()));
+    }
+
+    #[test]
+    fn an_older_fallback_copy_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let fallback = tempfile::tempdir().unwrap();
+        state::save(fallback.path(), &rolled_back()).unwrap();
+        let newer = RolloutState::new(Default::default());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        state::save(dir.path(), &newer).unwrap();
+        let resumed = state::load_resumable(dir.path(), Some(fallback.path())).unwrap();
+        assert_eq!(resumed, Some(newer));
+        // No state file at all: the copy is all there is.
+        let empty = tempfile::tempdir().unwrap();
+        let resumed = state::load_resumable(empty.path(), Some(fallback.path())).unwrap();
+        assert_eq!(resumed, Some(rolled_back()));
     }
 }

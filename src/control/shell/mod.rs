@@ -221,7 +221,8 @@ impl Controller {
             path: dir.clone(),
             source,
         })?;
-        let state = match state::load(dir)? {
+        let fallback = cfg.server.state_fallback_dir.as_deref();
+        let state = match state::load_resumable(dir, fallback)? {
             Some(s) => {
                 tracing::info!(state = ?s.state, phase = ?s.phase_index, weight_v2 = s.weight_v2, "resumed rollout state");
                 s
@@ -233,6 +234,10 @@ impl Controller {
             }
         };
         state::save(dir, &state)?;
+        if let Some(fallback) = fallback {
+            // The state file holds it now: a copy left there would be stale.
+            state::remove_fallback(fallback)?;
+        }
         let effects = Effects::open(&cfg, &state, router.clone(), trip.clone(), metrics)?;
         let board = Board::new(&state);
         let (status, history) = board.readers();
