@@ -99,7 +99,7 @@ impl Persister {
             }
             Err(e) => {
                 if let Some(fallback) = fallback {
-                    self.to_fallback(fallback, s);
+                    self.write_fallback(fallback, s);
                 }
                 let f = self.failing.get_or_insert_with(|| Failing {
                     attempts: 0,
@@ -128,7 +128,7 @@ impl Persister {
     }
 
     /// Writes `s` to the fallback dir unless it holds it already.
-    fn to_fallback(&mut self, fallback: &Path, s: &RolloutState) {
+    fn write_fallback(&mut self, fallback: &Path, s: &RolloutState) {
         if self.in_fallback.as_ref() == Some(s) {
             return;
         }
