@@ -90,6 +90,11 @@ struct Resumable {
 
 impl Resumable {
     async fn new() -> Resumable {
+        Resumable::with(|c| c).await
+    }
+
+    /// With `conf` applied to the config before it is written.
+    async fn with(conf: impl FnOnce(Conf) -> Conf) -> Resumable {
         let (v1, v2) = (
             DemoApp::start(fast("v1")).await,
             DemoApp::start(fast("v2")).await,
@@ -98,7 +103,7 @@ impl Resumable {
         let state_dir = dir.path().join("state");
         let ports = Ports::free();
         let config = dir.path().join("rollgate.toml");
-        resume_conf(v1.addr, v2.addr, ports).write(&config, &state_dir);
+        conf(resume_conf(v1.addr, v2.addr, ports)).write(&config, &state_dir);
         Resumable {
             v1,
             v2,
@@ -325,6 +330,56 @@ async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_nev
         p.stderr()
     );
     break_state_dir(state_dir, &aside, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fallback_dir_a_rollback_killed_while_degraded_is_resumed_after_the_repair() {
+    let fallback = tempfile::tempdir().expect("temp dir");
+    let fallback = fallback.path().join("fallback");
+    let line = format!("state_fallback_dir = {:?}", fallback.display().to_string());
+    let r = Resumable::with(|c| c.server(&line)).await;
+    let (dir, state_dir, ports, config) = (&r.dir, &r.state_dir, r.ports, &r.config);
+    let aside = dir.path().join("state.aside");
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-1.log"));
+    p.wait_ready().await;
+    p.wait_for("canary", |s| s["state"] == "canary").await;
+
+    break_state_dir(state_dir, &aside, true);
+    let s = call_ok(&p, Method::POST, "/api/v1/rollout/rollback", Value::Null)
+        .await
+        .json();
+    assert_eq!(s["state"], "rolled_back", "{s}");
+    assert_eq!(
+        s["state_persist_degraded"], true,
+        "the state file is behind: {s}"
+    );
+    let copy = state::load(&fallback).unwrap().expect("the fallback copy");
+    assert_eq!((copy.state, copy.weight_v2), (StateName::RolledBack, 0.0));
+    // Killed before the state dir comes back, restarted after.
+    p.kill9();
+    break_state_dir(state_dir, &aside, false);
+    assert_eq!(
+        state::load(state_dir).unwrap().expect("state file").state,
+        StateName::Canary,
+        "the state file missed the rollback"
+    );
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-2.log"));
+    p.wait_ready().await;
+    let s = p.status().await;
+    assert_eq!(
+        (s["state"].as_str(), s["weights"]["v2"].as_f64()),
+        (Some("rolled_back"), Some(0.0)),
+        "{s}"
+    );
+    assert_eq!(s["state_persist_degraded"], false);
+    for i in 0..20 {
+        assert_eq!(p.variant_of(&format!("user-{i}"), "/search").await, "v1");
+    }
+    // The state file has it now, and the copy is gone.
+    let on_disk = state::load(state_dir).unwrap().expect("state file");
+    assert_eq!(on_disk.state, StateName::RolledBack);
+    assert_eq!(state::load(&fallback).unwrap(), None);
+    p.kill9();
 }
 
 // ===== twenty SIGKILLs at random points =====
