@@ -232,6 +232,24 @@ fn degraded_gauge(metrics: &str) -> Option<f64> {
     harness::metric(metrics, "rollgate_state_persist_degraded", &[])
 }
 
+/// Starts rollgate again and checks it resumed rolled back: V2 at 0 %, the
+/// state file current, users on V1.
+async fn restart_rolled_back(config: &Path, ports: Ports, stderr: std::path::PathBuf) -> Proc {
+    let mut p = Proc::spawn(config, ports, stderr);
+    p.wait_ready().await;
+    let s = p.status().await;
+    assert_eq!(
+        (s["state"].as_str(), s["weights"]["v2"].as_f64()),
+        (Some("rolled_back"), Some(0.0)),
+        "{s}"
+    );
+    assert_eq!(s["state_persist_degraded"], false);
+    for i in 0..20 {
+        assert_eq!(p.variant_of(&format!("user-{i}"), "/search").await, "v1");
+    }
+    p
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_never_undone() {
     let r = Resumable::new().await;
@@ -305,15 +323,7 @@ async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_nev
     p.kill9();
 
     // And a restart resumes the rollback, not the canary.
-    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-3.log"));
-    p.wait_ready().await;
-    let s = p.status().await;
-    assert_eq!(
-        (s["state"].as_str(), s["weights"]["v2"].as_f64()),
-        (Some("rolled_back"), Some(0.0)),
-        "{s}"
-    );
-    assert_eq!(p.variant_of("user-1", "/search").await, "v1");
+    let mut p = restart_rolled_back(config, ports, dir.path().join("stderr-3.log")).await;
 
     // A graceful stop while a write is failing says so before it exits.
     break_state_dir(state_dir, &aside, true);
@@ -363,18 +373,7 @@ async fn with_a_fallback_dir_a_rollback_killed_while_degraded_is_resumed_after_t
         StateName::Canary,
         "the state file missed the rollback"
     );
-    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-2.log"));
-    p.wait_ready().await;
-    let s = p.status().await;
-    assert_eq!(
-        (s["state"].as_str(), s["weights"]["v2"].as_f64()),
-        (Some("rolled_back"), Some(0.0)),
-        "{s}"
-    );
-    assert_eq!(s["state_persist_degraded"], false);
-    for i in 0..20 {
-        assert_eq!(p.variant_of(&format!("user-{i}"), "/search").await, "v1");
-    }
+    let p = restart_rolled_back(config, ports, dir.path().join("stderr-2.log")).await;
     // The state file has it now, and the copy is gone.
     let on_disk = state::load(state_dir).unwrap().expect("state file");
     assert_eq!(on_disk.state, StateName::RolledBack);
