@@ -35,6 +35,10 @@ pub(crate) struct FileServer {
     pub admin_token: Option<String>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Where the rollout state goes when `state_dir` cannot take it (best on
+    /// another disk); a newer state there is resumed at start-up.
+    #[serde(default)]
+    pub state_fallback_dir: Option<PathBuf>,
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// Only for the load test's overhead comparison: `false` skips recording.
@@ -102,6 +106,7 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
     pub state_dir: PathBuf,
+    pub state_fallback_dir: Option<PathBuf>,
     pub max_header_bytes: usize,
     pub telemetry: bool,
     pub workers: usize,
@@ -134,6 +139,15 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
             format!("{} must be above 0 and at most 1", s.access_log_sample),
         ));
     }
+    if s.state_fallback_dir
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty() || *f == s.state_dir)
+    {
+        return Err(invalid(
+            "server.state_fallback_dir",
+            "must name a directory other than server.state_dir",
+        ));
+    }
     let trusted_proxies = s
         .trusted_proxies
         .iter()
@@ -148,6 +162,7 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
         admin_listen: socket_addr("server.admin_listen", &s.admin_listen)?,
         admin_token: s.admin_token.filter(|t| !t.is_empty()),
         state_dir: s.state_dir,
+        state_fallback_dir: s.state_fallback_dir,
         max_header_bytes: s.max_header_bytes,
         telemetry: s.telemetry,
         workers: s.workers,

@@ -55,6 +55,10 @@ impl Metrics {
             "Index of the current rollout phase (0-based); -1 before the first phase.",
         );
         m.describe_gauge(GATE_STATUS, "Gate status: 0 green, 1 yellow, 2 red.");
+        m.describe_gauge(
+            STATE_PERSIST_DEGRADED,
+            "1 while the rollout state file does not hold the current state (a failed write is being retried), else 0.",
+        );
         m.recorder
             .describe_counter(ROLLBACKS_TOTAL.into(), None, "Rollbacks by trigger.".into());
         m.recorder.describe_counter(
