@@ -39,6 +39,7 @@ fn ingest(c: &mut Criterion) {
         ]
         .map(String::from)
         .to_vec(),
+        ..Default::default()
     };
     let telemetry = Telemetry::with_beacons(8, names.names.len(), true);
     let mut group = c.benchmark_group("beacon_ingest");

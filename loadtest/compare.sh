@@ -14,6 +14,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=loadtest/ports.sh
+. "$ROOT/loadtest/ports.sh"
 QUICK=0
 ROUNDS=3
 DUR=6
@@ -100,15 +102,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    local port=$1
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on port $port" >&2
-    return 1
-}
 
 # RSS (KiB) of a process and its children (nginx master + workers).
 rss_tree() {
@@ -131,9 +124,11 @@ sample_rss() {
 }
 
 # ---------- ports ----------
-P_V1=18001; P_V2=18002
-declare -A PORT=( [direct]=$P_V1 [nginx]=18081 [haproxy]=18082 [rollgate]=18083 [rollgate-notel]=18084 [rollgate-shared]=18085 )
-declare -A ADMIN=( [rollgate]=19083 [rollgate-notel]=19084 [rollgate-shared]=19085 )
+P_V1=$(free_port); P_V2=$(free_port)
+declare -A PORT=( [direct]=$P_V1 )
+for n in nginx haproxy rollgate rollgate-notel rollgate-shared; do PORT[$n]=$(free_port); done
+declare -A ADMIN=()
+for n in rollgate rollgate-notel rollgate-shared; do ADMIN[$n]=$(free_port); done
 declare -A PID_OF=()
 
 # ---------- configs ----------

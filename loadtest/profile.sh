@@ -54,13 +54,12 @@ cleanup() {
     PIDS=()
 }
 trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing on port $1" >&2; return 1
-}
+# shellcheck source=loadtest/ports.sh
+. "$ROOT/loadtest/ports.sh"
+P_V1=$(free_port); P_V2=$(free_port); P_NGINX=$(free_port); P_HAPROXY=$(free_port)
+P_RG_ON=$(free_port); P_RG_OFF=$(free_port); P_FLOOR=$(free_port); P_RG_PRELOAD=$(free_port)
+declare -A ADMIN_OF=()
+for p in "$P_RG_ON" "$P_RG_OFF" "$P_RG_PRELOAD"; do ADMIN_OF[$p]=$(free_port); done
 
 # Backend: a plain nginx `return 200` on V1/V2 (not profiled).
 mkdir -p "$OUT/backend"
@@ -68,11 +67,11 @@ cat > "$OUT/backend/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $OUT/backend/nginx.pid; error_log $OUT/backend/error.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:18001; listen 127.0.0.1:18002; location / { return 200 "ok\n"; } } }
+  server { listen 127.0.0.1:$P_V1; listen 127.0.0.1:$P_V2; location / { return 200 "ok\n"; } } }
 EOF
 nginx -e "$OUT/backend/error.log" -p "$OUT/backend" -c "$OUT/backend/nginx.conf" </dev/null >/dev/null &
 PIDS+=($!)
-wait_port 18001
+wait_port "$P_V1"; wait_port "$P_V2"
 
 # Profiled proxies, each alone under callgrind (collection off until the warm-up is done).
 mkdir -p "$OUT/nginx/tmp"
@@ -80,10 +79,10 @@ cat > "$OUT/nginx/nginx.conf" <<EOF
 worker_processes 1; master_process off; daemon off; pid $OUT/nginx/nginx.pid; error_log $OUT/nginx/error.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 10000000; client_body_temp_path $OUT/nginx/tmp; proxy_temp_path $OUT/nginx/tmp;
-  upstream v1 { server 127.0.0.1:18001; keepalive 64; }
-  upstream v2 { server 127.0.0.1:18002; keepalive 64; }
+  upstream v1 { server 127.0.0.1:$P_V1; keepalive 64; }
+  upstream v2 { server 127.0.0.1:$P_V2; keepalive 64; }
   split_clients "\${http_x_user_id}bench" \$variant { 50% v1; * v2; }
-  server { listen 127.0.0.1:18081;
+  server { listen 127.0.0.1:$P_NGINX;
     location / { proxy_pass http://\$variant; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Rollgate-Variant \$variant;
       add_header X-Rollgate-Variant \$variant; } } }
@@ -99,14 +98,14 @@ defaults
     option http-keep-alive
     http-reuse always
 frontend fe
-    bind 127.0.0.1:18082
+    bind 127.0.0.1:$P_HAPROXY
     default_backend be
 backend be
     balance roundrobin
     cookie rgsrv insert indirect nocache
     option forwardfor
-    server v1 127.0.0.1:18001 weight 50 cookie v1
-    server v2 127.0.0.1:18002 weight 50 cookie v2
+    server v1 127.0.0.1:$P_V1 weight 50 cookie v1
+    server v2 127.0.0.1:$P_V2 weight 50 cookie v2
     http-response set-header X-Rollgate-Variant %[srv_name]
 EOF
 rg_conf() { # port telemetry
@@ -114,15 +113,15 @@ rg_conf() { # port telemetry
     cat > "$OUT/rg-$1/rollgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$1"
-admin_listen = "127.0.0.1:$(( $1 + 1000 ))"
+admin_listen = "127.0.0.1:${ADMIN_OF[$1]}"
 admin_token = "bench"
 state_dir = "$OUT/rg-$1/state"
 workers = 1
 telemetry = $2
 header_read_timeout = "300s"
 [upstreams]
-v1 = "http://127.0.0.1:18001"
-v2 = "http://127.0.0.1:18002"
+v1 = "http://127.0.0.1:$P_V1"
+v2 = "http://127.0.0.1:$P_V2"
 timeout = "60s"
 [routing]
 sticky_header = "x-user-id"
@@ -141,7 +140,7 @@ profile() { # name port command...
     local pid=$!
     PIDS+=($pid)
     wait_port "$port"
-    case $name in rollgate*) "$RG" weights 50 --admin "http://127.0.0.1:$(( port + 1000 ))" --token bench >/dev/null ;; esac
+    case $name in rollgate*) "$RG" weights 50 --admin "http://127.0.0.1:${ADMIN_OF[$port]}" --token bench >/dev/null ;; esac
     "$LOAD" run --target "http://127.0.0.1:$port" --closed -c 8 --requests 2000 -d 120s -q >/dev/null
     callgrind_control -i on "$pid" >/dev/null
     "$LOAD" run --target "http://127.0.0.1:$port" --closed -c 8 --requests "$N" -d 600s -q > "$OUT/$name.load"
@@ -154,20 +153,20 @@ profile() { # name port command...
 }
 
 : > "$OUT/summary.txt"
-rg_conf 18083 true
-rg_conf 18084 false
-profile rollgate-telemetry-on 18083 "$RG" run --config "$OUT/rg-18083/rollgate.toml"
-profile rollgate-telemetry-off 18084 "$RG" run --config "$OUT/rg-18084/rollgate.toml"
+rg_conf "$P_RG_ON" true
+rg_conf "$P_RG_OFF" false
+profile rollgate-telemetry-on "$P_RG_ON" "$RG" run --config "$OUT/rg-$P_RG_ON/rollgate.toml"
+profile rollgate-telemetry-off "$P_RG_OFF" "$RG" run --config "$OUT/rg-$P_RG_OFF/rollgate.toml"
 # The yardstick: hyper's HTTP/1 server and client and nothing else
 # (examples/bare_proxy.rs), the floor for any proxy built on hyper.
-profile hyper-floor 18085 "$FLOOR" 127.0.0.1:18085 127.0.0.1:18001
+profile hyper-floor "$P_FLOOR" "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_V1"
 if [ -n "$PRELOAD" ]; then
-    rg_conf 18086 true
-    PROFILE_ENV="LD_PRELOAD=$PRELOAD" profile rollgate-preload 18086 "$RG" run --config "$OUT/rg-18086/rollgate.toml"
+    rg_conf "$P_RG_PRELOAD" true
+    PROFILE_ENV="LD_PRELOAD=$PRELOAD" profile rollgate-preload "$P_RG_PRELOAD" "$RG" run --config "$OUT/rg-$P_RG_PRELOAD/rollgate.toml"
 fi
 if [ -z "$ONLY_RG" ]; then
-    profile nginx 18081 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
-    profile haproxy 18082 haproxy -db -f "$OUT/haproxy.cfg"
+    profile nginx "$P_NGINX" nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf"
+    profile haproxy "$P_HAPROXY" haproxy -db -f "$OUT/haproxy.cfg"
 fi
 
 echo

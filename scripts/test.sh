@@ -32,6 +32,13 @@ if ! command -v promtool >/dev/null 2>&1; then
     as_root apt-get install -y -qq --no-install-recommends prometheus </dev/null
 fi
 
+# tests/peer_suites.rs runs smuggler (a Python 3 script) from ../shared/tools.
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "test.sh: installing python3" >&2
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends python3 </dev/null
+fi
+
 # The status page browser test (tests/status_page.rs) drives Debian's chromium
 # through playwright-core, pinned in tests/browser/package-lock.json. It fails
 # rather than skips without them, so install both here.

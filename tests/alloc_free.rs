@@ -281,6 +281,7 @@ fn beacon_parse_and_record_allocate_nothing() {
         names: ["page_view", "js_error", "first_result_ms"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     };
     let t = Telemetry::with_beacons(3, names.names.len(), true);
     let event = r#"{"type":"timing","name":"first_result_ms","value":123.4,"url":"/x"},{"type":"funnel","name":"page_view"},{"type":"js_error","name":"js_error","message":"TypeError: x is undefined"}"#;
@@ -289,10 +290,22 @@ fn beacon_parse_and_record_allocate_nothing() {
     // Warm up thread-locals (stripe index) outside the measurement.
     parse(body.as_bytes(), &names, &mut batch).unwrap();
     batch.record(&t.beacons, Variant::V1);
+    // The per-window caps and the user bits, as the beacon path runs them.
+    let limits = rollgate::telemetry::beacons::CapLimits {
+        per_client: u32::MAX,
+        per_key: u32::MAX,
+        window_ms: 300_000,
+    };
+    let from = |i: u64| rollgate::telemetry::beacons::Sender {
+        client: std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into(),
+        user: i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        opted_out: false,
+    };
     let n = allocations(|| {
-        for _ in 0..100 {
+        for i in 0..100 {
             parse(body.as_bytes(), &names, &mut batch).unwrap();
-            batch.record(&t.beacons, Variant::V2);
+            assert!(t.beacons.admit(&limits, &from(i), batch.events().len()));
+            batch.record_from(&t.beacons, Variant::V2, &from(i));
         }
     });
     assert_eq!(n, 0, "allocations while ingesting 9,900 events");

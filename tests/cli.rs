@@ -277,6 +277,8 @@ async fn every_admin_command() {
 
     // 423: promote through to the end (golden re-freeze), then a weight change is refused.
     rg!(["start"], token).ok();
+    // A new rollout: canary-25 needs the CFO again, also for a manual promote.
+    rg!(["approve", "--role", "cfo", "--by", "dana"], token).ok();
     rg!(["promote"], token).ok();
     rg!(["promote"], token).ok();
     let s = rg!(["promote"], token).ok();

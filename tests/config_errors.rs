@@ -93,6 +93,12 @@ fn bad_config_files_name_file_key_and_reason() {
             &["at least 1"],
         ),
         (
+            "fallback.toml",
+            BASE.replace("[upstreams]", "state_fallback_dir = \"./rollgate-state\"\n[upstreams]"),
+            "server.state_fallback_dir",
+            &["other than server.state_dir"],
+        ),
+        (
             "missing.toml",
             "[server]\nlisten = \"127.0.0.1:0\"\n".to_string(),
             "upstreams",

@@ -78,21 +78,51 @@ fn durable(s: &Value) -> Value {
     })
 }
 
+/// Two fast apps and a `resume_conf` config in a temp dir, not started.
+struct Resumable {
+    v1: DemoApp,
+    v2: DemoApp,
+    dir: tempfile::TempDir,
+    state_dir: std::path::PathBuf,
+    ports: Ports,
+    config: std::path::PathBuf,
+}
+
+impl Resumable {
+    async fn new() -> Resumable {
+        Resumable::with(|c| c).await
+    }
+
+    /// With `conf` applied to the config before it is written.
+    async fn with(conf: impl FnOnce(Conf) -> Conf) -> Resumable {
+        let (v1, v2) = (
+            DemoApp::start(fast("v1")).await,
+            DemoApp::start(fast("v2")).await,
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state_dir = dir.path().join("state");
+        let ports = Ports::free();
+        let config = dir.path().join("rollgate.toml");
+        conf(resume_conf(v1.addr, v2.addr, ports)).write(&config, &state_dir);
+        Resumable {
+            v1,
+            v2,
+            dir,
+            state_dir,
+            ports,
+            config,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
-    let (v1, v2) = (
-        DemoApp::start(fast("v1")).await,
-        DemoApp::start(fast("v2")).await,
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state_dir = dir.path().join("state");
-    let ports = Ports::free();
-    let config = dir.path().join("rollgate.toml");
-    resume_conf(v1.addr, v2.addr, ports).write(&config, &state_dir);
+    let r = Resumable::new().await;
+    let (dir, state_dir, ports, config) = (&r.dir, &r.state_dir, r.ports, &r.config);
 
     // First life: the start tick enters canary-5; the CFO approves; the
     // operator promotes to canary-25, then sets a manual weight (paused).
-    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-1.log"));
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-1.log"));
     p.wait_ready().await;
     let s = p.wait_for("canary", |s| s["state"] == "canary").await;
     assert_eq!(s["phase"], "canary-5");
@@ -129,11 +159,11 @@ async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
         variants.iter().any(|v| v == "v2") && variants.iter().any(|v| v == "v1"),
         "{variants:?}"
     );
-    let audit_before = audit_lines(&state_dir).len();
+    let audit_before = audit_lines(state_dir).len();
     p.kill9();
 
     // Second life, same config and state dir.
-    let mut p = Proc::spawn(&config, ports, dir.path().join("stderr-2.log"));
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-2.log"));
     p.wait_ready().await;
     // The start tick runs at once after a restart too; it must change nothing
     // while paused (its verdict shows in `detail`).
@@ -158,7 +188,7 @@ async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
     assert_eq!(again, variants, "users moved variant across the restart");
 
     // The audit log kept everything written before the kill, all complete lines.
-    let audit = audit_lines(&state_dir);
+    let audit = audit_lines(state_dir);
     assert!(
         audit.len() >= audit_before,
         "audit log lost entries: {} < {audit_before}",
@@ -180,6 +210,174 @@ async fn sigkill_mid_phase_then_restart_resumes_the_same_rollout() {
             .any(|e| e["kind"] == "decision" && e["action"] == "GO"),
         "no GO decision in {audit:?}"
     );
+    p.kill9();
+}
+
+// ===== a rollback the state file cannot take =====
+
+/// The state dir's path turned into a regular file (and the directory put
+/// aside), or put back. Every write under it then fails with ENOTDIR, also
+/// for root, whom permissions would not stop (the tests run as root).
+fn break_state_dir(state_dir: &Path, aside: &Path, broken: bool) {
+    if broken {
+        std::fs::rename(state_dir, aside).expect("move the state dir aside");
+        std::fs::write(state_dir, b"not a directory\n").expect("a file in its place");
+    } else {
+        std::fs::remove_file(state_dir).expect("remove the file");
+        std::fs::rename(aside, state_dir).expect("put the state dir back");
+    }
+}
+
+fn degraded_gauge(metrics: &str) -> Option<f64> {
+    harness::metric(metrics, "rollgate_state_persist_degraded", &[])
+}
+
+/// Starts rollgate again and checks it resumed rolled back: V2 at 0 %, the
+/// state file current, users on V1.
+async fn restart_rolled_back(config: &Path, ports: Ports, stderr: std::path::PathBuf) -> Proc {
+    let mut p = Proc::spawn(config, ports, stderr);
+    p.wait_ready().await;
+    let s = p.status().await;
+    assert_eq!(
+        (s["state"].as_str(), s["weights"]["v2"].as_f64()),
+        (Some("rolled_back"), Some(0.0)),
+        "{s}"
+    );
+    assert_eq!(s["state_persist_degraded"], false);
+    for i in 0..20 {
+        assert_eq!(p.variant_of(&format!("user-{i}"), "/search").await, "v1");
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_state_file_cannot_take_is_degraded_until_written_and_never_undone() {
+    let r = Resumable::new().await;
+    let (dir, state_dir, ports, config) = (&r.dir, &r.state_dir, r.ports, &r.config);
+    let (v1, v2) = (&r.v1, &r.v2);
+    let aside = dir.path().join("state.aside");
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-1.log"));
+    p.wait_ready().await;
+    p.wait_for("canary", |s| s["state"] == "canary").await;
+    assert_eq!(p.status().await["state_persist_degraded"], false);
+    assert_eq!(degraded_gauge(&p.metrics().await), Some(0.0));
+
+    // The state dir goes away; then a Sev-1 rolls back.
+    break_state_dir(state_dir, &aside, true);
+    let s = call_ok(
+        &p,
+        Method::POST,
+        "/api/v1/incidents",
+        json!({"severity": 1, "summary": "checkout down"}),
+    )
+    .await
+    .json();
+    assert_eq!(s["state"], "rolled_back", "{s}");
+    assert_eq!(s["weights"]["v2"].as_f64(), Some(0.0));
+    assert_eq!(s["state_persist_degraded"], true, "{s}");
+    assert_eq!(degraded_gauge(&p.metrics().await), Some(1.0));
+    let page = p.call(Method::GET, "/", "").await.text();
+    assert!(
+        page.contains("persist-degraded"),
+        "no degraded marker on the status page"
+    );
+    // Routing follows the rollback at once, written or not.
+    for i in 0..40 {
+        assert_eq!(p.variant_of(&format!("user-{i}"), "/search").await, "v1");
+    }
+    // On disk, the state before the rollback: still the canary.
+    let on_disk = state::load(&aside).unwrap().expect("state file");
+    assert_eq!(on_disk.state, StateName::Canary);
+
+    // A second process started on it now refuses to start: it never serves
+    // the canary's weight from the stale file.
+    let other = Ports::free();
+    let other_config = dir.path().join("other.toml");
+    resume_conf(v1.addr, v2.addr, other).write(&other_config, state_dir);
+    let mut q = Proc::spawn(&other_config, other, dir.path().join("stderr-2.log"));
+    let exit = q.wait_exit();
+    assert!(!exit.success(), "started on an unwritable state dir");
+    let err = q.stderr();
+    assert!(err.contains("state"), "{err}");
+
+    // Still degraded while it lasts; the retries do not flood the log.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(p.status().await["state_persist_degraded"], true);
+    let errors = p
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("could not persist the rollout state"))
+        .count();
+    assert!((1..=6).contains(&errors), "{errors} error lines in 3 s");
+
+    // Writable again: the retry lands, degraded clears, the file has the rollback.
+    break_state_dir(state_dir, &aside, false);
+    p.wait_for("the state written", |s| {
+        s["state_persist_degraded"] == false
+    })
+    .await;
+    assert_eq!(degraded_gauge(&p.metrics().await), Some(0.0));
+    let on_disk = state::load(state_dir).unwrap().expect("state file");
+    assert_eq!(on_disk.state, StateName::RolledBack);
+    assert_eq!(on_disk.weight_v2, 0.0);
+    p.kill9();
+
+    // And a restart resumes the rollback, not the canary.
+    let mut p = restart_rolled_back(config, ports, dir.path().join("stderr-3.log")).await;
+
+    // A graceful stop while a write is failing says so before it exits.
+    break_state_dir(state_dir, &aside, true);
+    let s = call_ok(&p, Method::POST, "/api/v1/rollout/start", Value::Null)
+        .await
+        .json();
+    assert_eq!(s["state_persist_degraded"], true, "{s}");
+    p.signal("TERM");
+    p.wait_exit();
+    assert!(
+        p.stderr()
+            .contains("exiting with the rollout state not on disk"),
+        "{}",
+        p.stderr()
+    );
+    break_state_dir(state_dir, &aside, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fallback_dir_a_rollback_killed_while_degraded_is_resumed_after_the_repair() {
+    let fallback = tempfile::tempdir().expect("temp dir");
+    let fallback = fallback.path().join("fallback");
+    let line = format!("state_fallback_dir = {:?}", fallback.display().to_string());
+    let r = Resumable::with(|c| c.server(&line)).await;
+    let (dir, state_dir, ports, config) = (&r.dir, &r.state_dir, r.ports, &r.config);
+    let aside = dir.path().join("state.aside");
+    let mut p = Proc::spawn(config, ports, dir.path().join("stderr-1.log"));
+    p.wait_ready().await;
+    p.wait_for("canary", |s| s["state"] == "canary").await;
+
+    break_state_dir(state_dir, &aside, true);
+    let s = call_ok(&p, Method::POST, "/api/v1/rollout/rollback", Value::Null)
+        .await
+        .json();
+    assert_eq!(s["state"], "rolled_back", "{s}");
+    assert_eq!(
+        s["state_persist_degraded"], true,
+        "the state file is behind: {s}"
+    );
+    let copy = state::load(&fallback).unwrap().expect("the fallback copy");
+    assert_eq!((copy.state, copy.weight_v2), (StateName::RolledBack, 0.0));
+    // Killed before the state dir comes back, restarted after.
+    p.kill9();
+    break_state_dir(state_dir, &aside, false);
+    assert_eq!(
+        state::load(state_dir).unwrap().expect("state file").state,
+        StateName::Canary,
+        "the state file missed the rollback"
+    );
+    let p = restart_rolled_back(config, ports, dir.path().join("stderr-2.log")).await;
+    // The state file has it now, and the copy is gone.
+    let on_disk = state::load(state_dir).unwrap().expect("state file");
+    assert_eq!(on_disk.state, StateName::RolledBack);
+    assert_eq!(state::load(&fallback).unwrap(), None);
     p.kill9();
 }
 

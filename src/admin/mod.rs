@@ -427,10 +427,30 @@ fn matches_path(pattern: &str, path: &str) -> bool {
     }
 }
 
+/// Longest an admin command's body may take to arrive: a few hundred bytes of
+/// JSON that the CLI or `curl` sends in one write. A client that declares a
+/// length and sends less is answered 408 and let go (the admin listener may
+/// be reachable by more than the operator).
+const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn body_json(req: Request<Incoming>) -> Result<Value, Resp> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    let h1 = req.version() < http::Version::HTTP_2;
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(ADMIN_BODY_TIMEOUT, collect).await {
         Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not complete within {ADMIN_BODY_TIMEOUT:?}"),
+            );
+            // An h2 stream needs nothing: its unread body resets it.
+            if h1 {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Err(r);
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return Err(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body over {MAX_BODY} bytes"),

@@ -86,6 +86,7 @@ pub(crate) fn sample_status() -> StatusView {
             cause: None,
         }),
         frozen: false,
+        state_persist_degraded: false,
         detail: "waiting for samples".into(),
         phase_started_at: Some(at()),
         phases: vec![

@@ -1,12 +1,25 @@
-//! `[beacons]`: the event names the client beacon endpoint accepts.
+//! `[beacons]`: the event names the client beacon endpoint accepts, and how
+//! many events one client address and one sticky key may count for.
 
 use serde::Deserialize;
 
-use super::values::label_name;
+use super::values::{defaults, label_name};
 use super::{invalid, Invalid};
 
 /// Upper bound on configured beacon names (label cardinality, memory).
 pub const MAX_BEACON_NAMES: usize = 64;
+/// Largest cap either limit accepts (the per-slot counter is 32 bits).
+pub const MAX_BEACON_CAP: u32 = 10_000_000;
+
+defaults! {
+    /// Events one client address counts for per window: a busy office or a
+    /// household behind one NAT, not a whole carrier-grade NAT (operators
+    /// behind a CDN list it in `server.trusted_proxies`).
+    pub const DEFAULT_MAX_EVENTS_PER_CLIENT: u32 = 300 => fn default_max_events_per_client() -> u32;
+    /// Events one sticky key counts for per window: a user reading a page
+    /// every few seconds for the whole window with a few events per page.
+    pub const DEFAULT_MAX_EVENTS_PER_KEY: u32 = 100 => fn default_max_events_per_key() -> u32;
+}
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
 #[derive(Debug, Deserialize)]
@@ -15,12 +28,32 @@ pub(crate) struct FileBeacons {
     /// Accepted event names; any other name rejects the batch (bounded labels).
     #[serde(default)]
     pub names: Vec<String>,
+    /// Events one client address (the last untrusted hop) counts for per
+    /// `rollout.window`; a batch beyond it is refused as `rate_limited`.
+    #[serde(default = "default_max_events_per_client")]
+    pub max_events_per_client: u32,
+    /// Events one sticky key counts for per `rollout.window`.
+    #[serde(default = "default_max_events_per_key")]
+    pub max_events_per_key: u32,
 }
 
-/// The configured beacon event names; an event's name is its index here.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The configured beacon event names (an event's name is its index here)
+/// and the per-window caps.
+#[derive(Debug, Clone, PartialEq)]
 pub struct BeaconsConfig {
     pub names: Vec<String>,
+    pub max_events_per_client: u32,
+    pub max_events_per_key: u32,
+}
+
+impl Default for BeaconsConfig {
+    fn default() -> Self {
+        Self {
+            names: Vec::new(),
+            max_events_per_client: DEFAULT_MAX_EVENTS_PER_CLIENT,
+            max_events_per_key: DEFAULT_MAX_EVENTS_PER_KEY,
+        }
+    }
 }
 
 impl BeaconsConfig {
@@ -48,5 +81,75 @@ pub(super) fn validate(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
             return Err(invalid(key, format!("{n:?} is listed twice")));
         }
     }
-    Ok(BeaconsConfig { names: b.names })
+    for (key, v) in [
+        ("beacons.max_events_per_client", b.max_events_per_client),
+        ("beacons.max_events_per_key", b.max_events_per_key),
+    ] {
+        if !(1..=MAX_BEACON_CAP).contains(&v) {
+            return Err(invalid(
+                key,
+                format!("must be between 1 and {MAX_BEACON_CAP} events per window"),
+            ));
+        }
+    }
+    if b.max_events_per_key > b.max_events_per_client {
+        return Err(invalid(
+            "beacons.max_events_per_key",
+            format!(
+                "{} is above beacons.max_events_per_client ({}): one key always comes from some client",
+                b.max_events_per_key, b.max_events_per_client
+            ),
+        ));
+    }
+    Ok(BeaconsConfig {
+        names: b.names,
+        max_events_per_client: b.max_events_per_client,
+        max_events_per_key: b.max_events_per_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const MINIMAL: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams]\nv1 = \"http://127.0.0.1:3001\"\nv2 = \"http://127.0.0.1:3002\"\n";
+
+    fn parse(beacons: &str) -> Result<Config, String> {
+        Config::parse(&format!("{MINIMAL}[beacons]\n{beacons}"), "t.toml")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn caps_have_defaults_and_are_checked() {
+        let c = parse("names = [\"page_view\"]\n").unwrap();
+        assert_eq!(
+            c.beacons.max_events_per_client,
+            super::DEFAULT_MAX_EVENTS_PER_CLIENT
+        );
+        assert_eq!(
+            c.beacons.max_events_per_key,
+            super::DEFAULT_MAX_EVENTS_PER_KEY
+        );
+        let c = parse("max_events_per_client = 1000\nmax_events_per_key = 1000\n").unwrap();
+        assert_eq!(c.beacons.max_events_per_key, 1000);
+        for (text, key) in [
+            (
+                "max_events_per_client = 0\n",
+                "`beacons.max_events_per_client`",
+            ),
+            ("max_events_per_key = 0\n", "`beacons.max_events_per_key`"),
+            (
+                "max_events_per_key = 20000000\nmax_events_per_client = 20000000\n",
+                "`beacons.max_events_per_client`",
+            ),
+            (
+                "max_events_per_key = 500\nmax_events_per_client = 400\n",
+                "`beacons.max_events_per_key`",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse("max_events_per_key = -1\n").is_err());
+    }
 }

@@ -18,6 +18,8 @@ defaults! {
         => fn default_max_header_bytes() -> usize;
     const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20)
         => fn default_header_read_timeout() -> Dur;
+    const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30)
+        => fn default_client_body_timeout() -> Dur;
     const DEFAULT_MAX_CONNECTIONS: usize = 10_000 => fn default_max_connections() -> usize;
     const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15)
         => fn default_drain_timeout() -> Dur;
@@ -37,6 +39,10 @@ pub(crate) struct FileServer {
     pub admin_token: Option<String>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Where the rollout state goes when `state_dir` cannot take it (best on
+    /// another disk); a newer state there is resumed at start-up.
+    #[serde(default)]
+    pub state_fallback_dir: Option<PathBuf>,
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// Only for the load test's overhead comparison: `false` skips recording.
@@ -58,6 +64,10 @@ pub(crate) struct FileServer {
     /// waiting for its next request: hyper runs one timer for both.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: Dur,
+    /// Time allowed for a whole request body, from its head (so also the
+    /// longest pause between two reads); later: 408 and the connection closed.
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout: Dur,
     /// Open client connections per listener; at the cap accepting pauses.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -126,11 +136,14 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
     pub state_dir: PathBuf,
+    pub state_fallback_dir: Option<PathBuf>,
     pub max_header_bytes: usize,
     pub telemetry: bool,
     pub workers: usize,
     pub runtime: RuntimeMode,
     pub header_read_timeout: Duration,
+    /// Whole request body, from the head; see `edge::request_body`.
+    pub client_body_timeout: Duration,
     pub max_connections: usize,
     pub drain_timeout: Duration,
     pub max_connections_per_client: usize,
@@ -161,6 +174,15 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
             format!("{} must be above 0 and at most 1", s.access_log_sample),
         ));
     }
+    if s.state_fallback_dir
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty() || *f == s.state_dir)
+    {
+        return Err(invalid(
+            "server.state_fallback_dir",
+            "must name a directory other than server.state_dir",
+        ));
+    }
     let trusted_proxies = s
         .trusted_proxies
         .iter()
@@ -175,11 +197,13 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
         admin_listen: socket_addr("server.admin_listen", &s.admin_listen)?,
         admin_token: s.admin_token.filter(|t| !t.is_empty()),
         state_dir: s.state_dir,
+        state_fallback_dir: s.state_fallback_dir,
         max_header_bytes: s.max_header_bytes,
         telemetry: s.telemetry,
         workers: s.workers,
         runtime: s.runtime,
         header_read_timeout: s.header_read_timeout.0,
+        client_body_timeout: s.client_body_timeout.0,
         max_connections: s.max_connections,
         drain_timeout: s.drain_timeout.0,
         max_connections_per_client: s.max_connections_per_client,
@@ -193,6 +217,9 @@ pub(super) fn validate(s: FileServer) -> Result<ServerConfig, Invalid> {
     };
     if server.header_read_timeout.is_zero() {
         return Err(invalid("server.header_read_timeout", "must be above zero"));
+    }
+    if server.client_body_timeout.is_zero() {
+        return Err(invalid("server.client_body_timeout", "must be above zero"));
     }
     if server.max_connections == 0 {
         return Err(invalid("server.max_connections", "must be at least 1"));

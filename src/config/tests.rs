@@ -222,3 +222,32 @@ fn connection_keys_have_defaults_and_are_checked() {
     ));
     assert!(e.contains("server.protocol") && e.contains("ALPN"), "{e}");
 }
+
+#[test]
+fn body_deadlines_default_to_30s_and_must_be_above_zero() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.server.client_body_timeout, Duration::from_secs(30));
+    assert_eq!(c.upstreams.body_idle_timeout, Duration::from_secs(30));
+    let c = Config::parse(
+        &MINIMAL
+            .replace(
+                "[upstreams]",
+                "client_body_timeout = \"500ms\"\n[upstreams]",
+            )
+            .replace("v2 = ", "body_idle_timeout = \"2s\"\nv2 = "),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.server.client_body_timeout, Duration::from_millis(500));
+    assert_eq!(c.upstreams.body_idle_timeout, Duration::from_secs(2));
+    let e = err(&MINIMAL.replace("[upstreams]", "client_body_timeout = \"0s\"\n[upstreams]"));
+    assert!(
+        e.contains("server.client_body_timeout") && e.contains("above zero"),
+        "{e}"
+    );
+    let e = err(&MINIMAL.replace("v2 = ", "body_idle_timeout = \"0s\"\nv2 = "));
+    assert!(
+        e.contains("upstreams.body_idle_timeout") && e.contains("above zero"),
+        "{e}"
+    );
+}

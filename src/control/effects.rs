@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::audit::{AuditEntry, AuditLog};
+use super::persist::Persister;
 use super::replay::{self, EvalRecord, RecordKind};
 use super::report::{self, Report, ReportStore, TriggerStatus};
 use super::rollout::{Core, Outcome};
@@ -55,8 +56,8 @@ pub(crate) struct Effects {
     reports: ReportStore,
     metrics: Arc<Metrics>,
     hook: Option<StatusHook>,
-    /// What the state file holds: an unchanged state is not rewritten.
-    saved: RolloutState,
+    /// The state file's writer (retries a failed write; degraded until done).
+    persister: Persister,
     /// This run's decisions, the post-mortem's timeline.
     timeline: Vec<Decision>,
     /// Evaluation records for `rollgate replay` (`None` when disabled).
@@ -74,7 +75,8 @@ impl Effects {
     ) -> Result<Self, state::StateError> {
         let dir = &cfg.server.state_dir;
         let audit = AuditLog::open(dir)?;
-        router.store(route_table(cfg, state));
+        metrics.gauge(STATE_PERSIST_DEGRADED, &[]).set(0.0);
+        trip.publish(route_table(cfg, state));
         trip.arm(Core::active(state));
         Ok(Effects {
             router,
@@ -86,7 +88,7 @@ impl Effects {
                 sender: webhook::Sender::spawn(url),
                 last: None,
             }),
-            saved: state.clone(),
+            persister: Persister::new(state.clone()),
             timeline: Vec::new(),
             recorder: cfg
                 .replay
@@ -113,9 +115,12 @@ impl Effects {
         }
     }
 
-    /// Publishes the routing table of the situation.
+    /// Publishes the routing table of the situation; a latched payment trip
+    /// keeps V2 at zero until the controller has handled it.
     pub(crate) fn route(&self, sit: &Situation) {
-        self.router.store(route_table(&sit.cfg, &sit.state));
+        if !self.trip.publish(route_table(&sit.cfg, &sit.state)) {
+            tracing::debug!("payment trip latched: routing table kept at V2 = 0");
+        }
     }
 
     /// Appends the evaluation record (`control::replay`).
@@ -197,16 +202,33 @@ impl Effects {
             || cur.shadow != (s.state == StateName::Shadow)
     }
 
-    /// Writes the state file when the state changed.
-    pub(crate) fn persist(&mut self, sit: &Situation) {
-        let s = &sit.state;
-        if *s == self.saved {
-            return;
+    /// Writes the state file when the state changed; a failed write is
+    /// retried (`retry_at`) and marks the situation degraded until it lands.
+    pub(crate) fn persist(&mut self, sit: &mut Situation) {
+        let server = &sit.cfg.server;
+        self.persister.persist(
+            &server.state_dir,
+            server.state_fallback_dir.as_deref(),
+            &sit.state,
+        );
+        let degraded = self.persister.degraded();
+        if degraded != sit.persist_degraded {
+            sit.persist_degraded = degraded;
+            self.metrics
+                .gauge(STATE_PERSIST_DEGRADED, &[])
+                .set(if degraded { 1.0 } else { 0.0 });
         }
-        match state::save(&sit.cfg.server.state_dir, s) {
-            Ok(()) => self.saved = s.clone(),
-            Err(e) => tracing::error!(error = %e, "could not persist rollout state"),
-        }
+    }
+
+    /// Tries a failing write again now, whatever its backoff says.
+    pub(crate) fn persist_now(&mut self, sit: &mut Situation) {
+        self.persister.due_now();
+        self.persist(sit);
+    }
+
+    /// When a failed state write is due to be tried again.
+    pub(crate) fn persist_retry_at(&self) -> Option<Instant> {
+        self.persister.retry_at()
     }
 
     fn write_report(

@@ -22,6 +22,7 @@ pub mod audit;
 mod effects;
 pub mod gates;
 pub mod history;
+mod persist;
 pub mod replay;
 pub mod report;
 pub mod rollout;

@@ -368,6 +368,7 @@ mod tests {
                     })
                     .collect(),
                 beacons: vec![],
+                beacon_users: Default::default(),
                 shed: [0; 2],
                 users: vec![],
                 weight_v2_bp: (s.weight_v2 * 100.0) as u32,

@@ -323,6 +323,58 @@ pub fn load(dir: &Path) -> Result<Option<RolloutState>, StateError> {
     }
 }
 
+/// Loads the state to resume: the state file, or the fallback dir's copy
+/// when that one is newer. The fallback is written only while the state
+/// file cannot be (and removed once it can), so a copy there that is newer
+/// is a decision the state file never got, a rollback say: resuming the
+/// state file instead would undo it. A fallback that cannot be read is an
+/// error, as a state file that cannot be read is: it may hold that decision.
+pub fn load_resumable(
+    dir: &Path,
+    fallback: Option<&Path>,
+) -> Result<Option<RolloutState>, StateError> {
+    let primary = load(dir)?;
+    let Some(fallback) = fallback else {
+        return Ok(primary);
+    };
+    let Some(copy) = load(fallback)? else {
+        return Ok(primary);
+    };
+    let modified = |d: &Path| {
+        std::fs::metadata(d.join(STATE_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let newer = match (&primary, modified(fallback), modified(dir)) {
+        (None, _, _) => true,
+        (Some(_), Some(copy_at), Some(file_at)) => copy_at >= file_at,
+        (Some(_), _, _) => false,
+    };
+    if newer {
+        tracing::warn!(
+            fallback = %fallback.display(),
+            state = copy.state.as_str(),
+            weight_v2 = copy.weight_v2,
+            "resuming the rollout state from the fallback dir: the state file missed its last writes"
+        );
+        Ok(Some(copy))
+    } else {
+        tracing::warn!(fallback = %fallback.display(), "ignoring an older state copy in the fallback dir");
+        Ok(primary)
+    }
+}
+
+/// Removes the fallback copy once the state file holds the state.
+pub(crate) fn remove_fallback(fallback: &Path) -> Result<(), StateError> {
+    let path = fallback.join(STATE_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StateError::Io { path, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Atomically replaces the state file.
 pub fn save(dir: &Path, state: &RolloutState) -> Result<(), StateError> {
     let bytes = serde_json::to_vec_pretty(state).expect("state serializes");

@@ -28,6 +28,10 @@ pub struct StatusView {
     pub incidents: Vec<Incident>,
     pub last_decision: Option<Decision>,
     pub frozen: bool,
+    /// The state file does not hold this state yet: a failed write is being
+    /// retried, and a restart now would resume an earlier state.
+    #[serde(default)]
+    pub state_persist_degraded: bool,
     /// What the controller is waiting for right now.
     pub detail: String,
     pub phase_started_at: Option<DateTime<Utc>>,
@@ -73,6 +77,7 @@ impl Board {
             incidents: vec![],
             last_decision: None,
             frozen: false,
+            state_persist_degraded: false,
             detail: String::new(),
             phase_started_at: None,
             phases: vec![],
@@ -130,6 +135,7 @@ pub(crate) fn view(sit: &Situation) -> StatusView {
         incidents: s.incidents.clone(),
         last_decision: s.last_decision.clone(),
         frozen: s.frozen,
+        state_persist_degraded: sit.persist_degraded,
         detail: sit.detail.clone(),
         phase_started_at: s.phase_started_at,
         phases: sit

@@ -104,10 +104,11 @@ impl DemoOptions {
     /// away (an unoptimized proxy sharing two cores with other work must not
     /// trip `p95_hard` on its own CPU queueing; the latency triggers have
     /// their own tests), and a longer window so a 5 % canary still gathers
-    /// the samples the gates need at that load.
+    /// the samples the gates need at that load. 600 users so that a 5 %
+    /// canary has ~30 of them: the beacon gates count users, not events.
     pub fn for_tests() -> Self {
         Self {
-            users: 300,
+            users: 600,
             rate: 250.0,
             window: Duration::from_secs(8),
             latency_scale: 0.25,
@@ -177,6 +178,8 @@ full_sustain = "5s"
 
 [beacons]
 names = ["page_view", "js_error", "search_result_click", "first_result_ms"]
+# Every synthetic user posts from 127.0.0.1: one address, hundreds of users.
+max_events_per_client = 10000000
 
 [gates]
 cooldown = "1s"

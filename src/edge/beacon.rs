@@ -11,11 +11,19 @@
 //! reason.
 //!
 //! Limits: body <= [`MAX_BODY`] bytes, <= [`MAX_EVENTS`] events, names from
-//! `[beacons] names`. Every refusal is `400` with the reason label as body
-//! (`not_json`, `too_large`, `too_many`, `unknown_name`, `unknown_type`,
-//! `bad_value`), counted in `rollgate_beacon_rejected_total{reason}`. An
-//! over-limit body is a 400 `too_large` as well (not 413): every bad input
-//! gets a 400 with its reason, and one status keeps clients simple.
+//! `[beacons] names`. Every refusal of bad input is `400` with the reason
+//! label as body (`not_json`, `too_large`, `too_many`, `unknown_name`,
+//! `unknown_type`, `bad_value`), counted in
+//! `rollgate_beacon_rejected_total{reason}`. An over-limit body is a 400
+//! `too_large` as well (not 413): every bad input gets a 400 with its reason,
+//! and one status keeps clients simple.
+//!
+//! A good batch from a client address or sticky key that is at its
+//! per-window cap (`beacons.max_events_per_client`, `max_events_per_key`)
+//! is refused whole with `429` and `rate_limited` (same counter, seventh
+//! reason): the input is fine and the same batch would be taken in the next
+//! window, which is what 429 tells a client (with `Retry-After`), where a
+//! 400 would say "never send this again".
 //! `timing` values are milliseconds (finite, 0 ..= [`MAX_TIMING_MS`]); a value
 //! on other types is optional, checked the same way and not used.
 
@@ -25,7 +33,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use crate::config::BeaconsConfig;
 use crate::routing::Variant;
-use crate::telemetry::beacons::{BeaconCells, BeaconReject, BeaconType};
+use crate::telemetry::beacons::{BeaconCells, BeaconReject, BeaconType, Sender};
 
 pub const BEACON_PATH: &str = "/_rollgate/beacon";
 /// Largest accepted body.
@@ -71,11 +79,23 @@ impl Batch {
         &self.events[..self.len]
     }
 
-    /// Records every event for `variant`.
+    /// Records every event for `variant` (counts only).
     #[inline]
     pub fn record(&self, cells: &BeaconCells, variant: Variant) {
         for e in self.events() {
             cells.record(e.name, variant, e.kind, e.value_us);
+        }
+    }
+
+    /// Records every event for `variant` and, unless the sender opted out,
+    /// the sender's key as a user of each name it sent.
+    #[inline]
+    pub fn record_from(&self, cells: &BeaconCells, variant: Variant, from: &Sender) {
+        self.record(cells, variant);
+        if !from.opted_out {
+            for e in self.events() {
+                cells.record_user(e.name, variant, e.kind, from.user);
+            }
         }
     }
 }
@@ -375,6 +395,7 @@ mod tests {
             ]
             .map(String::from)
             .to_vec(),
+            ..Default::default()
         }
     }
 

@@ -1,6 +1,13 @@
 //! The proxy's response body: the upstream's streamed body, or a small
 //! synthetic one for errors. An enum rather than a boxed trait object so a
 //! request costs no extra allocation for its body type.
+//!
+//! A body that fails after its head (the upstream resets, or sends nothing
+//! for `upstreams.body_idle_timeout`) is cut, counted in
+//! `rollgate_upstream_errors_total` by kind, and, unless its head already
+//! counted as a 5xx, as a broken body of its cell: the error gates count
+//! those as server errors (see `CellCounts::server_errors`), so an upstream
+//! that answers 200 and then dies is not a healthy one.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,17 +16,35 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::request_body::RequestBody;
 use super::upstream::pool::Checkout;
 use crate::telemetry::{InflightGuard, UpstreamErrorKind};
 
+/// Why a relayed response body was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("upstream response body")]
+    Upstream(#[source] hyper::Error),
+    #[error("upstream response body: no bytes within upstreams.body_idle_timeout")]
+    Stalled,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once into hyper per response; boxing the upstream variant would cost every relayed request an allocation"
+)]
 pub enum ProxyBody {
     /// Streams the upstream body; the guard keeps the request counted as in
     /// flight until the body is done or dropped.
     Upstream {
         inner: Incoming,
-        /// The upstream connection, back to its pool once `inner` has ended.
-        conn: Option<Checkout<Incoming>>,
+        /// The upstream connection, back to its pool once `inner` has ended;
+        /// its stall timer watches `inner` meanwhile.
+        conn: Option<Checkout<RequestBody>>,
         guard: InflightGuard,
+        /// The head was a 5xx, already a server error of its cell: a body
+        /// failing after it is not counted a second time.
+        head_5xx: bool,
         /// A unit of V2's reserved capacity, held only to be released (by its
         /// `Drop`) with the body.
         _permit: Option<super::proxy::Permit>,
@@ -40,7 +65,8 @@ impl ProxyBody {
 
     pub fn upstream(
         inner: Incoming,
-        conn: Checkout<Incoming>,
+        conn: Checkout<RequestBody>,
+        head_5xx: bool,
         guard: InflightGuard,
         permit: Option<super::proxy::Permit>,
         tee: Option<super::shadow::Tee>,
@@ -54,6 +80,7 @@ impl ProxyBody {
             inner,
             conn,
             guard,
+            head_5xx,
             _permit: permit,
             tee,
         }
@@ -62,17 +89,18 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
             ProxyBody::Upstream {
                 inner,
                 conn,
                 guard,
+                head_5xx,
                 tee,
                 ..
             } => {
@@ -81,12 +109,25 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(_))) => {
                         // The upstream died mid-body: the client sees a truncated
                         // response, the controller sees a reset.
-                        guard.record_error(UpstreamErrorKind::Reset);
+                        guard.record_broken_body(UpstreamErrorKind::Reset, *head_5xx);
                         *conn = None;
                         // No comparison against a truncated answer.
                         *tee = None;
                     }
+                    Poll::Pending => {
+                        if conn.as_mut().is_some_and(|c| c.stall.poll_stalled(cx)) {
+                            // Head sent, then silence: cut like a response
+                            // that never came, and counted as one.
+                            guard.record_broken_body(UpstreamErrorKind::Timeout, *head_5xx);
+                            *conn = None;
+                            *tee = None;
+                            return Poll::Ready(Some(Err(ResponseBodyError::Stalled)));
+                        }
+                    }
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(c) = conn.as_mut() {
+                            c.stall.progressed();
+                        }
                         if let (Some(t), Some(data)) = (tee.as_mut(), frame.data_ref()) {
                             t.chunk(data);
                         }
@@ -105,9 +146,8 @@ impl Body for ProxyBody {
                             t.finish(None);
                         }
                     }
-                    Poll::Pending => {}
                 }
-                polled
+                polled.map(|p| p.map(|r| r.map_err(ResponseBodyError::Upstream)))
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
@@ -129,7 +169,7 @@ impl Body for ProxyBody {
     }
 }
 
-fn release(conn: &mut Option<Checkout<Incoming>>) {
+fn release(conn: &mut Option<Checkout<RequestBody>>) {
     if let Some(c) = conn.take() {
         c.release();
     }

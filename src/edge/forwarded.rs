@@ -69,13 +69,6 @@ impl TrustedProxies {
     /// Without trusted proxies (the usual case) this is the peer itself.
     /// Computed on demand, so a request that no limit asks about pays
     /// nothing for walking its `X-Forwarded-For`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the per-client caps of the integrity work read it next"
-        )
-    )]
     pub(crate) fn client(&self, peer: &Peer, headers: &HeaderMap) -> IpAddr {
         if peer.trusted {
             self.last_untrusted_hop(peer.addr.ip(), headers)

@@ -169,6 +169,12 @@ impl UpstreamHeaders {
         }
     }
 
+    /// The address per-client limits count a request from `from` against:
+    /// the last untrusted hop.
+    pub(crate) fn client(&self, from: std::net::SocketAddr, h: &HeaderMap) -> std::net::IpAddr {
+        self.trusted.client(&self.trusted.peer(from), h)
+    }
+
     /// Rewrites a client's request headers for `variant`'s upstream: hop-by-hop
     /// and control headers out, HTTP/2 cookie crumbs joined, then rollgate's
     /// own forwarding headers, request id, variant and the phase's headers.

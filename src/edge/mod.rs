@@ -23,6 +23,7 @@ pub(crate) mod headers;
 pub mod log_limit;
 pub(crate) mod proxy;
 pub(crate) mod region;
+pub(crate) mod request_body;
 pub mod server;
 pub(crate) mod shadow;
 pub mod sticky;

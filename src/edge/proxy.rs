@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::Guard;
 use http::uri::{PathAndQuery, Uri};
@@ -19,6 +19,7 @@ use super::access_log::AccessLog;
 use super::body::ProxyBody;
 use super::headers::*;
 use super::region::Regions;
+use super::request_body::Timing;
 use super::sticky::{Resolved, Source, Sticky};
 use super::upstream::{SendError, Upstreams};
 use super::{beacon, shadow};
@@ -26,7 +27,7 @@ use crate::config::{BeaconsConfig, Config, Upstream};
 use crate::routing::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::tripwire::{PaymentOutcome, PaymentTrip};
 use crate::routing::{RouteTable, Router, Variant};
-use crate::telemetry::beacons::BeaconReject;
+use crate::telemetry::beacons::{BeaconReject, CapLimits, Sender};
 use crate::telemetry::{Telemetry, UpstreamErrorKind};
 
 /// Everything the request path reads; built once, shared by all connections.
@@ -42,6 +43,8 @@ pub struct Proxy {
     allow_override: bool,
     access_log: AccessLog,
     beacons: BeaconsConfig,
+    /// The per-window beacon caps (`[beacons]` and `rollout.window`).
+    beacon_caps: CapLimits,
     /// Region header and labels (split skew per region).
     regions: Regions,
     /// V2's reserved capacity.
@@ -83,12 +86,17 @@ impl Proxy {
             ),
             telemetry,
             payment_trip,
-            upstreams: Upstreams::new(&config.upstreams),
+            upstreams: Upstreams::new(&config.upstreams, config.server.client_body_timeout),
             targets: [config.upstreams.v1.clone(), config.upstreams.v2.clone()],
             expose_variant: r.expose_variant_header,
             allow_override: r.allow_override_header,
             access_log: AccessLog::new(config),
             beacons: config.beacons.clone(),
+            beacon_caps: CapLimits {
+                per_client: config.beacons.max_events_per_client,
+                per_key: config.beacons.max_events_per_key,
+                window_ms: config.rollout.window.as_millis().max(1) as u64,
+            },
             regions: Regions::new(&config.routing),
             capacity,
             shadow,
@@ -108,7 +116,7 @@ impl Proxy {
             return Ok(refused.response());
         }
         if req.uri().path() == beacon::BEACON_PATH {
-            return Ok(self.beacon(req).await);
+            return Ok(self.beacon(req, addr).await);
         }
         let start = Instant::now();
 
@@ -124,15 +132,18 @@ impl Proxy {
             self.telemetry.record_user(region, variant, sticky.bucket);
         }
         let log_method = self.access_log.method(req.method());
+        let h1 = req.version() < Version::HTTP_2;
 
-        // Forward.
+        // Forward; the latency sample starts once the upstream has the whole request.
+        let mut timing = Timing::new(start);
         let result = if super::upgrade::requested(&req) {
-            self.forward_upgrade(req, journey, variant, route, addr)
+            self.forward_upgrade(req, journey, variant, route, addr, &mut timing)
                 .await
         } else {
-            self.forward(req, journey, variant, route, addr).await
+            self.forward(req, journey, variant, route, addr, &mut timing)
+                .await
         };
-        let latency = start.elapsed();
+        let latency = timing.latency();
 
         // Record and answer.
         let resp = match result {
@@ -146,10 +157,19 @@ impl Proxy {
                 self.telemetry.record_shed(Variant::V2);
                 return Ok(self.finish(Refusal::Shed.response(), variant, sticky));
             }
-            Err(refusal) => {
-                if let Refusal::Upstream(kind) = refusal {
-                    self.telemetry.record_upstream_error(journey, variant, kind);
+            // The client broke its body or let it time out: a 4xx of its
+            // journey, never an error or a latency sample of the upstream.
+            Err(refusal @ (Refusal::ClientBody | Refusal::ClientTimeout)) => {
+                self.telemetry
+                    .record_status(journey, variant, refusal.status().as_u16());
+                let mut r = refusal.response();
+                if h1 {
+                    close_after(&mut r);
                 }
+                r
+            }
+            Err(refusal @ Refusal::Upstream(kind)) => {
+                self.telemetry.record_upstream_error(journey, variant, kind);
                 self.telemetry
                     .record(journey, variant, latency, refusal.status().as_u16(), false);
                 refusal.response()
@@ -176,6 +196,7 @@ impl Proxy {
         variant: Variant,
         route: Guard<Arc<RouteTable>>,
         peer: SocketAddr,
+        timing: &mut Timing,
     ) -> Result<Relayed, Refusal> {
         // V2's reserved capacity: the excess is shed here, before V2 sees it.
         let permit = match variant {
@@ -195,9 +216,12 @@ impl Proxy {
             _ => None,
         };
         drop(route);
+        let limit = self.upstreams.client_body_timeout();
+        let req = req.map(|body| timing.wrap(body, limit));
         let (resp, conn) = match self.upstreams.send(variant, req).await {
             Ok(sent) => sent,
             Err(SendError::ClientBody) => return Err(Refusal::ClientBody),
+            Err(SendError::ClientTimeout) => return Err(Refusal::ClientTimeout),
             Err(SendError::Upstream(kind)) => {
                 let refusal = Refusal::Upstream(kind);
                 if let Some(t) = tee.as_mut() {
@@ -216,9 +240,10 @@ impl Proxy {
                 t.finish(None);
             }
         }
+        let head_5xx = parts.status.is_server_error();
         let resp = Response::from_parts(
             parts,
-            ProxyBody::upstream(body, conn, inflight, permit, tee),
+            ProxyBody::upstream(body, conn, head_5xx, inflight, permit, tee),
         );
         Ok(Relayed { resp, cache_hit })
     }
@@ -244,8 +269,9 @@ impl Proxy {
     /// `POST /_rollgate/beacon`, answered here and never forwarded. The
     /// variant is picked exactly as for a proxied request (sticky key, override
     /// header, weights), never read from the body; a client without any key
-    /// gets its `rg_bucket` cookie like on any request.
-    async fn beacon(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// gets its `rg_bucket` cookie like on any request. The sender (client
+    /// address, sticky key) is charged against the per-window caps.
+    async fn beacon(&self, req: Request<Incoming>, addr: SocketAddr) -> Response<ProxyBody> {
         let sticky = self.sticky.resolve(req.headers());
         let variant = self
             .override_variant(&req)
@@ -259,50 +285,84 @@ impl Proxy {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             r
         } else {
-            match self.ingest_beacon(req, variant).await {
+            let h1 = req.version() < Version::HTTP_2;
+            let from = Sender {
+                client: self.upstream_headers.client(addr, req.headers()),
+                user: sticky.key,
+                opted_out: beacon::opted_out(req.headers()),
+            };
+            match self.ingest_beacon(req, variant, &from).await {
                 Ok(()) => {
                     let mut r = Response::new(ProxyBody::empty());
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
                 }
-                Err(why) => {
+                Err(BeaconFailure::Reject(BeaconReject::RateLimited)) => {
+                    self.telemetry.beacons.reject(BeaconReject::RateLimited);
+                    let mut r = text_response(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        reject_body(BeaconReject::RateLimited),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, retry_after(&self.beacon_caps));
+                    r
+                }
+                Err(BeaconFailure::Reject(why)) => {
                     self.telemetry.beacons.reject(why);
                     text_response(StatusCode::BAD_REQUEST, reject_body(why))
+                }
+                // Not a rejected batch: nothing whole arrived to judge.
+                Err(BeaconFailure::Timeout) => {
+                    let mut r = Refusal::ClientTimeout.response();
+                    if h1 {
+                        close_after(&mut r);
+                    }
+                    r
                 }
             }
         };
         self.finish(resp, variant, sticky)
     }
 
+    /// The body is read within [`BEACON_BODY_TIMEOUT`] (or the shorter
+    /// `server.client_body_timeout`): a client that declares a length and
+    /// sends less is answered 408 and let go instead of holding the
+    /// connection open.
     async fn ingest_beacon(
         &self,
         req: Request<Incoming>,
         variant: Variant,
-    ) -> Result<(), BeaconReject> {
+        from: &Sender,
+    ) -> Result<(), BeaconFailure> {
         use http_body_util::{BodyExt, LengthLimitError, Limited};
+        let deadline = tokio::time::Instant::now()
+            + BEACON_BODY_TIMEOUT.min(self.upstreams.client_body_timeout());
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > beacon::MAX_BODY as u64) {
-            drain(req.into_body()).await;
-            return Err(BeaconReject::TooLarge);
+            let _ = tokio::time::timeout_at(deadline, drain(req.into_body())).await;
+            return Err(BeaconReject::TooLarge.into());
         }
-        let body = match Limited::new(req.into_body(), beacon::MAX_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(BeaconReject::TooLarge)
+        let collect = Limited::new(req.into_body(), beacon::MAX_BODY).collect();
+        let body = match tokio::time::timeout_at(deadline, collect).await {
+            Err(_) => return Err(BeaconFailure::Timeout),
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(BeaconReject::TooLarge.into())
             }
             // The client went away mid-body: nothing usable arrived.
-            Err(_) => return Err(BeaconReject::NotJson),
+            Ok(Err(_)) => return Err(BeaconReject::NotJson.into()),
         };
         let mut batch = beacon::Batch::default();
         beacon::parse(&body, &self.beacons, &mut batch)?;
         if self.telemetry.enabled() {
-            batch.record(&self.telemetry.beacons, variant);
+            let cells = &self.telemetry.beacons;
+            if !cells.admit(&self.beacon_caps, from, batch.events().len()) {
+                return Err(BeaconReject::RateLimited.into());
+            }
+            batch.record_from(cells, variant, from);
         }
         Ok(())
     }
@@ -357,6 +417,34 @@ impl Proxy {
     }
 }
 
+/// Longest a beacon body may take to arrive. A beacon is at most
+/// `beacon::MAX_BODY` (64 KiB) that a browser sends in one go, so even a
+/// slow mobile link delivers it well within this; holding a connection
+/// longer only serves a client that means to hold it.
+const BEACON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a beacon was not recorded.
+enum BeaconFailure {
+    /// Refused for what it said (counted by reason).
+    Reject(BeaconReject),
+    /// The body did not arrive in time.
+    Timeout,
+}
+
+impl From<BeaconReject> for BeaconFailure {
+    fn from(why: BeaconReject) -> Self {
+        BeaconFailure::Reject(why)
+    }
+}
+
+/// Makes an HTTP/1.1 connection close after this answer (an h2 stream needs
+/// nothing: hyper resets the stream whose body is left unread, and the
+/// connection's other streams carry on).
+fn close_after(resp: &mut Response<ProxyBody>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
 /// The upstream's answer on its way to the client.
 pub(super) struct Relayed {
     pub(super) resp: Response<ProxyBody>,
@@ -374,6 +462,8 @@ pub(super) enum Refusal {
     /// The client's own request body broke while being forwarded (a bad
     /// chunk, a body cut short): never counted against the upstream.
     ClientBody,
+    /// The client's body was not complete within `server.client_body_timeout`.
+    ClientTimeout,
     /// The upstream failed: counted against its variant.
     Upstream(UpstreamErrorKind),
 }
@@ -384,6 +474,7 @@ impl Refusal {
         match self {
             Refusal::Shed => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::ClientBody => StatusCode::BAD_REQUEST,
+            Refusal::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::Upstream(UpstreamErrorKind::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(
                 UpstreamErrorKind::Connect | UpstreamErrorKind::Reset | UpstreamErrorKind::Protocol,
@@ -399,6 +490,10 @@ impl Refusal {
                 *r.status_mut() = self.status();
                 r
             }
+            Refusal::ClientTimeout => text_response(
+                self.status(),
+                "rollgate: request body not complete in time\n",
+            ),
             Refusal::Upstream(kind) => error_response(self.status(), kind),
         }
     }
@@ -482,7 +577,14 @@ fn reject_body(why: BeaconReject) -> &'static str {
         BeaconReject::UnknownName => "unknown_name\n",
         BeaconReject::UnknownType => "unknown_type\n",
         BeaconReject::BadValue => "bad_value\n",
+        BeaconReject::RateLimited => "rate_limited\n",
     }
+}
+
+/// `Retry-After` of a rate-limited beacon: the caps' window in seconds (an
+/// upper bound on the wait for the next one; no clock read to refine it).
+fn retry_after(caps: &CapLimits) -> HeaderValue {
+    HeaderValue::from((caps.window_ms / 1000).max(1))
 }
 
 fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<ProxyBody> {

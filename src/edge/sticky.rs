@@ -53,6 +53,9 @@ pub enum Source {
 pub struct Resolved {
     pub bucket: u16,
     pub source: Source,
+    /// The salted 64-bit hash of the key (`bucket` is it mod 10 000): who
+    /// the user is for the beacon caps and user counts.
+    pub key: u64,
 }
 
 /// Resolves requests to buckets. Built once from config.
@@ -82,7 +85,22 @@ impl Sticky {
     /// The stable bucket of a key.
     #[inline]
     pub fn bucket(&self, key: &[u8]) -> u16 {
-        (xxh3_64_with_seed(key, self.seed) % BUCKETS as u64) as u16
+        (self.hash(key) % BUCKETS as u64) as u16
+    }
+
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        xxh3_64_with_seed(key, self.seed)
+    }
+
+    #[inline]
+    fn of(&self, key: &[u8], source: Source) -> Resolved {
+        let key = self.hash(key);
+        Resolved {
+            bucket: (key % BUCKETS as u64) as u16,
+            source,
+            key,
+        }
     }
 
     /// Picks the key of a request and returns its bucket.
@@ -94,10 +112,7 @@ impl Sticky {
             .map(|v| v.as_bytes())
             .filter(|k| !k.is_empty())
         {
-            return Resolved {
-                bucket: self.bucket(key),
-                source: Source::UserKey,
-            };
+            return self.of(key, Source::UserKey);
         }
         if let Some(key) = self
             .user_cookie
@@ -105,26 +120,17 @@ impl Sticky {
             .and_then(|name| cookies(headers, name).next())
             .filter(|k| !k.is_empty())
         {
-            return Resolved {
-                bucket: self.bucket(key),
-                source: Source::UserKey,
-            };
+            return self.of(key, Source::UserKey);
         }
         if let Some(id) = cookies(headers, COOKIE_NAME)
             .filter(|v| v.len() == SIGNED_LEN)
             .take(MAX_BUCKET_COOKIES)
             .find_map(|v| self.verify(std::str::from_utf8(v).ok()?))
         {
-            return Resolved {
-                bucket: self.bucket(id.as_bytes()),
-                source: Source::Cookie,
-            };
+            return self.of(id.as_bytes(), Source::Cookie);
         }
         let id = rand::random::<u64>();
-        Resolved {
-            bucket: self.bucket(hex16(id).as_bytes()),
-            source: Source::New(id),
-        }
+        self.of(hex16(id).as_bytes(), Source::New(id))
     }
 
     fn tag(&self, id: &[u8]) -> [u8; 8] {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::body::ProxyBody;
 use super::headers::upstream_response_headers;
 use super::proxy::{Proxy, Refusal, Relayed, Shed};
+use super::request_body::Timing;
 use super::server::ConnHold;
 use super::upstream::SendError;
 use crate::routing::journeys::JourneyId;
@@ -51,6 +52,7 @@ impl From<SendError> for Refusal {
     fn from(e: SendError) -> Self {
         match e {
             SendError::ClientBody => Refusal::ClientBody,
+            SendError::ClientTimeout => Refusal::ClientTimeout,
             SendError::Upstream(kind) => Refusal::Upstream(kind),
         }
     }
@@ -66,6 +68,7 @@ impl Proxy {
         variant: Variant,
         route: Guard<Arc<RouteTable>>,
         peer: SocketAddr,
+        timing: &mut Timing,
     ) -> Result<Relayed, Refusal> {
         let permit = match variant {
             Variant::V1 => None,
@@ -77,13 +80,16 @@ impl Proxy {
         self.prepare_upstream(&mut req, variant, &route, peer);
         drop(route);
         put_upgrade_back(req.headers_mut(), protocol);
+        let limit = self.upstreams.client_body_timeout();
+        let req = req.map(|body| timing.wrap(body, limit));
         let (mut resp, conn) = self.upstreams.send(variant, req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The upstream declined: its answer is relayed like any other.
             let inflight = self.telemetry.inflight(journey, variant);
             let (mut parts, body) = resp.into_parts();
             upstream_response_headers(&mut parts.headers, parts.status);
-            let body = ProxyBody::upstream(body, conn, inflight, permit, None);
+            let head_5xx = parts.status.is_server_error();
+            let body = ProxyBody::upstream(body, conn, head_5xx, inflight, permit, None);
             return Ok(Relayed {
                 resp: Response::from_parts(parts, body),
                 cache_hit: false,

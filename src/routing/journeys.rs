@@ -203,27 +203,32 @@ impl Journeys {
 /// Whether `path` is already what [`normalise`] would make of it: no `%`, no
 /// `//`, no `.` or `..` segment. Paths that do not start with `/` (`*`, an
 /// empty path) are left alone. One pass, no allocation.
+///
+/// Every way out of normal form starts at a `%` or at a `/` followed by `/`
+/// or `.`, so the loop looks only at those bytes and never tracks segments:
+/// this runs on every request, and the common path has none of them.
 fn is_normal(path: &[u8]) -> bool {
     if path.first() != Some(&b'/') {
         return true;
     }
-    let mut prev_slash = true;
-    let mut segment_start = 1;
-    for (i, &b) in path.iter().enumerate().skip(1) {
+    for (i, &b) in path.iter().enumerate() {
         match b {
             b'%' => return false,
-            b'/' if prev_slash => return false,
-            b'/' => {
-                if is_dots(&path[segment_start..i]) {
-                    return false;
-                }
-                segment_start = i + 1;
-            }
+            b'/' => match path.get(i + 1) {
+                Some(b'/') => return false,
+                Some(b'.') if is_dots_segment(&path[i + 1..]) => return false,
+                _ => {}
+            },
             _ => {}
         }
-        prev_slash = b == b'/';
     }
-    !is_dots(&path[segment_start..])
+    true
+}
+
+/// Whether `rest` (what follows a `/`) starts with a `.` or `..` segment.
+fn is_dots_segment(rest: &[u8]) -> bool {
+    let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    is_dots(&rest[..end])
 }
 
 fn is_dots(segment: &[u8]) -> bool {

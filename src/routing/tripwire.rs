@@ -5,6 +5,15 @@
 //! request that pushes it past the limit swaps the routing table to V2 = 0
 //! itself, then wakes the controller, which records the decision, persists the
 //! state and writes the report.
+//!
+//! The trip latches. Between the request path's swap and the controller's
+//! handling of it, the controller may still run a tick, a reload or an admin
+//! command computed from the state before the trip; storing that state's
+//! table would give V2 its weight back for a moment, and re-arming would let
+//! a second trip count from zero. So while latched the controller's tables
+//! reach the router only if they give V2 nothing ([`PaymentTrip::publish`]),
+//! and arming is refused; only the controller's handling of the trip, once
+//! the state says rolled back, releases the latch.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +21,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::routing::{Router, Variant};
+use crate::routing::{RouteTable, Router, Variant};
 
 /// What one payment response says about V2's payments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +53,9 @@ pub struct PaymentTrip {
     consecutive: AtomicU32,
     /// Only a live rollout can be rolled back; the controller arms and disarms it.
     armed: AtomicBool,
+    /// Set by the tripping request before its swap; cleared only by
+    /// [`PaymentTrip::release`] once the controller has handled the trip.
+    latched: AtomicBool,
     router: Arc<Router>,
     /// Nanoseconds from `origin` to the trip and to the finished swap.
     origin: Instant,
@@ -66,6 +78,7 @@ impl PaymentTrip {
             limit: AtomicU32::new(limit),
             consecutive: AtomicU32::new(0),
             armed: AtomicBool::new(false),
+            latched: AtomicBool::new(false),
             router,
             origin: Instant::now(),
             tripped_ns: AtomicU64::new(0),
@@ -80,7 +93,9 @@ impl PaymentTrip {
     }
 
     /// Arms or disarms; a change of state starts the failure run from zero.
+    /// A latched trip stays disarmed until it is released.
     pub fn arm(&self, armed: bool) {
+        let armed = armed && !self.is_latched();
         if self.armed.swap(armed, Ordering::AcqRel) != armed {
             self.consecutive.store(0, Ordering::Relaxed);
         }
@@ -89,6 +104,42 @@ impl PaymentTrip {
     #[cfg(test)]
     pub fn is_armed(&self) -> bool {
         self.armed.load(Ordering::Acquire)
+    }
+
+    /// Whether a trip's swap stands until the controller has handled it.
+    pub fn is_latched(&self) -> bool {
+        self.latched.load(Ordering::SeqCst)
+    }
+
+    /// The controller's only way to store a routing table. While a trip is
+    /// latched, a table that gives V2 traffic (weight or mirror) is not
+    /// stored; returns whether `table` is in force.
+    ///
+    /// A compare-and-swap against the table looked at, because the trip can
+    /// land at any moment in between: the latch is read after that table
+    /// was loaded, so either the trip's swap came first and the latch is
+    /// seen, or it comes after and the swap replaces our table, or it lands
+    /// between the load and the exchange and the exchange fails and looks
+    /// again. No store of ours can land after the trip's swap.
+    pub fn publish(&self, table: RouteTable) -> bool {
+        let gives_v2 = table.v2.bp() > 0 || table.shadow;
+        let table = Arc::new(table);
+        loop {
+            let current = self.router.table.load_full();
+            if gives_v2 && self.is_latched() {
+                return false;
+            }
+            let prev = self.router.table.compare_and_swap(&current, table.clone());
+            if Arc::ptr_eq(&prev, &current) {
+                return true;
+            }
+        }
+    }
+
+    /// The controller has handled the trip (the state says rolled back):
+    /// tables giving V2 traffic may be stored again, by an operator's action.
+    pub fn release(&self) {
+        self.latched.store(false, Ordering::SeqCst);
     }
 
     /// Called for every payment-journey response.
@@ -109,6 +160,9 @@ impl PaymentTrip {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         // `swap` makes exactly one request perform the rollback.
         if n > self.limit.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+            // The latch before the swap: a controller store that sees our
+            // table also sees the latch (see `publish`).
+            self.latched.store(true, Ordering::SeqCst);
             self.router.rollback();
             let done = self.origin.elapsed().as_nanos() as u64;
             let start = seen.duration_since(self.origin).as_nanos() as u64;
@@ -201,6 +255,67 @@ mod tests {
         again.observe(Variant::V2, PaymentOutcome::Succeeded);
         again.observe(Variant::V2, PaymentOutcome::Failed);
         assert!(again.take_trip().is_none());
+    }
+
+    #[test]
+    fn a_trip_latches_until_the_controller_releases_it() {
+        let table = |pct: f64| RouteTable {
+            v2: WeightBp::from_percent(pct).unwrap(),
+            ..RouteTable::default()
+        };
+        let router = Arc::new(Router::new(RouteTable::default()));
+        let trip = PaymentTrip::new(1, router.clone());
+        assert!(trip.publish(table(25.0)));
+        trip.arm(true);
+        trip.observe(Variant::V2, PaymentOutcome::Failed);
+        trip.observe(Variant::V2, PaymentOutcome::Failed);
+        assert_eq!(router.load().v2, WeightBp::ZERO);
+        assert!(trip.is_latched());
+        // A tick or command computed from the state before the trip: its
+        // weight does not come back, nor does a mirror, and arming is refused.
+        assert!(!trip.publish(table(25.0)));
+        assert!(!trip.publish(RouteTable {
+            shadow: true,
+            ..RouteTable::default()
+        }));
+        assert_eq!(router.load().v2, WeightBp::ZERO);
+        trip.arm(true);
+        assert!(!trip.is_armed());
+        // The rolled-back table itself may be stored.
+        assert!(trip.publish(table(0.0)));
+        // Handling the trip does not release it by itself; `release` does.
+        assert!(trip.take_trip().is_some());
+        assert!(trip.is_latched());
+        trip.release();
+        assert!(trip.publish(table(5.0)));
+        assert_eq!(router.load().v2.bp(), 500);
+        trip.arm(true);
+        assert!(trip.is_armed());
+    }
+
+    #[test]
+    fn a_store_racing_a_trip_never_lands_after_its_swap() {
+        // Many rounds of the controller publishing while a request trips:
+        // whatever the interleaving, the last word is the trip's.
+        for _ in 0..200 {
+            let router = Arc::new(Router::new(RouteTable::default()));
+            let trip = Arc::new(PaymentTrip::new(0, router.clone()));
+            trip.arm(true);
+            let publisher = {
+                let trip = trip.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        trip.publish(RouteTable {
+                            v2: WeightBp::FULL,
+                            ..RouteTable::default()
+                        });
+                    }
+                })
+            };
+            trip.observe(Variant::V2, PaymentOutcome::Failed);
+            publisher.join().unwrap();
+            assert_eq!(router.load().v2, WeightBp::ZERO);
+        }
     }
 
     #[test]

@@ -3,10 +3,30 @@
 //! [`super::histogram`]. Same discipline as the request cells: allocated once
 //! at start-up, striped by thread, recorded with relaxed `fetch_add`s.
 //!
-//! No identifier of any kind is stored: only counts and timings by name and
-//! variant, so a beacon can never carry a user's data into rollgate.
+//! Beside the event counts (the `rollgate_beacon_events_total` series) every
+//! (name, variant) has a set of the *users* who sent that name, and every
+//! variant a set of the users who sent any `js_error`. The beacon gates
+//! compare shares of users, not event counts: a client writes its own
+//! beacons, so an event count is whatever the noisiest client makes it,
+//! while a share of users moves by one user per sticky key, however much
+//! that key sends. [`users`] says how the sets are counted, merged over a
+//! window and intersected; [`caps`] bounds what one address or one key may
+//! send at all per window.
+//!
+//! No identifier of any kind is stored: counts and timings by name and
+//! variant, one bit per hashed key in maps cleared every tick, and count
+//! slots shared by every key or address that hashes there.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+mod caps;
+pub mod users;
+
+pub use caps::{CapLimits, Sender};
+pub use users::UserSet;
+
+use caps::Caps;
+use users::AtomicUsers;
 
 use super::histogram::{bucket_index, Histogram, SparseHistogram, BUCKETS, MAX_US};
 use super::{stripe_index, STRIPES};
@@ -48,16 +68,19 @@ pub enum BeaconReject {
     UnknownName = 3,
     UnknownType = 4,
     BadValue = 5,
+    /// The sender's client address or sticky key is at its per-window cap.
+    RateLimited = 6,
 }
 
 impl BeaconReject {
-    pub const ALL: [BeaconReject; 6] = [
+    pub const ALL: [BeaconReject; 7] = [
         BeaconReject::NotJson,
         BeaconReject::TooLarge,
         BeaconReject::TooMany,
         BeaconReject::UnknownName,
         BeaconReject::UnknownType,
         BeaconReject::BadValue,
+        BeaconReject::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -68,6 +91,7 @@ impl BeaconReject {
             "unknown_name",
             "unknown_type",
             "bad_value",
+            "rate_limited",
         ][self as usize]
     }
 }
@@ -92,7 +116,66 @@ impl Stripe {
 pub struct BeaconCells {
     names: usize,
     cells: Box<[Box<[Stripe]>]>,
-    rejected: [AtomicU64; 6],
+    rejected: [AtomicU64; 7],
+    /// Users per `name * 2 + variant`, then the two "any `js_error`" sets.
+    users: Box<[AtomicUsers]>,
+    caps: Caps,
+}
+
+static NO_USERS: UserSet = UserSet::EMPTY;
+
+/// The users of one interval (or, merged, of a window).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BeaconUsers {
+    /// Indexed by `name * 2 + variant`: users who sent an event of that name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_name: Vec<UserSet>,
+    /// Per variant: users who sent a `js_error` event of any name.
+    #[serde(default)]
+    pub js_error: [UserSet; 2],
+}
+
+impl BeaconUsers {
+    pub fn is_empty(&self) -> bool {
+        self.by_name
+            .iter()
+            .chain(&self.js_error)
+            .all(UserSet::is_empty)
+    }
+
+    /// Users who sent `name`; empty past the configured names.
+    pub fn of(&self, name: usize, variant: Variant) -> &UserSet {
+        self.by_name
+            .get(name * 2 + variant as usize)
+            .unwrap_or(&NO_USERS)
+    }
+
+    /// Users who sent a `js_error` of any name.
+    pub fn js_error(&self, variant: Variant) -> &UserSet {
+        &self.js_error[variant as usize]
+    }
+
+    /// Adds every user of `other` (a window over its intervals).
+    pub fn union_with(&mut self, other: &BeaconUsers) {
+        if self.by_name.len() < other.by_name.len() {
+            self.by_name.resize(other.by_name.len(), UserSet::EMPTY);
+        }
+        for (a, b) in self.by_name.iter_mut().zip(&other.by_name) {
+            a.union_with(b);
+        }
+        for (a, b) in self.js_error.iter_mut().zip(&other.js_error) {
+            a.union_with(b);
+        }
+    }
+
+    /// Mutable set of `name` (tests and simulations fill windows with it).
+    pub fn of_mut(&mut self, name: usize, variant: Variant) -> &mut UserSet {
+        let i = name * 2 + variant as usize;
+        if self.by_name.len() <= i {
+            self.by_name.resize(i + 1, UserSet::EMPTY);
+        }
+        &mut self.by_name[i]
+    }
 }
 
 /// Counts of one (name, variant), summed over stripes; cumulative or a delta.
@@ -160,6 +243,8 @@ impl BeaconCells {
                 .map(|_| (0..STRIPES).map(|_| Stripe::new()).collect())
                 .collect(),
             rejected: Default::default(),
+            users: (0..names * 2 + 2).map(|_| AtomicUsers::new()).collect(),
+            caps: Caps::new(),
         }
     }
 
@@ -180,6 +265,42 @@ impl BeaconCells {
             s.timing[bucket_index(us)].fetch_add(1, Relaxed);
             s.timing_sum_us.fetch_add(us, Relaxed);
         }
+    }
+
+    /// Notes that `user` sent an event of `name` (and, for a `js_error`,
+    /// an error); one bit per user, whatever it sends.
+    #[inline]
+    pub fn record_user(&self, name: u16, variant: Variant, kind: BeaconType, user: u64) {
+        if name as usize >= self.names {
+            return;
+        }
+        self.users[name as usize * 2 + variant as usize].insert(user);
+        if kind == BeaconType::JsError {
+            self.users[self.names * 2 + variant as usize].insert(user);
+        }
+    }
+
+    /// The users since the last call, clearing the sets. Only the controller
+    /// calls this (once per tick), so each interval holds its own users.
+    pub fn take_users(&self) -> BeaconUsers {
+        let n = self.names * 2;
+        let by_name: Vec<UserSet> = self.users[..n].iter().map(AtomicUsers::take).collect();
+        BeaconUsers {
+            by_name: if by_name.iter().all(UserSet::is_empty) {
+                Vec::new()
+            } else {
+                by_name
+            },
+            js_error: [self.users[n].take(), self.users[n + 1].take()],
+        }
+    }
+
+    /// Charges a batch of `n` events to its sender's caps; `false` (and
+    /// nothing charged) when the key or the address is at its cap.
+    #[inline]
+    pub fn admit(&self, limits: &CapLimits, from: &Sender, n: usize) -> bool {
+        self.caps
+            .admit(limits, from, n.min(u32::MAX as usize) as u32)
     }
 
     #[inline]
@@ -240,5 +361,33 @@ mod tests {
         assert_eq!(back, s[3]);
         assert_eq!(BeaconType::parse("funnel"), Some(BeaconType::Funnel));
         assert_eq!(BeaconType::parse("Funnel"), None);
+    }
+
+    #[test]
+    fn users_are_taken_per_interval_by_name_and_variant() {
+        let b = BeaconCells::new(2);
+        for user in 0..50u64 {
+            let key = user.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            // A user posting many events is still one user.
+            for _ in 0..10 {
+                b.record_user(0, Variant::V2, BeaconType::Funnel, key);
+            }
+            if user < 5 {
+                b.record_user(1, Variant::V2, BeaconType::JsError, key);
+            }
+        }
+        b.record_user(9, Variant::V1, BeaconType::JsError, 1); // unknown name: ignored
+        let u = b.take_users();
+        assert_eq!(u.of(0, Variant::V2).count(), 50);
+        assert_eq!(u.of(1, Variant::V2).count(), 5);
+        assert_eq!(u.js_error(Variant::V2).count(), 5);
+        assert_eq!(u.js_error(Variant::V1).count(), 0);
+        assert_eq!(u.of(0, Variant::V1).count(), 0);
+        assert_eq!(u.of(7, Variant::V1).count(), 0);
+        assert!(b.take_users().is_empty());
+        let mut w = BeaconUsers::default();
+        w.union_with(&u);
+        w.union_with(&u);
+        assert_eq!(w, u);
     }
 }

@@ -29,6 +29,8 @@ pub(super) struct Stripe {
     pub(super) classes: [AtomicU64; 5],
     pub(super) errors: [AtomicU64; 4],
     pub(super) cache_hits: AtomicU64,
+    /// Responses whose body failed after a head that was not a 5xx.
+    pub(super) broken: AtomicU64,
     /// Signed: a request may start on one thread and end on another, so a single
     /// stripe can go negative; only the sum over stripes is meaningful.
     pub(super) inflight: AtomicI64,
@@ -42,6 +44,7 @@ impl Stripe {
             classes: Default::default(),
             errors: Default::default(),
             cache_hits: AtomicU64::new(0),
+            broken: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
         }
     }
@@ -59,6 +62,9 @@ pub struct CellCounts {
     pub classes: [u64; 5],
     pub errors: [u64; 4],
     pub cache_hits: u64,
+    /// Responses whose body failed after a head that was not a 5xx (reset,
+    /// stalled): counted in [`Self::server_errors`].
+    pub broken: u64,
     /// In-flight requests at the time of the snapshot (a gauge, never a delta).
     pub inflight: i64,
 }
@@ -66,7 +72,13 @@ pub struct CellCounts {
 impl CellCounts {
     /// Adds the plain counters of another cell; the histogram (dense or
     /// sparse) and the in-flight gauge are the caller's to merge.
-    pub(super) fn add_counters(&mut self, classes: &[u64; 5], errors: &[u64; 4], cache_hits: u64) {
+    pub(super) fn add_counters(
+        &mut self,
+        classes: &[u64; 5],
+        errors: &[u64; 4],
+        cache_hits: u64,
+        broken: u64,
+    ) {
         for (acc, n) in self.classes.iter_mut().zip(classes) {
             *acc += n;
         }
@@ -74,14 +86,20 @@ impl CellCounts {
             *acc += n;
         }
         self.cache_hits += cache_hits;
+        self.broken += broken;
     }
 
     pub fn requests(&self) -> u64 {
         self.classes.iter().sum()
     }
 
+    /// What the error gates count as failed: every 5xx answer, and every
+    /// answer whose head looked fine but whose body then failed (an upstream
+    /// that sends `200` and resets, or stalls, has not served the request).
+    /// Each request counts once: a 5xx whose body also failed is not
+    /// counted again, so this never exceeds [`Self::requests`].
     pub fn server_errors(&self) -> u64 {
-        self.classes[StatusClass::ServerError as usize]
+        self.classes[StatusClass::ServerError as usize] + self.broken
     }
 
     pub(super) fn delta(&self, earlier: &CellCounts) -> CellCounts {
@@ -90,6 +108,7 @@ impl CellCounts {
             classes: std::array::from_fn(|i| self.classes[i].saturating_sub(earlier.classes[i])),
             errors: std::array::from_fn(|i| self.errors[i].saturating_sub(earlier.errors[i])),
             cache_hits: self.cache_hits.saturating_sub(earlier.cache_hits),
+            broken: self.broken.saturating_sub(earlier.broken),
             inflight: self.inflight,
         }
     }
@@ -100,6 +119,7 @@ impl CellCounts {
             classes: self.classes,
             errors: self.errors,
             cache_hits: self.cache_hits,
+            broken: self.broken,
             inflight: self.inflight,
         }
     }
@@ -112,6 +132,9 @@ pub struct SparseCounts {
     pub classes: [u64; 5],
     pub errors: [u64; 4],
     pub cache_hits: u64,
+    /// Absent from rings written before broken bodies were counted.
+    #[serde(default)]
+    pub broken: u64,
     pub inflight: i64,
 }
 
@@ -119,7 +142,7 @@ impl SparseCounts {
     /// Adds `other` into a dense accumulator.
     pub fn add_to(&self, acc: &mut CellCounts) {
         acc.latency.add_sparse(&self.latency);
-        acc.add_counters(&self.classes, &self.errors, self.cache_hits);
+        acc.add_counters(&self.classes, &self.errors, self.cache_hits, self.broken);
         acc.inflight = self.inflight;
     }
 }
@@ -131,6 +154,8 @@ pub struct Snapshot {
     pub cells: Vec<CellCounts>,
     /// Beacon counts, indexed by `name * 2 + variant`.
     pub beacons: Vec<BeaconCounts>,
+    /// Users who sent beacons since the previous take (set by the controller).
+    pub beacon_users: super::beacons::BeaconUsers,
     /// Requests shed per variant (cumulative).
     pub shed: [u64; 2],
     /// Distinct user buckets per region and variant since the previous

@@ -153,6 +153,18 @@ impl Telemetry {
         }
     }
 
+    /// Counts a request answered without a latency sample of the upstream:
+    /// one the client broke or let time out (its 4xx counts for its journey;
+    /// the upstream never had the whole request, so there is nothing of the
+    /// upstream's to measure).
+    #[inline]
+    pub fn record_status(&self, journey: JourneyId, variant: Variant, status: u16) {
+        if self.enabled {
+            self.stripe(journey, variant).classes[StatusClass::of(status) as usize]
+                .fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts an upstream failure; the synthetic 502/504 is recorded by [`Self::record`].
     #[inline]
     pub fn record_upstream_error(
@@ -214,6 +226,7 @@ impl Telemetry {
                         c.errors[i] += s.errors[i].load(Relaxed);
                     }
                     c.cache_hits += s.cache_hits.load(Relaxed);
+                    c.broken += s.broken.load(Relaxed);
                     c.inflight += s.inflight.load(Relaxed);
                 }
                 c
@@ -223,6 +236,7 @@ impl Telemetry {
             journeys: self.journeys(),
             cells,
             beacons: self.beacons.snapshot(),
+            beacon_users: Default::default(),
             shed: [self.shed(Variant::V1), self.shed(Variant::V2)],
             users: Vec::new(),
             weight_v2_bp: 0,
@@ -244,6 +258,19 @@ impl InflightGuard {
     pub fn record_error(&self, kind: UpstreamErrorKind) {
         self.telemetry
             .record_upstream_error(self.journey, self.variant, kind);
+    }
+
+    /// Counts a response body that failed after its head: an upstream error
+    /// of `kind`, and, unless the head already counted as a 5xx, a broken
+    /// body the error gates count as a server error.
+    pub fn record_broken_body(&self, kind: UpstreamErrorKind, head_5xx: bool) {
+        self.record_error(kind);
+        if self.telemetry.enabled && !head_5xx {
+            self.telemetry
+                .stripe(self.journey, self.variant)
+                .broken
+                .fetch_add(1, Relaxed);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub const ROLLOUT_PHASE: &str = "rollgate_rollout_phase";
 pub const GATE_STATUS: &str = "rollgate_gate_status";
 pub const ROLLBACKS_TOTAL: &str = "rollgate_rollbacks_total";
 pub const DECISIONS_TOTAL: &str = "rollgate_decisions_total";
+pub const STATE_PERSIST_DEGRADED: &str = "rollgate_state_persist_degraded";
 pub const BEACON_EVENTS_TOTAL: &str = "rollgate_beacon_events_total";
 pub const BEACON_REJECTED_TOTAL: &str = "rollgate_beacon_rejected_total";
 pub const SHADOW_REQUESTS_TOTAL: &str = "rollgate_shadow_requests_total";

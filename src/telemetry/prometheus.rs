@@ -55,6 +55,10 @@ impl Metrics {
             "Index of the current rollout phase (0-based); -1 before the first phase.",
         );
         m.describe_gauge(GATE_STATUS, "Gate status: 0 green, 1 yellow, 2 red.");
+        m.describe_gauge(
+            STATE_PERSIST_DEGRADED,
+            "1 while the rollout state file does not hold the current state (a failed write is being retried), else 0.",
+        );
         m.recorder
             .describe_counter(ROLLBACKS_TOTAL.into(), None, "Rollbacks by trigger.".into());
         m.recorder.describe_counter(
@@ -144,7 +148,7 @@ pub fn render_telemetry(out: &mut String, telemetry: &Telemetry, journeys: &Jour
         out,
         REQUEST_DURATION_SECONDS,
         "histogram",
-        "Time from request to upstream response headers, by journey and variant.",
+        "Time from the whole request at the upstream to its response headers, by journey and variant.",
     );
     for (j, v) in cells() {
         let c = snap.cell(j, v);
@@ -271,7 +275,7 @@ pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String])
         out,
         BEACON_REJECTED_TOTAL,
         "counter",
-        "Client beacon batches refused with 400, by reason.",
+        "Client beacon batches refused, by reason (400 bad input; 429 rate_limited: the client address or sticky key is at its per-window cap).",
     );
     for r in BeaconReject::ALL {
         let _ = writeln!(

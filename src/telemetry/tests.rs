@@ -69,3 +69,31 @@ fn disabled_telemetry_records_nothing() {
     t.record(j(0), Variant::V1, Duration::from_millis(1), 200, false);
     assert_eq!(t.snapshot().cell(j(0), Variant::V1).requests(), 0);
 }
+
+#[test]
+fn a_body_broken_after_its_head_is_one_server_error_and_a_client_refusal_no_sample() {
+    let t = Arc::new(Telemetry::new(1, true));
+    // 200 whose body then stalled; 503 whose body then reset; a client's 408.
+    t.record(j(0), Variant::V2, Duration::from_millis(5), 200, false);
+    t.inflight(j(0), Variant::V2)
+        .record_broken_body(UpstreamErrorKind::Timeout, false);
+    t.record(j(0), Variant::V2, Duration::from_millis(5), 503, false);
+    t.inflight(j(0), Variant::V2)
+        .record_broken_body(UpstreamErrorKind::Reset, true);
+    t.record_status(j(0), Variant::V2, 408);
+    let s = t.snapshot();
+    let c = s.cell(j(0), Variant::V2);
+    assert_eq!(c.requests(), 3);
+    assert_eq!(c.server_errors(), 2, "each failed request once");
+    assert_eq!(c.classes[StatusClass::ClientError as usize], 1);
+    assert_eq!(c.latency.count(), 2, "no sample for the client's 408");
+    assert_eq!(c.errors[UpstreamErrorKind::Timeout as usize], 1);
+    assert_eq!(c.errors[UpstreamErrorKind::Reset as usize], 1);
+    // And it survives the interval ring into the window the gates read.
+    let mut ring = IntervalRing::new(Duration::from_secs(60));
+    ring.push(0, Telemetry::new(1, true).snapshot());
+    ring.push(10_000, s);
+    let w = ring.window(1, 10_000, Duration::from_secs(60));
+    assert_eq!(w.cell(j(0), Variant::V2).server_errors(), 2);
+    assert_eq!(w.variant_total(Variant::V2).server_errors(), 2);
+}

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::beacons::{BeaconCounts, SparseBeacon};
+use super::beacons::{BeaconCounts, BeaconUsers, SparseBeacon, UserSet};
 use super::cells::{cell_index, CellCounts, Snapshot, SparseCounts};
 use super::shadow::{ShadowCounts, SparseShadow};
 use crate::routing::journeys::JourneyId;
@@ -21,6 +21,9 @@ pub struct Interval {
     /// Beacon deltas, indexed by `name * 2 + variant`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub beacons: Vec<SparseBeacon>,
+    /// The users who sent beacons in the interval (not cumulative).
+    #[serde(default, skip_serializing_if = "BeaconUsers::is_empty")]
+    pub beacon_users: BeaconUsers,
     /// Requests shed per variant in the interval.
     #[serde(default)]
     pub shed: [u64; 2],
@@ -45,6 +48,8 @@ pub struct Window {
     pub cells: Vec<CellCounts>,
     /// Indexed by `name * 2 + variant`.
     pub beacons: Vec<BeaconCounts>,
+    /// The users who sent beacons, merged (a union) over the intervals.
+    pub beacon_users: BeaconUsers,
     /// Requests shed per variant.
     pub shed: [u64; 2],
     /// Per region: users seen on each variant, summed over intervals.
@@ -84,6 +89,11 @@ impl Window {
         self.beacons.get(name * 2 + variant as usize)
     }
 
+    /// Users who sent beacon `name` in the window.
+    pub fn beacon_users(&self, name: usize, variant: Variant) -> &UserSet {
+        self.beacon_users.of(name, variant)
+    }
+
     /// A window over no interval at all.
     pub fn empty(journeys: usize) -> Self {
         Self::empty_with(journeys, 0)
@@ -96,6 +106,7 @@ impl Window {
             intervals: 0,
             cells: vec![CellCounts::default(); journeys * 2],
             beacons: vec![BeaconCounts::default(); beacon_names * 2],
+            beacon_users: BeaconUsers::default(),
             shed: [0; 2],
             users: Vec::new(),
             shadow: Vec::new(),
@@ -113,7 +124,7 @@ impl Window {
         let mut acc = CellCounts::default();
         for c in self.cells.iter().skip(variant as usize).step_by(2) {
             acc.latency.add(&c.latency);
-            acc.add_counters(&c.classes, &c.errors, c.cache_hits);
+            acc.add_counters(&c.classes, &c.errors, c.cache_hits, c.broken);
             acc.inflight += c.inflight;
         }
         acc
@@ -142,7 +153,9 @@ impl IntervalRing {
 
     /// Takes the delta since the previous call and stores it as an interval.
     /// The first call only sets the baseline and returns `None`.
-    pub fn push(&mut self, now_ms: u64, snapshot: Snapshot) -> Option<&Interval> {
+    pub fn push(&mut self, now_ms: u64, mut snapshot: Snapshot) -> Option<&Interval> {
+        // Users are per interval already (taken, not cumulative): moved, not diffed.
+        let beacon_users = std::mem::take(&mut snapshot.beacon_users);
         let interval = self.last.as_ref().map(|(prev_ms, prev)| Interval {
             end_ms: now_ms,
             duration_ms: now_ms.saturating_sub(*prev_ms),
@@ -158,6 +171,7 @@ impl IntervalRing {
                 .zip(prev.beacons.iter())
                 .map(|(now, before)| now.delta(before).to_sparse())
                 .collect(),
+            beacon_users,
             shed: std::array::from_fn(|i| snapshot.shed[i].saturating_sub(prev.shed[i])),
             users: snapshot.users.clone(),
             weight_v2_bp: snapshot.weight_v2_bp,
@@ -210,6 +224,7 @@ impl IntervalRing {
             for (acc, b) in w.beacons.iter_mut().zip(interval.beacons.iter()) {
                 b.add_to(acc);
             }
+            w.beacon_users.union_with(&interval.beacon_users);
             for i in 0..2 {
                 w.shed[i] += interval.shed[i];
             }

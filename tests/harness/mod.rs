@@ -15,6 +15,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
+pub mod beacons;
 pub mod client;
 pub mod config;
 pub mod edge_http;
@@ -22,6 +23,7 @@ pub mod inproc;
 pub mod metrics;
 pub mod process;
 pub mod routing;
+pub mod slow_body;
 pub mod upstream;
 
 use std::future::Future;

@@ -33,7 +33,7 @@ pub fn finish(mut cmd: Command, limit: Duration) -> Finished {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn rollgate");
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut s = String::new();

@@ -4,7 +4,8 @@
 //! - [`DemoApp`]: the demo app (`rollgate::demo::upstream`) with a settable
 //!   [`Profile`] (latency, errors, failed payments…), or any handler on
 //!   rollgate's own server;
-//! - [`fault_upstream`]: raw TCP that hangs, resets mid-body or answers garbage.
+//! - [`fault_upstream`]: raw TCP that hangs, resets or stalls mid-body, or
+//!   answers garbage.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -303,6 +304,9 @@ pub enum Fault {
     /// Sends a head promising `Content-Length: 100000`, 1000 bytes of body,
     /// then resets the connection.
     ResetMidBody,
+    /// Sends the same head and 1000 bytes, then nothing, the connection
+    /// left open until the peer leaves.
+    StallMidBody,
     /// Answers with bytes that are not HTTP.
     Garbage,
 }
@@ -345,6 +349,13 @@ pub async fn fault_upstream(fault: Fault) -> SocketAddr {
                         #[allow(deprecated)]
                         let _ = s.set_linger(Some(Duration::ZERO));
                         drop(s);
+                    }
+                    Fault::StallMidBody => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                            .await;
+                        let _ = s.write_all(&[b'x'; 1000]).await;
+                        while let Ok(1..) = s.read(&mut buf).await {}
                     }
                     Fault::Garbage => {
                         let _ = s

@@ -1,85 +1,108 @@
-//! The gates on client beacons, judged against V1 in the same window: JS
-//! errors per page view, funnel ratios and timing medians.
+//! The gates on client beacons, judged against V1 in the same window: the
+//! share of users with a JS error, funnel conversions and timing medians.
+//!
+//! Beacons are written by the client, so the JS error and beacon-funnel
+//! gates count *users* (distinct sticky keys, see
+//! `telemetry::beacons::users`), never events: a key that posts a thousand
+//! `js_error`s is one user with an error, and a client address can claim
+//! no more users than its event cap lets it post keys. One client therefore
+//! moves these gates by at most its share of users. Timing medians are
+//! still judged over events (a median of per-user medians would need per
+//! user state); the caps bound what one key or address adds to them.
 
 use crate::config::{Funnel, Step, Timing};
 use crate::routing::journeys::JourneyId;
 use crate::routing::Variant;
-use crate::telemetry::beacons::{BeaconCounts, BeaconType};
+use crate::telemetry::beacons::{BeaconCounts, UserSet};
 use crate::telemetry::{StatusClass, Window};
 
 use super::judge::{Bound, Evidence, Measure};
-use super::significance::{log_ratio, mann_whitney, poisson_rate, Worse};
+use super::significance::{log_ratio, mann_whitney, two_proportion, Worse};
 use super::{Gate, GateContext, GateResult};
 
-/// JS errors per page view: V2 within `js_errors_max_increase` of V1. Every
-/// `js_error` event counts, whatever its name; page views are the events of
-/// the `js_errors_per` name. Errors per view can exceed 1, so the evidence is
-/// the conditional (Poisson) rate test.
+/// The share of users with a JS error: V2's users with a `js_error` (of any
+/// name) and a page view (an event of the `js_errors_per` name) in the
+/// window, per V2 user with a page view, at most `js_errors_max_increase`
+/// above V1's share. The numerator is a subset of the denominator, so the
+/// evidence is the two-proportion test; users whose page view fell before
+/// the window are left out of both variants alike.
 pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateResult> {
     let g = &ctx.cfg.gates;
     let per = g.js_errors_per?;
-    let errors = |v: Variant| -> u64 {
-        (0..window.beacons.len() / 2)
-            .filter_map(|i| window.beacon(i, v))
-            .map(|b| b.counts[BeaconType::JsError as usize])
-            .sum()
+    let users = |v: Variant| {
+        let viewers = window.beacon_users(per, v);
+        (
+            viewers.intersection_count(window.beacon_users.js_error(v)),
+            viewers.count(),
+        )
     };
-    let views = |v: Variant| window.beacon(per, v).map_or(0, |b| b.total());
-    let (e1, n1, e2, n2) = (
-        errors(Variant::V1),
-        views(Variant::V1),
-        errors(Variant::V2),
-        views(Variant::V2),
-    );
-    let rate = |e: u64, n: u64| (n > 0).then(|| e as f64 / n as f64);
+    let ((x1, n1), (x2, n2)) = (users(Variant::V1), users(Variant::V2));
+    let share = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
     Some(ctx.gate(Measure {
         gate: Gate::JsErrors,
         journey: None,
         bound: Bound::Max,
-        what: "V2 JS errors per page view",
-        value: rate(e2, n2),
-        threshold: rate(e1, n1).unwrap_or(0.0) * (1.0 + g.js_errors_max_increase),
+        what: "V2 users with a JS error per user with a page view",
+        value: share(x2, n2),
+        threshold: share(x1, n1).unwrap_or(0.0) * (1.0 + g.js_errors_max_increase),
         samples: n2,
         min_samples: ctx.cfg.rollout.min_samples,
         control_samples: Some(n1),
-        evidence: Evidence::Test(poisson_rate(e1, n1, e2, n2, Worse::Higher)),
+        evidence: Evidence::Test(two_proportion(x1, n1, x2, n2, Worse::Higher)),
     }))
 }
 
-/// The count of a funnel step for one variant.
-fn step_count(window: &Window, step: Step, v: Variant) -> u64 {
-    match step {
-        Step::Journey(j) => {
-            let c = window.cell(JourneyId::new(j as u16), v);
-            c.classes[StatusClass::Success as usize] + c.classes[StatusClass::Redirect as usize]
-        }
-        Step::Beacon(b) => window.beacon(b, v).map_or(0, |b| b.total()),
-    }
+/// The requests of a journey step for one variant (2xx and 3xx).
+fn journey_count(window: &Window, j: usize, v: Variant) -> u64 {
+    let c = window.cell(JourneyId::new(j as u16), v);
+    c.classes[StatusClass::Success as usize] + c.classes[StatusClass::Redirect as usize]
 }
 
-/// A funnel ratio: V2's numerator/denominator at most `max_drop` below V1's.
-/// Both steps are counted over the sliding window, so the numerator is not a
-/// cohort of the denominator (a submit in the window may belong to a start
-/// before it): the evidence is the log-ratio test of two Poisson counts
-/// ([`log_ratio`]), not the two-proportion test, whose binomial variance
-/// near a 99 % conversion is far too small for window-edge noise.
+/// A funnel: V2's conversion at most `max_drop` below V1's.
+///
+/// - Both steps beacons: users who reached the numerator step (and the
+///   denominator step, in the window) per user who reached the denominator
+///   step. A cohort share, so the two-proportion test.
+/// - A journey step: its 2xx/3xx requests, with any beacon step counted in
+///   users. The numerator is then not a cohort of the denominator (a submit
+///   in the window may belong to a start before it, V2's ratio can exceed 1),
+///   so the evidence is the log-ratio test of two Poisson counts
+///   ([`log_ratio`]), not the two-proportion test, whose binomial variance
+///   near a 99 % conversion is far too small for window-edge noise.
 pub(super) fn funnel(window: &Window, ctx: &GateContext<'_>, f: &Funnel) -> GateResult {
-    let count = |step, v| step_count(window, step, v);
-    let (x1, n1) = (
-        count(f.numerator, Variant::V1),
-        count(f.denominator, Variant::V1),
+    let users = |b: usize, v| window.beacon_users(b, v);
+    let counts = |v: Variant| match (f.numerator, f.denominator) {
+        (Step::Beacon(x), Step::Beacon(n)) => {
+            let reached: &UserSet = users(n, v);
+            (reached.intersection_count(users(x, v)), reached.count())
+        }
+        (x, n) => {
+            let count = |step| match step {
+                Step::Journey(j) => journey_count(window, j, v),
+                Step::Beacon(b) => users(b, v).count(),
+            };
+            (count(x), count(n))
+        }
+    };
+    let ((x1, n1), (x2, n2)) = (counts(Variant::V1), counts(Variant::V2));
+    let cohort = matches!(
+        (f.numerator, f.denominator),
+        (Step::Beacon(_), Step::Beacon(_))
     );
-    let (x2, n2) = (
-        count(f.numerator, Variant::V2),
-        count(f.denominator, Variant::V2),
-    );
+    let (what, test) = if cohort {
+        (
+            "V2 users reaching the step per user reaching the one before",
+            two_proportion(x1, n1, x2, n2, Worse::Lower),
+        )
+    } else {
+        ("V2 conversion", log_ratio(x1, n1, x2, n2, Worse::Lower))
+    };
     let ratio = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
-    let test = log_ratio(x1, n1, x2, n2, Worse::Lower);
     ctx.gate(Measure {
         gate: Gate::Funnel,
         journey: Some(&f.name),
         bound: Bound::Min,
-        what: "V2 conversion",
+        what,
         value: ratio(x2, n2),
         threshold: ratio(x1, n1).unwrap_or(0.0) * (1.0 - f.max_drop),
         samples: n2,

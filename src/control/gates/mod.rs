@@ -16,7 +16,8 @@
 //! A breach counts only when a one-sided test of "V2 is worse than allowed"
 //! is significant at `gates.alpha` (`significance.rs`):
 //! Mann-Whitney U on latency/timing buckets against V1, two-proportion z on
-//! the 5xx rate against V1, rate tests for JS errors and funnels, and for
+//! the 5xx rate and on the shares of users (JS errors, beacon funnels)
+//! against V1, the log-ratio test for funnels with a journey step, and for
 //! absolute thresholds a binomial test of the bad share against the share the
 //! threshold allows (5xx above the ceiling, failed payments above 1 - 99.5 %,
 //! requests slower than the P95 threshold above 5 %). So a gate is:

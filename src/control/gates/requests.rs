@@ -1,4 +1,14 @@
 //! The 5xx rate of V2, over every journey.
+//!
+//! "Server errors" are every 5xx answer plus every answer whose head was not
+//! a 5xx but whose body then failed: the upstream reset mid-body, or sent
+//! nothing for `upstreams.body_idle_timeout` (`CellCounts::server_errors`).
+//! An upstream that answers `200` and dies has not served the request, and
+//! counting only heads would let a canary that breaks every body look
+//! healthy. A request still counts once (a 5xx whose body also broke is one
+//! error), so the rate stays a share of requests. A client's own failures
+//! (a stalled or abandoned request body: `408`/`400`) are 4xx and never
+//! count here.
 
 use super::judge::{fmt, Bound, Evidence, Measure};
 use super::significance::{binomial_exceeds, two_proportion, Worse};

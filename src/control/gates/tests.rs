@@ -2,7 +2,7 @@ use super::judge::{zone, Bound, Zone};
 use super::*;
 use crate::config::Config;
 use crate::control::rollout::tests::BASE;
-use crate::telemetry::beacons::{BeaconCounts, BeaconType};
+use crate::telemetry::beacons::{BeaconCounts, BeaconType, UserSet};
 
 /// Two journeys (search, payments) and `min_samples = 50`.
 fn base_config() -> Config {
@@ -520,35 +520,89 @@ fn gate_of<'e>(ev: &'e Evaluation, key: &str) -> &'e GateResult {
         .unwrap_or_else(|| panic!("no gate {key} in {:#?}", ev.gates))
 }
 
-fn js(w: &mut Window, views: [u64; 2], errors: [u64; 2]) {
+/// A well-spread 64-bit key hash for user `i` of variant `v` (splitmix64).
+fn user(v: Variant, i: u64) -> u64 {
+    let mut z = (i + ((v as u64) << 40)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Users `range` of `v` into a set.
+fn users_into(set: &mut UserSet, v: Variant, range: std::ops::Range<u64>) {
+    range.for_each(|i| set.insert(user(v, i)));
+}
+
+/// Per variant: `viewers[v]` users with a page view, the first
+/// `with_error[v]` of them with a JS error too.
+fn js(w: &mut Window, viewers: [u64; 2], with_error: [u64; 2]) {
     for (i, v) in Variant::ALL.into_iter().enumerate() {
-        beacon(w, PAGE_VIEW, v).counts[BeaconType::Funnel as usize] = views[i];
-        beacon(w, JS_ERROR, v).counts[BeaconType::JsError as usize] = errors[i];
+        users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, 0..viewers[i]);
+        users_into(&mut w.beacon_users.js_error[i], v, 0..with_error[i]);
+        users_into(w.beacon_users.of_mut(JS_ERROR, v), v, 0..with_error[i]);
     }
 }
 
 #[test]
-fn js_errors_per_page_view() {
+fn js_errors_share_of_users() {
     let cfg = edge();
-    let status = |views, errors| {
-        let mut w = edge_window(&cfg);
-        js(&mut w, views, errors);
-        let ev = eval_with(&cfg, &w, 10.0, 0);
-        let g = gate_of(&ev, "js_errors").clone();
+    let status = |w: &Window| {
+        let g = gate_of(&eval_with(&cfg, w, 10.0, 0), "js_errors").clone();
         (g.status, g.reason)
     };
-    // 1 % on both: GREEN.
-    assert_eq!(status([10_000, 1_000], [100, 10]).0, GateStatus::Green);
-    // 4 % on V2 against 1 %: RED.
-    assert_eq!(status([10_000, 1_000], [100, 40]).0, GateStatus::Red);
-    // 1.5 % on V2: beyond 1.1 % but 15 errors in 1,000 views is no evidence.
-    let (st, why) = status([10_000, 1_000], [100, 15]);
+    let shares = |viewers, with_error| {
+        let mut w = edge_window(&cfg);
+        js(&mut w, viewers, with_error);
+        w
+    };
+    // 1 % of users on both: GREEN.
+    let (st, why) = status(&shares([10_000, 1_000], [100, 10]));
+    assert_eq!(st, GateStatus::Green, "{why}");
+    assert!(
+        why.starts_with("V2 users with a JS error per user with a page view"),
+        "{why}"
+    );
+    // 4 % of V2 users against 1 %: RED.
+    assert_eq!(
+        status(&shares([10_000, 1_000], [100, 40])).0,
+        GateStatus::Red
+    );
+    // 1.5 % of V2 users: beyond 1.1 % but 15 users in 1,000 is no evidence.
+    let (st, why) = status(&shares([10_000, 1_000], [100, 15]));
     assert_eq!(st, GateStatus::Green, "{why}");
     assert!(why.contains("not significant"), "{why}");
-    // Too few V2 page views.
-    let (st, why) = status([10_000, 20], [100, 5]);
+    // Too few V2 users with a page view.
+    let (st, why) = status(&shares([10_000, 20], [100, 5]));
     assert_eq!(st, GateStatus::Yellow);
     assert_eq!(why, "insufficient data: 20 of 50 samples");
+    // Users with an error but no page view in the window are not counted.
+    let mut w = shares([10_000, 1_000], [100, 10]);
+    users_into(&mut w.beacon_users.js_error[1], Variant::V2, 5_000..5_100);
+    assert_eq!(status(&w).0, GateStatus::Green);
+}
+
+#[test]
+fn one_key_is_one_user_however_many_errors_it_posts() {
+    let cfg = edge();
+    // A healthy canary: 2 % of users with an error on both variants.
+    let mut w = edge_window(&cfg);
+    js(&mut w, [2_000, 500], [40, 10]);
+    // One V2 key posting 10,000 errors and page views: as counted by events
+    // it would be 10,010 errors per 510 views; as users it is one more.
+    let attacker = user(Variant::V2, 999_999);
+    w.beacon_users
+        .of_mut(PAGE_VIEW, Variant::V2)
+        .insert(attacker);
+    w.beacon_users.js_error[1].insert(attacker);
+    beacon(&mut w, JS_ERROR, Variant::V2).counts[BeaconType::JsError as usize] = 10_000;
+    let g = gate_of(&eval_with(&cfg, &w, 20.0, 0), "js_errors").clone();
+    assert_eq!(g.status, GateStatus::Green, "{}", g.reason);
+    // 501 users (a linear count: within a percent), 11 of them with an error.
+    assert!(g.samples.abs_diff(501) <= 5, "{g:?}");
+    assert!(
+        (g.value.unwrap() * g.samples as f64 - 11.0).abs() < 1.0,
+        "{g:?}"
+    );
 }
 
 fn requests(w: &mut Window, cfg: &Config, journey: &str, v: Variant, n: u64) {
@@ -583,22 +637,81 @@ fn funnel_conversion_from_journeys() {
 }
 
 #[test]
-fn funnel_ratio_from_a_beacon_over_a_journey_can_exceed_one() {
+fn funnel_from_a_beacon_over_a_journey_counts_beacon_users() {
     let cfg = edge();
     let key = "funnel/search_ctr";
-    let status = |searches: [u64; 2], clicks: [u64; 2]| {
+    let status = |searches: [u64; 2], clickers: [u64; 2], flood: u64| {
         let mut w = edge_window(&cfg);
         for (i, v) in Variant::ALL.into_iter().enumerate() {
             requests(&mut w, &cfg, "search", v, searches[i]);
-            beacon(&mut w, CLICK, v).counts[BeaconType::Funnel as usize] = clicks[i];
+            users_into(w.beacon_users.of_mut(CLICK, v), v, 0..clickers[i]);
+            // Events beyond the users do not count: one key's flood is one user.
+            beacon(&mut w, CLICK, v).counts[BeaconType::Funnel as usize] = clickers[i] + flood;
         }
-        gate_of(&eval_with(&cfg, &w, 10.0, 0), key).status
+        gate_of(&eval_with(&cfg, &w, 10.0, 0), key).clone()
     };
-    // 1.5 clicks per search on both.
-    assert_eq!(status([2_000, 400], [3_000, 600]), GateStatus::Green);
+    // Half as many users clicking as searches, on both.
+    assert_eq!(
+        status([2_000, 400], [1_000, 200], 0).status,
+        GateStatus::Green
+    );
     // V2 users click half as often.
-    assert_eq!(status([2_000, 400], [3_000, 300]), GateStatus::Red);
-    assert_eq!(status([2_000, 10], [3_000, 15]), GateStatus::Yellow);
+    assert_eq!(
+        status([2_000, 400], [1_000, 100], 0).status,
+        GateStatus::Red
+    );
+    // 10,000 click events from V2 keys that are already counted change nothing.
+    let g = status([2_000, 400], [1_000, 100], 10_000);
+    assert_eq!(g.status, GateStatus::Red, "{g:?}");
+    assert_eq!(
+        status([2_000, 10], [1_000, 5], 0).status,
+        GateStatus::Yellow
+    );
+}
+
+/// The edge config with a funnel whose both steps are beacons.
+fn edge_with_beacon_funnel() -> Config {
+    let text = format!(
+        "{EDGE}[[gates.funnels]]\nname = \"view_to_click\"\nnumerator = \"beacon:search_result_click\"\ndenominator = \"beacon:page_view\"\n"
+    );
+    Config::parse(&text, "edge").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Per variant: `viewers[v]` users with a page view, the first `clickers[v]`
+/// of them clicking too.
+fn view_to_click(w: &mut Window, viewers: [u64; 2], clickers: [u64; 2]) {
+    for (i, v) in Variant::ALL.into_iter().enumerate() {
+        users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, 0..viewers[i]);
+        users_into(w.beacon_users.of_mut(CLICK, v), v, 0..clickers[i]);
+    }
+}
+
+#[test]
+fn a_beacon_funnel_is_a_share_of_users() {
+    let cfg = edge_with_beacon_funnel();
+    let key = "funnel/view_to_click";
+    let gate = |w: &Window| gate_of(&eval_with(&cfg, w, 10.0, 0), key).clone();
+    let mut w = edge_window(&cfg);
+    view_to_click(&mut w, [4_000, 1_000], [2_000, 500]);
+    let g = gate(&w);
+    assert_eq!(g.status, GateStatus::Green, "{}", g.reason);
+    assert!(
+        g.reason.starts_with("V2 users reaching the step"),
+        "{}",
+        g.reason
+    );
+    assert!((g.value.unwrap() - 0.5).abs() < 0.02, "{g:?}");
+    // Half as many V2 users click: RED (two-proportion test).
+    let mut w = edge_window(&cfg);
+    view_to_click(&mut w, [4_000, 1_000], [2_000, 250]);
+    assert_eq!(gate(&w).status, GateStatus::Red);
+    // Clickers without a page view in the window are not conversions.
+    users_into(
+        w.beacon_users.of_mut(CLICK, Variant::V2),
+        Variant::V2,
+        50_000..50_500,
+    );
+    assert_eq!(gate(&w).status, GateStatus::Red);
 }
 
 #[test]
@@ -883,4 +996,278 @@ fn gate_keys_serialise_as_the_text_they_always_were() {
     );
     assert_eq!(serde_json::from_str::<GateResult>(&json).unwrap(), g);
     assert_eq!(g.key(), "cache_hit/search");
+}
+
+// ===== beacon gates under a botnet (BENCHMARKS.md) =====
+
+/// The js_errors gate as it was before it counted users: every `js_error`
+/// event per `page_view` event, Poisson rate test. Kept here, through the
+/// same judge, to measure what the change bought.
+fn js_errors_by_events(window: &Window, ctx: &GateContext<'_>) -> GateResult {
+    use super::judge::{Evidence, Measure};
+    let errors = |v| beacon_of(window, JS_ERROR, v).counts[BeaconType::JsError as usize];
+    let views = |v| beacon_of(window, PAGE_VIEW, v).total();
+    let (e1, n1, e2, n2) = (
+        errors(Variant::V1),
+        views(Variant::V1),
+        errors(Variant::V2),
+        views(Variant::V2),
+    );
+    let rate = |e: u64, n: u64| (n > 0).then(|| e as f64 / n as f64);
+    ctx.gate(Measure {
+        gate: Gate::JsErrors,
+        journey: None,
+        bound: Bound::Max,
+        what: "V2 JS errors per page view",
+        value: rate(e2, n2),
+        threshold: rate(e1, n1).unwrap_or(0.0) * (1.0 + ctx.cfg.gates.js_errors_max_increase),
+        samples: n2,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: Some(n1),
+        evidence: Evidence::Test(super::significance::poisson_rate(
+            e1,
+            n1,
+            e2,
+            n2,
+            super::significance::Worse::Higher,
+        )),
+    })
+}
+
+/// A beacon funnel as it was: numerator events per denominator event,
+/// log-ratio test.
+fn funnel_by_events(
+    window: &Window,
+    ctx: &GateContext<'_>,
+    f: &crate::config::Funnel,
+) -> GateResult {
+    use super::judge::{Evidence, Measure};
+    let count = |b, v| beacon_of(window, b, v).total();
+    let (x1, n1, x2, n2) = (
+        count(CLICK, Variant::V1),
+        count(PAGE_VIEW, Variant::V1),
+        count(CLICK, Variant::V2),
+        count(PAGE_VIEW, Variant::V2),
+    );
+    let ratio = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
+    ctx.gate(Measure {
+        gate: Gate::Funnel,
+        journey: Some(&f.name),
+        bound: Bound::Min,
+        what: "V2 conversion",
+        value: ratio(x2, n2),
+        threshold: ratio(x1, n1).unwrap_or(0.0) * (1.0 - f.max_drop),
+        samples: n2,
+        min_samples: f.min_samples.unwrap_or(ctx.cfg.rollout.min_samples),
+        control_samples: Some(n1),
+        evidence: Evidence::Test(super::significance::log_ratio(
+            x1,
+            n1,
+            x2,
+            n2,
+            super::significance::Worse::Lower,
+        )),
+    })
+}
+
+fn beacon_of(w: &Window, name: usize, v: Variant) -> &BeaconCounts {
+    &w.beacons[name * 2 + v as usize]
+}
+
+/// The simulated population of one window: `users` real users, a quarter
+/// of them on V2 (the 25 % canary), each with 4 page views; 2 % of users
+/// with one JS error, 40 % with one click on a search result. Both variants
+/// equally healthy.
+struct Population {
+    users: u64,
+}
+
+const VIEWS_PER_USER: u64 = 4;
+const ERROR_SHARE: f64 = 0.02;
+const CLICK_SHARE: f64 = 0.40;
+/// What one address posts when nothing limits it: the 15 beacons/s
+/// of 100 events, over a 5-minute window.
+const UNCAPPED_EVENTS_PER_ADDRESS: u64 = 15 * 100 * 300;
+
+impl Population {
+    fn on(&self, v: Variant) -> u64 {
+        match v {
+            Variant::V1 => self.users - self.users / 4,
+            Variant::V2 => self.users / 4,
+        }
+    }
+
+    /// The real users' events and user sets.
+    fn window(&self, cfg: &Config) -> Window {
+        let mut w = edge_window(cfg);
+        for (i, v) in Variant::ALL.into_iter().enumerate() {
+            let n = self.on(v);
+            let errors = (n as f64 * ERROR_SHARE).round() as u64;
+            let clicks = (n as f64 * CLICK_SHARE).round() as u64;
+            users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, 0..n);
+            users_into(&mut w.beacon_users.js_error[i], v, 0..errors);
+            users_into(w.beacon_users.of_mut(JS_ERROR, v), v, 0..errors);
+            users_into(w.beacon_users.of_mut(CLICK, v), v, 0..clicks);
+            beacon(&mut w, PAGE_VIEW, v).counts[BeaconType::Funnel as usize] = n * VIEWS_PER_USER;
+            beacon(&mut w, JS_ERROR, v).counts[BeaconType::JsError as usize] = errors;
+            beacon(&mut w, CLICK, v).counts[BeaconType::Funnel as usize] = clicks;
+        }
+        w
+    }
+}
+
+/// What the attacker adds with `n` units of its cheapest attack on a gate.
+#[derive(Clone, Copy)]
+enum Attack {
+    /// Events: `js_error` on V2 (the attack).
+    ErrorEvents,
+    /// Events: `page_view` on V2, diluting the click-through.
+    ViewEvents,
+    /// Users: V2 keys with a page view and a JS error (2 events each).
+    ErrorUsers,
+    /// Users: V2 keys with a page view only (1 event each).
+    ViewUsers,
+}
+
+impl Attack {
+    fn apply(self, w: &mut Window, n: u64) {
+        let v = Variant::V2;
+        let fake = 1 << 39; // far from the real users' numbers
+        match self {
+            Attack::ErrorEvents => {
+                beacon(w, JS_ERROR, v).counts[BeaconType::JsError as usize] += n;
+            }
+            Attack::ViewEvents => {
+                beacon(w, PAGE_VIEW, v).counts[BeaconType::Funnel as usize] += n;
+            }
+            Attack::ErrorUsers => {
+                users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, fake..fake + n);
+                users_into(&mut w.beacon_users.js_error[1], v, fake..fake + n);
+            }
+            Attack::ViewUsers => {
+                users_into(w.beacon_users.of_mut(PAGE_VIEW, v), v, fake..fake + n);
+            }
+        }
+    }
+}
+
+/// A gate judged one way.
+type Judge<'a> = &'a dyn Fn(&Window) -> GateStatus;
+/// One row of the table: gate, the attack and judge before, the attack and
+/// judge after, events per fake user after.
+type Row<'a> = (&'static str, Attack, Judge<'a>, Attack, Judge<'a>, u64);
+
+/// The fewest units of `attack` that turn the gate RED (binary search; the
+/// gate is monotone in them), or `None` up to `limit`.
+fn fewest_for_red(
+    cfg: &Config,
+    pop: &Population,
+    attack: Attack,
+    judge: &dyn Fn(&Window) -> GateStatus,
+    limit: u64,
+) -> Option<u64> {
+    let red = |n: u64| {
+        let mut w = pop.window(cfg);
+        attack.apply(&mut w, n);
+        judge(&w) == GateStatus::Red
+    };
+    if red(0) {
+        return Some(0);
+    }
+    if !red(limit) {
+        return None;
+    }
+    let (mut lo, mut hi) = (0, limit);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if red(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(hi)
+}
+
+/// Prints the BENCHMARKS.md table: attacker addresses needed to turn each
+/// beacon gate from GREEN to RED, before (events, no caps) and after
+/// (users, caps). Run: `cargo test --lib botnet -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the botnet table of BENCHMARKS.md"]
+fn botnet_addresses_to_turn_beacon_gates_red() {
+    let cfg = edge_with_beacon_funnel();
+    let f = cfg
+        .gates
+        .funnels
+        .iter()
+        .find(|f| f.name == "view_to_click")
+        .unwrap()
+        .clone();
+    let mem = Memory::default();
+    let ctx = GateContext {
+        cfg: &cfg,
+        phase_p95_ms: 130.0,
+        comparative: true,
+        weight_v2: 25.0,
+        v2_bad_since_start: 0,
+        shadow: false,
+        now: t0(),
+        previous: &mem.status,
+        recovery: &mem.recovery,
+    };
+    let after_js = |w: &Window| gate_of(&evaluate(w, &ctx), "js_errors").status;
+    let after_funnel = |w: &Window| gate_of(&evaluate(w, &ctx), "funnel/view_to_click").status;
+    let before_js = |w: &Window| js_errors_by_events(w, &ctx).status;
+    let before_funnel = |w: &Window| funnel_by_events(w, &ctx, &f).status;
+    // Worst case for the caps: a window straddling two cap epochs.
+    let per_address = |events_per_unit: u64, cap: u64| 2 * cap / events_per_unit;
+    let caps = [cfg.beacons.max_events_per_client as u64, 20];
+    println!(
+        "| real users | gate | before: events needed | before: addresses | after: fake users needed | after: addresses (cap {}) | after: addresses (cap {}) |",
+        caps[0], caps[1]
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for users in [200u64, 2_000, 20_000] {
+        let pop = Population { users };
+        let rows: [Row; 2] = [
+            (
+                "js_errors",
+                Attack::ErrorEvents,
+                &before_js,
+                Attack::ErrorUsers,
+                &after_js,
+                2,
+            ),
+            (
+                "funnel view_to_click",
+                Attack::ViewEvents,
+                &before_funnel,
+                Attack::ViewUsers,
+                &after_funnel,
+                1,
+            ),
+        ];
+        for (name, ev, before, us, after, events_per_user) in rows {
+            let pw = pop.window(&cfg);
+            assert_eq!(
+                before(&pw),
+                GateStatus::Green,
+                "{users} {name}: healthy before"
+            );
+            assert_eq!(
+                after(&pw),
+                GateStatus::Green,
+                "{users} {name}: healthy after"
+            );
+            let e = fewest_for_red(&cfg, &pop, ev, before, 100_000_000).unwrap();
+            let u = fewest_for_red(&cfg, &pop, us, after, 1_000_000).unwrap();
+            let addrs = |cap| u.div_ceil(per_address(events_per_user, cap));
+            println!(
+                "| {users} | {name} | {e} | {} | {u} | {} | {} |",
+                e.div_ceil(UNCAPPED_EVENTS_PER_ADDRESS),
+                addrs(caps[0]),
+                addrs(caps[1]),
+            );
+        }
+    }
 }

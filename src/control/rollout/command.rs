@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{Core, Outcome};
+use crate::control::gates::GateStatus;
 use crate::control::state::{Approval, HoldCause, Incident, RolloutState, StateName, Trigger};
 
 /// Operator commands of the admin API.
@@ -119,9 +120,13 @@ impl Core<'_> {
                         ..self.none("resumed: waiting for start conditions".into(), now)
                     })
                 }
-                (StateName::Holding, _) if s.manual_hold.is_some() => {
+                (StateName::Waiting | StateName::Shadow | StateName::Holding, _)
+                    if s.manual_hold.is_some() =>
+                {
                     s.manual_hold = None;
-                    s.state = StateName::Canary;
+                    if s.state == StateName::Holding {
+                        s.state = StateName::Canary;
+                    }
                     Ok(self.none("manual hold cleared".into(), now))
                 }
                 _ => conflict("resume", s),
@@ -129,10 +134,28 @@ impl Core<'_> {
             Command::Promote => match (s.state, s.phase_index) {
                 (
                     StateName::Shadow | StateName::Canary | StateName::Holding | StateName::Paused,
-                    Some(_),
+                    Some(idx),
                 ) => {
+                    // An operator's promote skips the hold, not the sign-off:
+                    // a waiver needs every gate GREEN at the last tick.
+                    let all_green = !s.gate_status.is_empty()
+                        && s.gate_status.values().all(|g| *g == GateStatus::Green);
+                    if let Some(role) = self.missing_approval(s, idx + 1, all_green) {
+                        return Err(CommandError::Conflict(format!(
+                            "cannot promote: {} needs approval by role {role}",
+                            self.cfg.phases[idx + 1].name
+                        )));
+                    }
                     s.manual_hold = None;
-                    Ok(self.advance(s, "manual promote by operator".into(), now))
+                    let before = s.weight_v2;
+                    let mut out = self.advance(s, "manual promote by operator".into(), now);
+                    // An operator's interim weight above the next phase's
+                    // stands: a promote never takes users off V2.
+                    if s.weight_v2 < before {
+                        s.weight_v2 = before;
+                        out.weights_changed = true;
+                    }
+                    Ok(out)
                 }
                 _ => conflict("promote", s),
             },
@@ -164,7 +187,11 @@ impl Core<'_> {
                     summary: summary.clone(),
                     at: now,
                 });
-                if !Self::active(s) {
+                // Any rollout not yet ended counts them: a Sev-1 ends one
+                // that is waiting, mirroring or paused at 0 % as well (a
+                // later start is an operator's), and Sev-2s posted before a
+                // phase hold its step-up.
+                if !Self::live(s) {
                     return Ok(Outcome::default());
                 }
                 if severity == 1 {

@@ -283,6 +283,10 @@ impl Core<'_> {
     }
 
     fn try_start(&self, s: &mut RolloutState, now: DateTime<Utc>) -> Outcome {
+        if let Some(reason) = s.manual_hold.clone() {
+            // Sev-2s posted before the first phase count at its start too.
+            return self.hold_with(s, reason, HoldCause::ManualDecision, false, now);
+        }
         let first = &self.cfg.phases[0];
         let missing = self.missing_flags(s);
         if first.mode == PhaseMode::Live && !missing.is_empty() {
@@ -374,17 +378,14 @@ impl Core<'_> {
                 );
             }
         }
-        if let Some(role) = &next.approval {
-            let waived = next.approval_waived_if_green && ev.all_green();
-            if !waived && !s.has_approval(role) {
-                return self.hold(
-                    s,
-                    HoldCause::Approval,
-                    format_args!("{} needs approval by role {role}", next.name),
-                    false,
-                    now,
-                );
-            }
+        if let Some(role) = self.missing_approval(s, idx + 1, ev.all_green()) {
+            return self.hold(
+                s,
+                HoldCause::Approval,
+                format_args!("{} needs approval by role {role}", next.name),
+                false,
+                now,
+            );
         }
         if !self.cfg.promotion_window.contains(local) {
             let resume = match self.cfg.promotion_window {
@@ -418,6 +419,23 @@ impl Core<'_> {
         )
     }
 
+    /// The role whose approval phase `next` still needs, if any. The one rule
+    /// for a tick's step-up and an operator's promote. A waiver counts only
+    /// when every gate is GREEN right now: a tick reaches this only with all
+    /// GREEN, so there the waiver always applies; a manual promote can come
+    /// at any colour, and that is where a waived approval still matters.
+    pub(crate) fn missing_approval<'c>(
+        &'c self,
+        s: &RolloutState,
+        next: usize,
+        all_green: bool,
+    ) -> Option<&'c str> {
+        let phase = self.cfg.phases.get(next)?;
+        let role = phase.approval.as_deref()?;
+        let waived = phase.approval_waived_if_green && all_green;
+        (!waived && !s.has_approval(role)).then_some(role)
+    }
+
     /// The request path tripped on consecutive payment failures (it already swapped the weights).
     pub(crate) fn payment_trip(
         &self,
@@ -434,9 +452,14 @@ impl Core<'_> {
         self.rollback(s, Trigger::PaymentFailures, &detail, now)
     }
 
+    /// Whether the rollout has not ended yet (a Sev-1 then ends it).
+    pub(crate) fn live(s: &RolloutState) -> bool {
+        !matches!(s.state, StateName::RolledBack | StateName::Promoted)
+    }
+
     /// Whether V2 is taking traffic under the controller's watch.
     pub(crate) fn active(s: &RolloutState) -> bool {
-        s.weight_v2 > 0.0 && !matches!(s.state, StateName::RolledBack | StateName::Promoted)
+        s.weight_v2 > 0.0 && Self::live(s)
     }
 }
 

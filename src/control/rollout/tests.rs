@@ -80,6 +80,22 @@ approval = "ceo"
 approval_waived_if_green = true
 "#;
 
+/// A shadow phase, then two live ones.
+const SHADOW_FIRST: &str = r#"
+[[rollout.phases]]
+name = "shadow"
+weight = 0
+mode = "shadow"
+hold = "10m"
+[[rollout.phases]]
+name = "canary-5"
+weight = 5
+hold = "10m"
+[[rollout.phases]]
+name = "full"
+weight = 100
+"#;
+
 /// `rollout_keys` go under `[rollout]`, then the phases.
 pub(crate) fn config(rollout_keys: &str, phases: &str) -> Config {
     let text = format!("{BASE}\n[rollout]\nmin_samples = 50\n{rollout_keys}\n{phases}");
@@ -373,21 +389,7 @@ fn all_flags_set_go_into_phase_zero_with_its_weight_and_headers() {
 
 #[test]
 fn a_shadow_phase_needs_no_flags_and_sets_shadow_pass_when_it_passes() {
-    let phases = r#"
-        [[rollout.phases]]
-        name = "shadow"
-        weight = 0
-        mode = "shadow"
-        hold = "10m"
-        [[rollout.phases]]
-        name = "canary-5"
-        weight = 5
-        hold = "10m"
-        [[rollout.phases]]
-        name = "full"
-        weight = 100
-    "#;
-    let cfg = config("flags = { A2_V26_COMPLIANT = 1 }", phases);
+    let cfg = config("flags = { A2_V26_COMPLIANT = 1 }", SHADOW_FIRST);
     let mut r = Run::new(&cfg);
     let out = r.cmd(Command::Start).unwrap();
     assert_eq!(action(&out), Action::Go);
@@ -990,27 +992,93 @@ fn sev1_rolls_back_at_once() {
 }
 
 #[test]
-fn sev1_while_not_active_is_recorded_without_rollback() {
+fn sev1_in_any_state_not_yet_ended_rolls_back_and_a_new_start_is_the_operators() {
     let cfg = plain();
-    // Waiting, not started.
+    let sev1 = |r: &mut Run| {
+        let out = r.cmd(incident(1, "checkout down")).unwrap();
+        assert_eq!(action(&out), Action::Rollback, "{out:?}");
+        assert_eq!(out.decision.unwrap().trigger, Some(Trigger::Sev1Incident));
+        assert_eq!((r.s.state, r.s.weight_v2), (StateName::RolledBack, 0.0));
+    };
+    // Waiting, not started yet.
     let mut r = Run::new(&cfg);
-    let out = r.cmd(incident(1, "unrelated")).unwrap();
-    assert_eq!(out, Outcome::default());
-    assert_eq!(r.s.incidents.len(), 1);
-    assert_eq!(r.s.state, StateName::Waiting);
-    // Start still works, with the incident on record.
+    sev1(&mut r);
+    // Waiting, started (auto_start) but holding on the start flags.
+    let needs_flags = config("", PLAIN_PHASES);
+    let mut w = Run::new(&needs_flags);
+    w.s.started = true;
+    assert_eq!(action(&w.tick(&green())), Action::Hold);
+    sev1(&mut w);
+    // Nothing restarts it by itself, however long the ticks go on.
+    let outs = r.ticks(&green(), 100);
+    assert!(outs.iter().all(|o| action(o) == Action::None));
+    assert_eq!(r.s.state, StateName::RolledBack);
+    // The operator's start begins a new rollout.
     assert_eq!(action(&r.cmd(Command::Start).unwrap()), Action::Go);
-    assert_eq!(r.s.incidents.len(), 1);
-    // Paused at 0 % is not active either.
+    assert_eq!(r.s.phase_index, Some(0));
+    // Mirroring in a shadow phase.
+    let shadow = config("flags = { A2_V26_COMPLIANT = 1 }", SHADOW_FIRST);
+    let mut r = Run::started(&shadow);
+    assert_eq!(r.s.state, StateName::Shadow);
+    sev1(&mut r);
+    // Paused at 0 %, inside a phase and before any.
     let mut r = Run::started(&cfg);
     r.cmd(Command::SetWeight(0.0)).unwrap();
-    assert_eq!(r.cmd(incident(1, "x")).unwrap(), Outcome::default());
-    assert_eq!(r.s.state, StateName::Paused);
-    // Paused with V2 taking traffic is: roll back.
+    sev1(&mut r);
+    let mut r = Run::new(&cfg);
+    r.cmd(Command::Pause).unwrap();
+    sev1(&mut r);
+    // Paused with V2 taking traffic.
     let mut r = Run::started(&cfg);
     r.cmd(Command::Pause).unwrap();
-    assert_eq!(action(&r.cmd(incident(1, "x")).unwrap()), Action::Rollback);
-    assert_eq!(r.s.weight_v2, 0.0);
+    sev1(&mut r);
+    // After the end it is only recorded: rolled back stays as it was.
+    let before = r.s.last_decision.clone();
+    assert_eq!(r.cmd(incident(1, "again")).unwrap(), Outcome::default());
+    assert_eq!(r.s.incidents.len(), 2);
+    assert_eq!(r.s.last_decision, before);
+}
+
+#[test]
+fn sev2s_posted_before_a_phase_hold_its_step_up() {
+    let cfg = plain();
+    // Two Sev-2s while waiting: the start holds for a manual decision.
+    let mut r = Run::new(&cfg);
+    r.cmd(incident(2, "a")).unwrap();
+    let out = r.cmd(incident(2, "b")).unwrap();
+    assert_eq!(action(&out), Action::Hold);
+    assert_eq!(r.s.state, StateName::Waiting);
+    let out = r.cmd(Command::Start).unwrap();
+    assert_eq!(action(&out), Action::Hold, "{out:?}");
+    assert!(reason(&out).starts_with("incidents: "), "{}", reason(&out));
+    assert_eq!((r.s.state, r.s.weight_v2), (StateName::Waiting, 0.0));
+    let outs = r.ticks(&green(), 100);
+    assert!(outs.iter().all(|o| action(o) == Action::Hold));
+    assert_eq!(reports(&outs), 0, "one hold, reported once");
+    // The operator's resume is the decision; then the start goes ahead.
+    assert_eq!(
+        reason(&r.cmd(Command::Resume).unwrap()),
+        "manual hold cleared"
+    );
+    assert_eq!(action(&r.tick(&green())), Action::Go);
+    assert_eq!(r.s.weight_v2, 5.0);
+    // One Sev-2 before the start and one after it make two.
+    let mut r = Run::new(&cfg);
+    r.cmd(incident(2, "a")).unwrap();
+    r.cmd(Command::Start).unwrap();
+    assert_eq!(action(&r.cmd(incident(2, "b")).unwrap()), Action::Hold);
+    // Two Sev-2s in the shadow phase: the step-up to the first live phase holds.
+    let shadow = config(ALL_FLAGS, SHADOW_FIRST);
+    let mut r = Run::started(&shadow);
+    r.cmd(incident(2, "a")).unwrap();
+    r.cmd(incident(2, "b")).unwrap();
+    let outs = r.ticks(&green(), 3 * ticks_in(shadow.rollout.phases[0].hold));
+    assert!(outs.iter().all(|o| action(o) == Action::Hold));
+    assert_eq!((r.s.state, r.s.weight_v2), (StateName::Shadow, 0.0));
+    r.cmd(Command::Resume).unwrap();
+    assert_eq!(r.s.state, StateName::Shadow);
+    assert_eq!(action(&r.tick(&green())), Action::Go);
+    assert_eq!(r.phase(), Some("canary-5"));
 }
 
 #[test]
@@ -1307,7 +1375,9 @@ fn conflicting_commands_are_refused_without_changing_anything() {
 fn manual_promote_steps_up_and_promotes_at_the_end() {
     let cfg = config(ALL_FLAGS, SEED_PHASES);
     let mut r = Run::started(&cfg);
-    // Holding on a gate does not stop a manual promote, nor a missing approval.
+    r.cmd(approve("cfo", "dana")).unwrap();
+    r.cmd(approve("ceo", "erin")).unwrap();
+    // Holding on a gate does not stop a manual promote.
     r.tick(&red());
     let out = r.cmd(Command::Promote).unwrap();
     assert_eq!(action(&out), Action::Go);
@@ -1331,6 +1401,87 @@ fn manual_promote_steps_up_and_promotes_at_the_end() {
     assert!(out.promoted && out.weights_changed);
     assert_eq!(r.s.state, StateName::Promoted);
     assert_eq!(r.s.weight_v2, 100.0);
+}
+
+#[test]
+fn manual_promote_needs_the_next_phases_approval_unless_waived_and_all_green() {
+    let cfg = config(ALL_FLAGS, SEED_PHASES);
+    let mut r = Run::started(&cfg);
+    let refused = |r: &mut Run, role: &str, next: &str| {
+        let before = r.s.clone();
+        assert_eq!(
+            r.cmd(Command::Promote),
+            Err(CommandError::Conflict(format!(
+                "cannot promote: {next} needs approval by role {role}"
+            )))
+        );
+        assert_eq!(r.s, before);
+    };
+    // cfo has no waiver: refused even with every gate GREEN.
+    r.tick(&green());
+    refused(&mut r, "cfo", "canary-25");
+    r.cmd(approve("cfo", "dana")).unwrap();
+    r.cmd(Command::Promote).unwrap();
+    r.cmd(Command::Promote).unwrap();
+    assert_eq!(r.phase(), Some("canary-50"));
+    // ceo is waived only when every gate is GREEN: not before any tick, not
+    // with one gate YELLOW.
+    refused(&mut r, "ceo", "full");
+    r.tick(&yellow());
+    refused(&mut r, "ceo", "full");
+    r.tick(&green());
+    let out = r.cmd(Command::Promote).unwrap();
+    assert_eq!(action(&out), Action::Go, "{out:?}");
+    assert_eq!(r.phase(), Some("full"));
+    // With the approval, any colour.
+    let mut r = Run::started(&cfg);
+    r.cmd(approve("cfo", "dana")).unwrap();
+    r.cmd(Command::Promote).unwrap();
+    r.cmd(Command::Promote).unwrap();
+    r.tick(&red());
+    r.cmd(approve("ceo", "erin")).unwrap();
+    assert_eq!(action(&r.cmd(Command::Promote).unwrap()), Action::Go);
+}
+
+#[test]
+fn a_phase_needing_an_approval_without_the_waiver_waits_for_it_all_green_or_not() {
+    let phases = SEED_PHASES.replace("approval_waived_if_green = true\n", "");
+    assert_ne!(phases, SEED_PHASES);
+    let cfg = config(ALL_FLAGS, &phases);
+    let mut r = Run::started(&cfg);
+    r.cmd(approve("cfo", "dana")).unwrap();
+    assert_eq!(action(&r.pass_phase()), Action::Go);
+    assert_eq!(action(&r.pass_phase()), Action::Go);
+    let out = r.pass_phase();
+    assert_eq!(action(&out), Action::Hold, "{out:?}");
+    assert_eq!(reason(&out), "approval: full needs approval by role ceo");
+    let outs = r.ticks(&green(), 100);
+    assert!(outs.iter().all(|o| action(o) == Action::Hold));
+    assert_eq!(r.s.weight_v2, 50.0);
+    r.cmd(approve("ceo", "erin")).unwrap();
+    let out = r.tick(&green());
+    assert!(
+        reason(&out).ends_with("canary-50 -> full (100%), approved by erin (ceo)"),
+        "{}",
+        reason(&out)
+    );
+}
+
+#[test]
+fn manual_promote_never_lowers_the_weight() {
+    let cfg = config(ALL_FLAGS, SEED_PHASES);
+    let mut r = Run::started(&cfg);
+    r.cmd(approve("cfo", "dana")).unwrap();
+    // An operator's 30 % at canary-5: promote goes to canary-25 but keeps 30 %.
+    r.cmd(Command::SetWeight(30.0)).unwrap();
+    let out = r.cmd(Command::Promote).unwrap();
+    assert!(out.weights_changed);
+    assert_eq!(r.phase(), Some("canary-25"));
+    assert_eq!(r.s.weight_v2, 30.0);
+    // Below the next phase's weight, the phase's weight applies.
+    r.cmd(Command::SetWeight(40.0)).unwrap();
+    r.cmd(Command::Promote).unwrap();
+    assert_eq!((r.phase(), r.s.weight_v2), (Some("canary-50"), 50.0));
 }
 
 #[test]

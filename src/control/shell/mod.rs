@@ -141,6 +141,18 @@ impl Clock {
     }
 }
 
+/// Sleeps until `t`; never wakes without one.
+async fn sleep_until_some(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often, and how far apart, shutdown tries a failing state write again.
+const SHUTDOWN_TRIES: usize = 3;
+const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
+
 // === controller ===
 
 /// What the controller knows between ticks.
@@ -151,6 +163,8 @@ pub(crate) struct Situation {
     pub(crate) last_eval: Evaluation,
     /// What the controller is waiting for right now (the last reason).
     pub(crate) detail: String,
+    /// The state file does not hold `state` yet (a failed write is retried).
+    pub(crate) persist_degraded: bool,
 }
 
 impl Situation {
@@ -177,6 +191,7 @@ impl Intake {
     fn take(&mut self, s: &mut RolloutState, t: &TickTime) -> Option<Interval> {
         let mut snapshot = self.telemetry.snapshot();
         snapshot.users = self.telemetry.take_users();
+        snapshot.beacon_users = self.telemetry.beacons.take_users();
         // The weight in force since the last tick: the interval was routed with it.
         snapshot.weight_v2_bp = self.router.load().v2.bp();
         step::intake(&mut self.ring, s, t.ms, snapshot)
@@ -207,7 +222,8 @@ impl Controller {
             path: dir.clone(),
             source,
         })?;
-        let state = match state::load(dir)? {
+        let fallback = cfg.server.state_fallback_dir.as_deref();
+        let state = match state::load_resumable(dir, fallback)? {
             Some(s) => {
                 tracing::info!(state = ?s.state, phase = ?s.phase_index, weight_v2 = s.weight_v2, "resumed rollout state");
                 s
@@ -219,6 +235,10 @@ impl Controller {
             }
         };
         state::save(dir, &state)?;
+        if let Some(fallback) = fallback {
+            // The state file holds it now: a copy left there would be stale.
+            state::remove_fallback(fallback)?;
+        }
         let effects = Effects::open(&cfg, &state, router.clone(), trip.clone(), metrics)?;
         let board = Board::new(&state);
         let (status, history) = board.readers();
@@ -235,6 +255,7 @@ impl Controller {
                 state,
                 last_eval: Evaluation::default(),
                 detail: String::new(),
+                persist_degraded: false,
             },
             clock: Clock::start(),
             effects,
@@ -276,13 +297,42 @@ impl Controller {
                     Msg::Reload(r) => self.on_reload(r),
                 },
                 () = trip.notify.notified() => self.on_trip(),
+                () = sleep_until_some(self.effects.persist_retry_at()) => self.on_persist_retry(),
                 _ = shutdown.changed() => break,
             }
         }
-        self.effects.persist(&self.sit);
+        self.effects.persist(&mut self.sit);
+        // A last few tries, whatever the backoff, before exiting with the
+        // state file behind.
+        for _ in 0..SHUTDOWN_TRIES {
+            if !self.sit.persist_degraded {
+                return;
+            }
+            tokio::time::sleep(SHUTDOWN_RETRY).await;
+            self.effects.persist_now(&mut self.sit);
+        }
+        if self.sit.persist_degraded {
+            tracing::error!(
+                state = self.sit.state.state.as_str(),
+                weight_v2 = self.sit.state.weight_v2,
+                "exiting with the rollout state not on disk: the state file still holds an earlier state; check it before the next start"
+            );
+        }
+    }
+
+    /// A failed state write is due again.
+    fn on_persist_retry(&mut self) {
+        let was = self.sit.persist_degraded;
+        self.effects.persist(&mut self.sit);
+        if self.sit.persist_degraded != was {
+            self.board.publish(&self.sit);
+        }
     }
 
     fn on_tick(&mut self) {
+        // A trip the select has not delivered yet is handled first: this
+        // tick must decide on the rolled-back state, not the one before.
+        self.on_trip();
         // The cost of a tick in real time, whatever the controller's clock says.
         let started = std::time::Instant::now();
         let t = self.step(RecordKind::Tick, "controller", step::tick);
@@ -297,12 +347,14 @@ impl Controller {
         let Some(trip) = self.intake.trip.take_trip() else {
             return;
         };
-        if matches!(self.sit.state.state, StateName::RolledBack) {
-            return;
+        if !matches!(self.sit.state.state, StateName::RolledBack) {
+            self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
+                step::trip(cfg, ring, s, trip, t)
+            });
         }
-        self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
-            step::trip(cfg, ring, s, trip, t)
-        });
+        // Handled: the state says rolled back (and is being persisted), so
+        // only an operator's later action can give V2 weight again.
+        self.intake.trip.release();
     }
 
     /// Reads the clock and the counts, runs the pure `decide` step, records
@@ -331,6 +383,7 @@ impl Controller {
     }
 
     fn on_reload(&mut self, r: ReloadMsg) {
+        self.on_trip();
         if !Arc::ptr_eq(&r.telemetry, &self.intake.telemetry) {
             // New cell layout: old interval deltas no longer line up.
             self.intake.ring = step::ring(&r.cfg);
@@ -345,6 +398,8 @@ impl Controller {
     }
 
     fn on_command(&mut self, msg: CommandMsg) {
+        // A command is judged against the state after any trip that came first.
+        self.on_trip();
         let name = msg.cmd.name();
         let args = command_detail(&msg.cmd);
         let core = Core {

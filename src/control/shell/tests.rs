@@ -38,6 +38,29 @@ struct Rig {
 }
 
 fn start(dir: &Path) -> Rig {
+    let b = build(dir);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(b.ctl.run(b.rx, stop_rx));
+    Rig {
+        handle: b.handle,
+        router: b.router,
+        telemetry: b.telemetry,
+        stop,
+        task,
+    }
+}
+
+/// A controller and everything around it, not yet running.
+struct Built {
+    ctl: Controller,
+    handle: ControlHandle,
+    rx: mpsc::Receiver<Msg>,
+    router: Arc<Router>,
+    trip: Arc<PaymentTrip>,
+    telemetry: Arc<Telemetry>,
+}
+
+fn build(dir: &Path) -> Built {
     let cfg = Arc::new(config(dir));
     let telemetry = Arc::new(Telemetry::new(cfg.journeys.len(), true));
     let router = Arc::new(Router::new(RouteTable::default()));
@@ -49,18 +72,17 @@ fn start(dir: &Path) -> Rig {
         cfg,
         telemetry.clone(),
         router.clone(),
-        trip,
+        trip.clone(),
         Arc::new(Metrics::new()),
     )
     .expect("controller starts");
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(ctl.run(rx, stop_rx));
-    Rig {
+    Built {
+        ctl,
         handle,
+        rx,
         router,
+        trip,
         telemetry,
-        stop,
-        task,
     }
 }
 
@@ -211,4 +233,91 @@ async fn a_gate_red_for_red_rollback_after_rolls_back() {
     assert_eq!(rig.router.load().v2, WeightBp::ZERO);
     traffic.abort();
     rig.stop().await;
+}
+
+/// A controller driven by direct calls, not its loop: the test picks the
+/// order in which a trip, a tick and a command are handled.
+fn controller(dir: &Path) -> (Controller, Arc<Router>, Arc<PaymentTrip>) {
+    let b = build(dir);
+    (b.ctl, b.router, b.trip)
+}
+
+fn command(ctl: &mut Controller, cmd: Command) -> Result<Arc<StatusView>, CommandError> {
+    let (reply, mut rx) = oneshot::channel();
+    ctl.on_command(CommandMsg {
+        cmd,
+        by: "tester".into(),
+        reply,
+    });
+    rx.try_recv().expect("a reply")
+}
+
+fn trip_now(trip: &PaymentTrip) {
+    for _ in 0..=config(Path::new(".")).rollout.consecutive_payment_failures {
+        trip.observe(
+            Variant::V2,
+            crate::routing::tripwire::PaymentOutcome::Failed,
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tick_decided_before_the_trip_is_handled_cannot_give_v2_its_weight_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ctl, router, trip) = controller(dir.path());
+    ctl.on_tick();
+    assert_eq!(ctl.sit.state.phase_index, Some(0));
+    assert_eq!(router.load().v2.bp(), 500);
+    trip_now(&trip);
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    // A tick computed from the state before the trip (the select picked the
+    // tick first): its table, still 5 %, is not stored, and the trip stays
+    // disarmed, so no second trip can start counting.
+    ctl.step(RecordKind::Tick, "controller", step::tick);
+    assert_eq!(
+        ctl.sit.state.weight_v2, 5.0,
+        "the state has not seen the trip"
+    );
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    assert!(!trip.is_armed());
+    // A reload in between republishes the table: still nothing for V2.
+    ctl.effects.route(&ctl.sit);
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    // The handling ends in rolled_back and releases the latch.
+    ctl.on_trip();
+    assert_eq!(ctl.sit.state.state, StateName::RolledBack);
+    let last = ctl.sit.state.last_decision.clone().unwrap();
+    assert_eq!(last.trigger, Some(Trigger::PaymentFailures));
+    assert!(!trip.is_latched());
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    // Ticks after it keep V2 at zero; only an operator gives it weight again.
+    ctl.on_tick();
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    let s = command(&mut ctl, Command::SetWeight(10.0)).unwrap();
+    assert_eq!(s.weights.v2, 10.0);
+    assert_eq!(router.load().v2.bp(), 1_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_or_tick_after_an_unhandled_trip_sees_the_rollback_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ctl, router, trip) = controller(dir.path());
+    ctl.on_tick();
+    trip_now(&trip);
+    // The operator's promote arrives before the trip's wake-up: it is judged
+    // against the rolled-back state, so it is refused and V2 stays at zero.
+    let e = command(&mut ctl, Command::Promote).unwrap_err();
+    assert!(matches!(e, CommandError::Conflict(_)), "{e:?}");
+    assert_eq!(ctl.sit.state.state, StateName::RolledBack);
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    // A second rollout trips, and a plain tick handles it before deciding.
+    command(&mut ctl, Command::Start).unwrap();
+    assert_eq!(router.load().v2.bp(), 500);
+    trip_now(&trip);
+    ctl.on_tick();
+    assert_eq!(ctl.sit.state.state, StateName::RolledBack);
+    assert_eq!(router.load().v2, WeightBp::ZERO);
+    assert!(!trip.is_latched());
+    let saved = state::load(dir.path()).unwrap().expect("state file");
+    assert_eq!(saved.state, StateName::RolledBack);
 }

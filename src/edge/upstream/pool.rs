@@ -19,6 +19,10 @@
 //!
 //! Idle connections are reused last-in first-out: the warmest socket serves
 //! the next request and the surplus ages out.
+//!
+//! Each connection carries its own response-body stall timer ([`Stall`]),
+//! allocated once with the connection and re-armed per wait, so cutting an
+//! upstream that stops sending mid-body costs no allocation per request.
 
 // The idle stack is the one lock of the data plane: it is held for one push or
 // pop (no await, no I/O under it), where a lock-free stack of connections would
@@ -26,7 +30,10 @@
 #![expect(clippy::disallowed_types, reason = "the idle stack's mutex, see above")]
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -36,6 +43,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Pool settings, from `[upstreams]`.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +51,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// Longest wait for the next response-body bytes (`upstreams.body_idle_timeout`).
+    pub body_idle_timeout: Duration,
 }
 
 /// Why a request got no response.
@@ -83,6 +93,7 @@ struct Inner<B> {
 
 struct Idle<B> {
     tx: SendRequest<B>,
+    stall: Stall,
     since: Instant,
 }
 
@@ -92,6 +103,55 @@ struct Idle<B> {
 pub struct Checkout<B> {
     tx: SendRequest<B>,
     pool: Weak<Inner<B>>,
+    /// This connection's response-body stall timer.
+    pub stall: Stall,
+}
+
+/// Notices a response body that has had no bytes for `body_idle_timeout`.
+/// A wait starts at the first read that finds nothing after the last bytes,
+/// so a client slow to read pauses the body without the pause counting
+/// against the upstream.
+///
+/// The timer is moved lazily: bytes only clear `waiting_since` (no timer
+/// call per chunk), and a timer that fires for an older, earlier wait is
+/// pushed to the current one's deadline. A wait never ends before an older
+/// one would, so the timer is never late; it is reset at most once per
+/// `limit` of streaming.
+pub struct Stall {
+    timer: Pin<Box<Sleep>>,
+    limit: Duration,
+    waiting_since: Option<tokio::time::Instant>,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Self {
+        Self {
+            timer: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            waiting_since: None,
+        }
+    }
+
+    /// Called when a read of the body found nothing: `true` once nothing has
+    /// come for the whole limit since the first such read.
+    pub fn poll_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + self.limit;
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        false
+    }
+
+    /// Bytes came: the next empty read starts a new wait.
+    pub fn progressed(&mut self) {
+        self.waiting_since = None;
+    }
 }
 
 impl<B> Pool<B>
@@ -119,12 +179,12 @@ where
         &self,
         mut req: Request<B>,
     ) -> Result<(Response<Incoming>, Checkout<B>), PoolError> {
-        while let Some(mut tx) = self.inner.take_idle() {
+        while let Some((mut tx, stall)) = self.inner.take_idle() {
             if tx.ready().await.is_err() {
                 continue; // closed while idle
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.checkout(tx))),
+                Ok(resp) => return Ok((resp, self.checkout(tx, stall))),
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to try the next connection.
                     Some(r) => req = r,
@@ -133,15 +193,18 @@ where
             }
         }
         let mut tx = self.connect().await?;
+        let stall = Stall::new(self.inner.cfg.body_idle_timeout);
         tx.ready().await?;
         let resp = tx.send_request(req).await?;
-        Ok((resp, self.checkout(tx)))
+        Ok((resp, self.checkout(tx, stall)))
     }
 
-    fn checkout(&self, tx: SendRequest<B>) -> Checkout<B> {
+    fn checkout(&self, tx: SendRequest<B>, mut stall: Stall) -> Checkout<B> {
+        stall.progressed();
         Checkout {
             tx,
             pool: Arc::downgrade(&self.inner),
+            stall,
         }
     }
 
@@ -204,12 +267,12 @@ where
 }
 
 impl<B> Inner<B> {
-    fn take_idle(&self) -> Option<SendRequest<B>> {
+    fn take_idle(&self) -> Option<(SendRequest<B>, Stall)> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop_back() {
             if now.duration_since(c.since) < self.cfg.idle_timeout && !c.tx.is_closed() {
-                return Some(c.tx);
+                return Some((c.tx, c.stall));
             }
             // Everything older than an expired entry has expired too.
             if now.duration_since(c.since) >= self.cfg.idle_timeout {
@@ -220,7 +283,7 @@ impl<B> Inner<B> {
         None
     }
 
-    fn put_idle(&self, tx: SendRequest<B>) {
+    fn put_idle(&self, tx: SendRequest<B>, stall: Stall) {
         if tx.is_closed() || self.cfg.max_idle == 0 {
             return;
         }
@@ -232,6 +295,7 @@ impl<B> Inner<B> {
         }
         idle.push_back(Idle {
             tx,
+            stall,
             since: Instant::now(),
         });
     }
@@ -249,7 +313,7 @@ impl<B> Checkout<B> {
     /// The response was read to its end: the connection can carry another.
     pub fn release(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put_idle(self.tx);
+            pool.put_idle(self.tx, self.stall);
         }
     }
 }
@@ -331,6 +395,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             idle_timeout,
             max_idle,
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -427,6 +492,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(u.closed.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_is_only_noticed_after_the_limit_without_bytes() {
+        let mut stall = Stall::new(Duration::from_secs(1));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(!stall.poll_stalled(&mut cx), "armed, not yet stalled");
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!stall.poll_stalled(&mut cx));
+        // Bytes came: the next empty read waits a whole limit again.
+        stall.progressed();
+        assert!(!stall.poll_stalled(&mut cx));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(!stall.poll_stalled(&mut cx), "900 ms since the last bytes");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(stall.poll_stalled(&mut cx), "1.1 s without bytes");
     }
 
     #[tokio::test]
