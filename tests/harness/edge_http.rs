@@ -1,24 +1,20 @@
-//! Raw pieces for the HTTP conformance and connection tests: a client that
-//! connects from 127.0.0.2 (the attacker's address, so a per-client limit
-//! on it leaves the harness's own 127.0.0.1 requests alone), and an upstream
-//! that answers every request with fixed bytes and keeps what it was sent.
+//! Raw pieces for the HTTP conformance and connection tests: exchanges from
+//! 127.0.0.2 (the attacker's address, so a per-client limit on it leaves the
+//! harness's own 127.0.0.1 requests alone), upstreams that answer with fixed
+//! bytes (keeping what they were sent) or echo a WebSocket, and a keep-alive
+//! request on an open connection.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::client::read_to_close;
 use super::DEADLINE;
 
-/// A TCP connection to `addr` from `127.0.0.2`.
-pub async fn attacker(addr: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().expect("socket");
-    s.bind("127.0.0.2:0".parse().unwrap())
-        .expect("bind 127.0.0.2");
-    s.connect(addr).await.expect("connect from 127.0.0.2")
-}
+/// A TCP connection to `addr` from `127.0.0.2` (the slow-body harness's).
+pub use super::slow_body::connect_as_attacker as attacker;
 
 /// Writes `request` from 127.0.0.2 and reads until the server closes.
 pub async fn attacker_exchange(addr: SocketAddr, request: &[u8]) -> String {
