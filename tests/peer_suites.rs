@@ -1,6 +1,6 @@
 //! Peer suites nobody on this project wrote, run against rollgate's real
-//! listeners on loopback: h2spec (HTTP/2 conformance, every case) over TLS
-//! and h2c, and smuggler (HTTP/1.1 request-smuggling desync, the exhaustive
+//! listeners on loopback: h2spec (HTTP/2 conformance, every case) over TLS,
+//! on the auto-detecting plain port and on an h2c-only one, and smuggler (HTTP/1.1 request-smuggling desync, the exhaustive
 //! mutation set) against the plain listener. Any h2spec failure or any
 //! smuggler finding fails the test.
 //!
@@ -120,6 +120,18 @@ async fn h2spec_on_the_auto_detecting_plain_port_fails_only_the_preface_case() {
     assert!(
         failed.iter().all(|f| f == AUTO_PORT_PREFACE_CASE),
         "h2spec over h2c (auto port) failed: {failed:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2spec_passes_every_case_on_an_h2c_only_plain_port() {
+    let Some(tools) = tools() else { return };
+    let (v1, v2) = Upstream::pair().await;
+    let rg = Rg::start(&Conf::new(v1.url(), v2.url()).server("protocol = \"h2c\"")).await;
+    let failed = h2spec(&tools, rg.app.proxy_addr.port(), false).await;
+    assert!(
+        failed.is_empty(),
+        "h2spec on the h2c-only port failed: {failed:#?}"
     );
 }
 
