@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::client::read_to_close;
+use super::upstream::read_head;
 use super::DEADLINE;
 
 /// A TCP connection to `addr` from `127.0.0.2` (the slow-body harness's).
@@ -137,14 +138,9 @@ pub async fn ws_echo_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut s, _)) = l.accept().await {
             let keep = keep.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
                 keep.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&head).into_owned());

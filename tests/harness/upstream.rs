@@ -311,6 +311,20 @@ pub enum Fault {
     Garbage,
 }
 
+/// Reads up to the end of a request head (and whatever came with it);
+/// `None` when the peer left first.
+pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// Serves `fault` on a fresh loopback port until the runtime ends.
 pub async fn fault_upstream(fault: Fault) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -322,14 +336,10 @@ pub async fn fault_upstream(fault: Fault) -> SocketAddr {
             };
             tokio::spawn(async move {
                 // Read until the end of the request head (bodies are empty here).
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 4096];
                 match fault {
                     Fault::Hang => {
                         // Hold the socket open without a word until the peer leaves.
