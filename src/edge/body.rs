@@ -47,7 +47,7 @@ pub enum ProxyBody {
         head_5xx: bool,
         /// A unit of V2's reserved capacity, held only to be released (by its
         /// `Drop`) with the body.
-        _permit: Option<super::proxy::Permit>,
+        _permit: Option<super::capacity::Permit>,
         /// Shadow phase: hands V1's answer to the mirror's comparison.
         tee: Option<super::shadow::Tee>,
     },
@@ -68,7 +68,7 @@ impl ProxyBody {
         conn: Checkout<RequestBody>,
         head_5xx: bool,
         guard: InflightGuard,
-        permit: Option<super::proxy::Permit>,
+        permit: Option<super::capacity::Permit>,
         tee: Option<super::shadow::Tee>,
     ) -> Self {
         let mut conn = Some(conn);

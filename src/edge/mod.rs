@@ -17,6 +17,7 @@ pub(crate) mod access_log;
 pub(crate) mod admission;
 pub mod beacon;
 pub(crate) mod body;
+pub(crate) mod capacity;
 pub(crate) mod conn_limits;
 pub(crate) mod forwarded;
 pub(crate) mod headers;

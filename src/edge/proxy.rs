@@ -6,17 +6,19 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::Guard;
 use http::uri::{PathAndQuery, Uri};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+mod beacon_endpoint;
+
 use super::access_log::AccessLog;
 use super::body::ProxyBody;
+use super::capacity::{Capacity, Shed};
 use super::headers::*;
 use super::region::Regions;
 use super::request_body::Timing;
@@ -27,7 +29,7 @@ use crate::config::{BeaconsConfig, Config, Upstream};
 use crate::routing::journeys::{JourneyId, JourneyKind, Journeys};
 use crate::routing::tripwire::{PaymentOutcome, PaymentTrip};
 use crate::routing::{RouteTable, Router, Variant};
-use crate::telemetry::beacons::{BeaconReject, CapLimits, Sender};
+use crate::telemetry::beacons::CapLimits;
 use crate::telemetry::{Telemetry, UpstreamErrorKind};
 
 /// Everything the request path reads; built once, shared by all connections.
@@ -266,107 +268,6 @@ impl Proxy {
         resp
     }
 
-    /// `POST /_rollgate/beacon`, answered here and never forwarded. The
-    /// variant is picked exactly as for a proxied request (sticky key, override
-    /// header, weights), never read from the body; a client without any key
-    /// gets its `rg_bucket` cookie like on any request. The sender (client
-    /// address, sticky key) is charged against the per-window caps.
-    async fn beacon(&self, req: Request<Incoming>, addr: SocketAddr) -> Response<ProxyBody> {
-        let sticky = self.sticky.resolve(req.headers());
-        let variant = self
-            .override_variant(&req)
-            .unwrap_or_else(|| self.router.load().v2.pick(sticky.bucket));
-        let resp = if req.method() != Method::POST {
-            let mut r = text_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "rollgate: beacons are POSTed\n",
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            r
-        } else {
-            let h1 = req.version() < Version::HTTP_2;
-            let from = Sender {
-                client: self.upstream_headers.client(addr, req.headers()),
-                user: sticky.key,
-                opted_out: beacon::opted_out(req.headers()),
-            };
-            match self.ingest_beacon(req, variant, &from).await {
-                Ok(()) => {
-                    let mut r = Response::new(ProxyBody::empty());
-                    *r.status_mut() = StatusCode::NO_CONTENT;
-                    r
-                }
-                Err(BeaconFailure::Reject(BeaconReject::RateLimited)) => {
-                    self.telemetry.beacons.reject(BeaconReject::RateLimited);
-                    let mut r = text_response(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        reject_body(BeaconReject::RateLimited),
-                    );
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, retry_after(&self.beacon_caps));
-                    r
-                }
-                Err(BeaconFailure::Reject(why)) => {
-                    self.telemetry.beacons.reject(why);
-                    text_response(StatusCode::BAD_REQUEST, reject_body(why))
-                }
-                // Not a rejected batch: nothing whole arrived to judge.
-                Err(BeaconFailure::Timeout) => {
-                    let mut r = Refusal::ClientTimeout.response();
-                    if h1 {
-                        close_after(&mut r);
-                    }
-                    r
-                }
-            }
-        };
-        self.finish(resp, variant, sticky)
-    }
-
-    /// The body is read within [`BEACON_BODY_TIMEOUT`] (or the shorter
-    /// `server.client_body_timeout`): a client that declares a length and
-    /// sends less is answered 408 and let go instead of holding the
-    /// connection open.
-    async fn ingest_beacon(
-        &self,
-        req: Request<Incoming>,
-        variant: Variant,
-        from: &Sender,
-    ) -> Result<(), BeaconFailure> {
-        use http_body_util::{BodyExt, LengthLimitError, Limited};
-        let deadline = tokio::time::Instant::now()
-            + BEACON_BODY_TIMEOUT.min(self.upstreams.client_body_timeout());
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > beacon::MAX_BODY as u64) {
-            let _ = tokio::time::timeout_at(deadline, drain(req.into_body())).await;
-            return Err(BeaconReject::TooLarge.into());
-        }
-        let collect = Limited::new(req.into_body(), beacon::MAX_BODY).collect();
-        let body = match tokio::time::timeout_at(deadline, collect).await {
-            Err(_) => return Err(BeaconFailure::Timeout),
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(BeaconReject::TooLarge.into())
-            }
-            // The client went away mid-body: nothing usable arrived.
-            Ok(Err(_)) => return Err(BeaconReject::NotJson.into()),
-        };
-        let mut batch = beacon::Batch::default();
-        beacon::parse(&body, &self.beacons, &mut batch)?;
-        if self.telemetry.enabled() {
-            let cells = &self.telemetry.beacons;
-            if !cells.admit(&self.beacon_caps, from, batch.events().len()) {
-                return Err(BeaconReject::RateLimited.into());
-            }
-            batch.record_from(cells, variant, from);
-        }
-        Ok(())
-    }
-
     fn override_variant(&self, req: &Request<Incoming>) -> Option<Variant> {
         if !self.allow_override {
             return None;
@@ -414,26 +315,6 @@ impl Proxy {
             }
             None => {}
         }
-    }
-}
-
-/// Longest a beacon body may take to arrive. A beacon is at most
-/// `beacon::MAX_BODY` (64 KiB) that a browser sends in one go, so even a
-/// slow mobile link delivers it well within this; holding a connection
-/// longer only serves a client that means to hold it.
-const BEACON_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a beacon was not recorded.
-enum BeaconFailure {
-    /// Refused for what it said (counted by reason).
-    Reject(BeaconReject),
-    /// The body did not arrive in time.
-    Timeout,
-}
-
-impl From<BeaconReject> for BeaconFailure {
-    fn from(why: BeaconReject) -> Self {
-        BeaconFailure::Reject(why)
     }
 }
 
@@ -499,55 +380,6 @@ impl Refusal {
     }
 }
 
-/// V2's in-flight admission counter (`upstreams.reserved_capacity`): one
-/// for the process, shared by every worker and kept across reloads (which
-/// only change its limit), so N workers do not admit N times the limit.
-pub struct Capacity {
-    /// 0 = no cap.
-    limit: AtomicU32,
-    inflight: AtomicU32,
-}
-
-/// The request was over V2's reserved capacity.
-pub struct Shed;
-
-/// Holds one unit of V2's capacity until the response body is done.
-pub struct Permit(Arc<Capacity>);
-
-impl Capacity {
-    pub fn new(limit: u32) -> Arc<Self> {
-        Arc::new(Self {
-            limit: AtomicU32::new(limit),
-            inflight: AtomicU32::new(0),
-        })
-    }
-
-    /// A reload's new limit; requests in flight keep their permits.
-    pub fn set_limit(&self, limit: u32) {
-        self.limit.store(limit, Ordering::Relaxed);
-    }
-
-    /// `Ok(None)` when there is no cap; a permit when under it.
-    #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Option<Permit>, Shed> {
-        let limit = self.limit.load(Ordering::Relaxed);
-        if limit == 0 {
-            return Ok(None);
-        }
-        if self.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Shed);
-        }
-        Ok(Some(Permit(Arc::clone(self))))
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn shed_response() -> Response<ProxyBody> {
     let mut r = text_response(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -566,25 +398,6 @@ fn text_response(status: StatusCode, msg: &'static str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
-}
-
-/// The body of a refused beacon: its reason label.
-fn reject_body(why: BeaconReject) -> &'static str {
-    match why {
-        BeaconReject::NotJson => "not_json\n",
-        BeaconReject::TooLarge => "too_large\n",
-        BeaconReject::TooMany => "too_many\n",
-        BeaconReject::UnknownName => "unknown_name\n",
-        BeaconReject::UnknownType => "unknown_type\n",
-        BeaconReject::BadValue => "bad_value\n",
-        BeaconReject::RateLimited => "rate_limited\n",
-    }
-}
-
-/// `Retry-After` of a rate-limited beacon: the caps' window in seconds (an
-/// upper bound on the wait for the next one; no clock read to refine it).
-fn retry_after(caps: &CapLimits) -> HeaderValue {
-    HeaderValue::from((caps.window_ms / 1000).max(1))
 }
 
 fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<ProxyBody> {
@@ -606,20 +419,4 @@ fn error_response(status: StatusCode, kind: UpstreamErrorKind) -> Response<Proxy
 /// Whether a method is safe to mirror or retry.
 pub fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD)
-}
-
-/// Reads and discards a rejected body up to `DRAIN_LIMIT`, so a client that is
-/// still sending gets its 400 on a clean connection instead of a reset (closing
-/// a socket with unread data makes the kernel send RST). Larger bodies are not
-/// worth reading: hyper closes the connection after the answer.
-async fn drain(mut body: Incoming) {
-    use http_body_util::BodyExt;
-    const DRAIN_LIMIT: usize = 1 << 20;
-    let mut seen = 0;
-    while seen <= DRAIN_LIMIT {
-        match body.frame().await {
-            Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
-            _ => break,
-        }
-    }
 }

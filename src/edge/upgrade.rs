@@ -19,8 +19,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::body::ProxyBody;
+use super::capacity::Shed;
 use super::headers::upstream_response_headers;
-use super::proxy::{Proxy, Refusal, Relayed, Shed};
+use super::proxy::{Proxy, Refusal, Relayed};
 use super::request_body::Timing;
 use super::server::ConnHold;
 use super::upstream::SendError;
