@@ -79,6 +79,11 @@ pub async fn run(
             // Spread the users' start over one think time.
             tokio::time::sleep(think.mul_f64(u as f64 / users as f64)).await;
             let user = format!("user-{u}");
+            // Each user's own address, as a balancer in front would report
+            // it: counted per user only where 127.0.0.1 is a trusted proxy
+            // (the attack tests); anywhere else rollgate replaces it with
+            // the peer's address, as for any client.
+            let addr = format!("10.{}.{}.{}", (u >> 16) & 0xff, (u >> 8) & 0xff, u & 0xff);
             let mut step = u % WALK.len();
             while !stop.load(Ordering::Relaxed) {
                 let (method, path) = &WALK[step];
@@ -86,6 +91,7 @@ pub async fn run(
                     .method(method.clone())
                     .uri(format!("{base}{path}"))
                     .header("x-user-id", &user)
+                    .header("x-forwarded-for", &addr)
                     .body(Full::default())
                     .expect("valid request");
                 counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -108,6 +114,7 @@ pub async fn run(
                                 .method(Method::POST)
                                 .uri(format!("{base}/_rollgate/beacon"))
                                 .header("x-user-id", &user)
+                                .header("x-forwarded-for", &addr)
                                 .header("content-type", "application/json")
                                 .body(Full::new(Bytes::from(body)))
                                 .expect("valid beacon");

@@ -5,16 +5,15 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpSocket;
 
 use super::DEADLINE;
 
-/// The attacker's own address.
-pub const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+use super::slow_body::connect_from;
+pub use super::slow_body::ATTACKER;
 
 /// One kept-alive HTTP/1.1 connection to the proxy from `local`.
 pub struct From {
@@ -32,35 +31,48 @@ impl From {
     /// Posts one beacon batch; returns the status (reconnects once if the
     /// proxy closed the connection).
     pub async fn beacon(&mut self, headers: &[(&str, &str)], body: &str) -> StatusCode {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request(Method::POST, "/_rollgate/beacon", &all, body)
+            .await
+            .0
+    }
+
+    /// One request on the kept-alive connection (reconnects once if the
+    /// proxy closed it): the status and the response headers.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, HeaderMap) {
         for _ in 0..2 {
             if self.conn.ready().await.is_err() {
                 self.conn = open(self.local, self.proxy).await;
             }
-            let mut req = Request::post("/_rollgate/beacon")
-                .header("host", self.proxy.to_string())
-                .header("content-type", "application/json");
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header("host", self.proxy.to_string());
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
             let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
             let sent = tokio::time::timeout(DEADLINE, self.conn.send_request(req)).await;
             if let Ok(Ok(resp)) = sent {
-                let status = resp.status();
-                let _ = resp.into_body().collect().await;
-                return status;
+                let (parts, body) = resp.into_parts();
+                let _ = body.collect().await;
+                return (parts.status, parts.headers);
             }
             self.conn = open(self.local, self.proxy).await;
         }
-        panic!("no answer to a beacon from {}", self.local);
+        panic!("no answer to {method} {path} from {}", self.local);
     }
 }
 
 async fn open(local: IpAddr, proxy: SocketAddr) -> SendRequest<Full<Bytes>> {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(local, 0))
-        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
-    let stream = socket.connect(proxy).await.expect("connect to the proxy");
+    let stream = connect_from(local, proxy).await;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("HTTP/1.1 handshake");

@@ -15,10 +15,16 @@ pub const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 /// A TCP connection to `addr` from [`ATTACKER`].
 pub async fn connect_as_attacker(addr: SocketAddr) -> TcpStream {
+    connect_from(ATTACKER, addr).await
+}
+
+/// A TCP connection to `addr` from the loopback address `local` (bound
+/// before connecting, so per-address limits see it as its own client).
+pub async fn connect_from(local: IpAddr, addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
-        .bind(SocketAddr::new(ATTACKER, 0))
-        .expect("bind 127.0.0.2");
+        .bind(SocketAddr::new(local, 0))
+        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
     socket.connect(addr).await.expect("connect")
 }
 
