@@ -294,6 +294,7 @@ fn beacon_parse_and_record_allocate_nothing() {
     let limits = rollgate::telemetry::beacons::CapLimits {
         per_client: u32::MAX,
         per_key: u32::MAX,
+        users_per_client: 4,
         window_ms: 300_000,
     };
     let from = |i: u64| rollgate::telemetry::beacons::Sender {

@@ -7,7 +7,8 @@
 //! is its own client for the caps. The caps are scaled down to the test's
 //! 300 users (2 events per key, 4 per address): one attacker address can
 //! claim at most two users with an error, as the defaults let it claim at
-//! most 150 among tens of thousands. The js_errors gate is read from the
+//! most 4 among tens of thousands. One test lifts the address's event cap
+//! to show the user quota (4 keys per address) holding alone. The js_errors gate is read from the
 //! admin status API, the refusals from `/metrics`.
 
 mod harness;
@@ -38,8 +39,16 @@ struct Scene {
     spare_v2: Vec<String>,
 }
 
+/// The caps of most tests: 2 events per key, 4 per address.
+const CAPS: &str = "max_events_per_key = 2\nmax_events_per_client = 4\n";
+
 impl Scene {
     async fn start() -> Scene {
+        Scene::with_caps(CAPS).await
+    }
+
+    /// Started with these `[beacons]` caps.
+    async fn with_caps(caps: &str) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let upstreams = Upstream::pair().await;
         let ports = Ports::free();
@@ -47,11 +56,10 @@ impl Scene {
             .ports(ports)
             .server("trusted_proxies = [\"127.0.0.1/32\"]")
             .rollout("auto_start = false\ntick = \"100ms\"\nwindow = \"60s\"\nmin_samples = 50\n")
-            .section(
-                "[beacons]\nnames = [\"page_view\", \"js_error\"]\n\
-                 max_events_per_key = 2\nmax_events_per_client = 4\n\
-                 [gates]\njs_errors_per = \"page_view\"\n",
-            );
+            .section(&format!(
+                "[beacons]\nnames = [\"page_view\", \"js_error\"]\n{caps}\
+                 [gates]\njs_errors_per = \"page_view\"\n"
+            ));
         let path = dir.path().join("rollgate.toml");
         conf.write(&path, &dir.path().join("state"));
         let mut rg = Proc::spawn(&path, ports, dir.path().join("stderr"));
@@ -195,6 +203,33 @@ async fn many_keys_from_one_address_hit_the_address_cap() {
     }
     // Two batches of two events fit the address's cap.
     sc.held_back(&t, 300, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_from_one_address_hit_its_user_quota() {
+    // 1,000 events per address: the 300 batches of 2 events would all fit,
+    // so only the quota of 4 distinct keys holds the attacker back.
+    let sc = Scene::with_caps(
+        "max_events_per_key = 2\nmax_events_per_client = 1000\nmax_users_per_client = 4\n",
+    )
+    .await;
+    sc.real_users([0.03, 0.03]).await;
+    let mut attacker = From::connect(ATTACKER, sc.rg.proxy_addr).await;
+    let mut t = Tally::default();
+    for key in &sc.spare_v2[..300] {
+        t.add(
+            attacker
+                .beacon(&[("x-user-id", key.as_str())], VIEW_AND_ERROR)
+                .await,
+        );
+    }
+    // Four keys (eight if the cap's window turned during the test) are
+    // taken, every other one is refused, and js_errors does not go RED.
+    assert_eq!(t.0 + t.1, 300, "{t:?}");
+    assert!((4..=8).contains(&t.0), "{t:?}");
+    assert!(sc.rate_limited().await >= f64::from(300 - t.0));
+    let g = sc.js_errors().await;
+    assert_ne!(g["status"], "RED", "{g:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,12 +12,14 @@ use harness::metrics::promtool_check_if_installed;
 use harness::upstream::fast;
 use harness::{series, Rg};
 
-/// Every user of these tests posts from 127.0.0.1: the address cap is
-/// lifted (`tests/beacon_abuse.rs` tests the caps).
+/// Every user of these tests posts from 127.0.0.1: the address cap and
+/// the per-address user quota are lifted (`tests/beacon_abuse.rs` tests
+/// the caps).
 const BEACONS: &str = r#"
 [beacons]
 names = ["page_view", "js_error", "first_result_ms", "search_result_click"]
 max_events_per_client = 100000
+max_users_per_client = 0
 "#;
 
 async fn start() -> Rg {

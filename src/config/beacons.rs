@@ -1,5 +1,6 @@
-//! `[beacons]`: the event names the client beacon endpoint accepts, and how
-//! many events one client address and one sticky key may count for.
+//! `[beacons]`: the event names the client beacon endpoint accepts, how
+//! many events one client address and one sticky key may count for, and how
+//! many distinct users one client address may add.
 
 use serde::Deserialize;
 
@@ -10,6 +11,9 @@ use super::{invalid, Invalid};
 pub const MAX_BEACON_NAMES: usize = 64;
 /// Largest cap either limit accepts (the per-slot counter is 32 bits).
 pub const MAX_BEACON_CAP: u32 = 10_000_000;
+/// Largest per-address user quota: the quota keeps one fingerprint cell per
+/// user, and an address's cells share a bucket of this many.
+pub const MAX_BEACON_USERS_PER_CLIENT: u32 = 16;
 
 defaults! {
     /// Events one client address counts for per window: a busy office or a
@@ -19,6 +23,10 @@ defaults! {
     /// Events one sticky key counts for per window: a user reading a page
     /// every few seconds for the whole window with a few events per page.
     pub const DEFAULT_MAX_EVENTS_PER_KEY: u32 = 100 => fn default_max_events_per_key() -> u32;
+    /// Distinct users (sticky keys) one client address adds per window: a
+    /// household or a shared device. A beacon gate moves on tens of fake
+    /// users, which the event cap alone would let one address invent.
+    pub const DEFAULT_MAX_USERS_PER_CLIENT: u32 = 4 => fn default_max_users_per_client() -> u32;
 }
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
@@ -35,6 +43,11 @@ pub(crate) struct FileBeacons {
     /// Events one sticky key counts for per `rollout.window`.
     #[serde(default = "default_max_events_per_key")]
     pub max_events_per_key: u32,
+    /// Distinct sticky keys one client address adds per `rollout.window`; a
+    /// batch with one more key is refused as `rate_limited`. `0` turns the
+    /// quota off (every user on one address, as in the demo).
+    #[serde(default = "default_max_users_per_client")]
+    pub max_users_per_client: u32,
 }
 
 /// The configured beacon event names (an event's name is its index here)
@@ -44,6 +57,8 @@ pub struct BeaconsConfig {
     pub names: Vec<String>,
     pub max_events_per_client: u32,
     pub max_events_per_key: u32,
+    /// 0: no per-address user quota.
+    pub max_users_per_client: u32,
 }
 
 impl Default for BeaconsConfig {
@@ -52,6 +67,7 @@ impl Default for BeaconsConfig {
             names: Vec::new(),
             max_events_per_client: DEFAULT_MAX_EVENTS_PER_CLIENT,
             max_events_per_key: DEFAULT_MAX_EVENTS_PER_KEY,
+            max_users_per_client: DEFAULT_MAX_USERS_PER_CLIENT,
         }
     }
 }
@@ -101,10 +117,30 @@ pub(super) fn validate(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
             ),
         ));
     }
+    let users = b.max_users_per_client;
+    if users > MAX_BEACON_USERS_PER_CLIENT {
+        return Err(invalid(
+            "beacons.max_users_per_client",
+            format!(
+                "must be between 1 and {MAX_BEACON_USERS_PER_CLIENT} users per window \
+                 (or 0 for no per-address quota)"
+            ),
+        ));
+    }
+    if users > b.max_events_per_client {
+        return Err(invalid(
+            "beacons.max_users_per_client",
+            format!(
+                "{users} is above beacons.max_events_per_client ({}): each user takes at least one event",
+                b.max_events_per_client
+            ),
+        ));
+    }
     Ok(BeaconsConfig {
         names: b.names,
         max_events_per_client: b.max_events_per_client,
         max_events_per_key: b.max_events_per_key,
+        max_users_per_client: users,
     })
 }
 
@@ -132,6 +168,14 @@ mod tests {
         );
         let c = parse("max_events_per_client = 1000\nmax_events_per_key = 1000\n").unwrap();
         assert_eq!(c.beacons.max_events_per_key, 1000);
+        assert_eq!(
+            c.beacons.max_users_per_client,
+            super::DEFAULT_MAX_USERS_PER_CLIENT
+        );
+        let c = parse("max_users_per_client = 0\n").unwrap();
+        assert_eq!(c.beacons.max_users_per_client, 0);
+        let c = parse("max_users_per_client = 16\n").unwrap();
+        assert_eq!(c.beacons.max_users_per_client, 16);
         for (text, key) in [
             (
                 "max_events_per_client = 0\n",
@@ -145,6 +189,14 @@ mod tests {
             (
                 "max_events_per_key = 500\nmax_events_per_client = 400\n",
                 "`beacons.max_events_per_key`",
+            ),
+            (
+                "max_users_per_client = 17\n",
+                "`beacons.max_users_per_client`",
+            ),
+            (
+                "max_events_per_key = 2\nmax_events_per_client = 3\nmax_users_per_client = 4\n",
+                "`beacons.max_users_per_client`",
             ),
         ] {
             let e = parse(text).unwrap_err();

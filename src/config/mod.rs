@@ -37,7 +37,7 @@ mod values;
 #[cfg(test)]
 mod tests;
 
-pub use beacons::{BeaconsConfig, MAX_BEACON_NAMES};
+pub use beacons::{BeaconsConfig, MAX_BEACON_NAMES, MAX_BEACON_USERS_PER_CLIENT};
 pub use gates::{Funnel, GatesConfig, Slo, Step, Timing};
 pub use journeys::JourneyLimits;
 pub use replay::ReplayConfig;

@@ -180,6 +180,7 @@ full_sustain = "5s"
 names = ["page_view", "js_error", "search_result_click", "first_result_ms"]
 # Every synthetic user posts from 127.0.0.1: one address, hundreds of users.
 max_events_per_client = 10000000
+max_users_per_client = 0
 
 [gates]
 cooldown = "1s"

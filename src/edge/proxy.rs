@@ -97,6 +97,7 @@ impl Proxy {
             beacon_caps: CapLimits {
                 per_client: config.beacons.max_events_per_client,
                 per_key: config.beacons.max_events_per_key,
+                users_per_client: config.beacons.max_users_per_client,
                 window_ms: config.rollout.window.as_millis().max(1) as u64,
             },
             regions: Regions::new(&config.routing),

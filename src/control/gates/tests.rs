@@ -1191,7 +1191,7 @@ fn fewest_for_red(
 
 /// Prints the BENCHMARKS.md table: attacker addresses needed to turn each
 /// beacon gate from GREEN to RED, before (events, no caps) and after
-/// (users, caps). Run: `cargo test --lib botnet -- --ignored --nocapture`.
+/// (users, event caps and the per-address user quota). Run: `cargo test --lib botnet -- --ignored --nocapture`.
 #[test]
 #[ignore = "prints the botnet table of BENCHMARKS.md"]
 fn botnet_addresses_to_turn_beacon_gates_red() {
@@ -1219,14 +1219,32 @@ fn botnet_addresses_to_turn_beacon_gates_red() {
     let after_funnel = |w: &Window| gate_of(&evaluate(w, &ctx), "funnel/view_to_click").status;
     let before_js = |w: &Window| js_errors_by_events(w, &ctx).status;
     let before_funnel = |w: &Window| funnel_by_events(w, &ctx, &f).status;
-    // Worst case for the caps: a window straddling two cap epochs.
-    let per_address = |events_per_unit: u64, cap: u64| 2 * cap / events_per_unit;
-    let caps = [cfg.beacons.max_events_per_client as u64, 20];
+    // Worst case for the caps: a window straddling two cap epochs. One
+    // address is worth what its event cap pays for, at most its user quota,
+    // in each (0: no quota, as before it existed).
+    let per_address = |events_per_unit: u64, (events, users): (u64, u64)| {
+        let by_events = events / events_per_unit;
+        2 * if users == 0 {
+            by_events
+        } else {
+            by_events.min(users)
+        }
+    };
+    let b = &cfg.beacons;
+    let caps = [
+        (b.max_events_per_client as u64, 0),
+        (
+            b.max_events_per_client as u64,
+            b.max_users_per_client as u64,
+        ),
+        (b.max_events_per_client as u64, 2),
+        (b.max_events_per_client as u64, 1),
+    ];
     println!(
-        "| real users | gate | before: events needed | before: addresses | after: fake users needed | after: addresses (cap {}) | after: addresses (cap {}) |",
-        caps[0], caps[1]
+        "| real users | gate | before: events needed | before: addresses | after: fake users needed | after: addresses, event cap {} only | after: addresses, defaults ({} events, {} users) | after: addresses, {} users | after: addresses, {} user |",
+        caps[0].0, caps[1].0, caps[1].1, caps[2].1, caps[3].1
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for users in [200u64, 2_000, 20_000] {
         let pop = Population { users };
         let rows: [Row; 2] = [
@@ -1263,10 +1281,12 @@ fn botnet_addresses_to_turn_beacon_gates_red() {
             let u = fewest_for_red(&cfg, &pop, us, after, 1_000_000).unwrap();
             let addrs = |cap| u.div_ceil(per_address(events_per_user, cap));
             println!(
-                "| {users} | {name} | {e} | {} | {u} | {} | {} |",
+                "| {users} | {name} | {e} | {} | {u} | {} | {} | {} | {} |",
                 e.div_ceil(UNCAPPED_EVENTS_PER_ADDRESS),
                 addrs(caps[0]),
                 addrs(caps[1]),
+                addrs(caps[2]),
+                addrs(caps[3]),
             );
         }
     }

@@ -30,8 +30,9 @@
 //!   back to a user; opted-out requests (`Sec-GPC`, `DNT`) set no bit at all.
 //!
 //! One key sets one bit whatever it sends, so one key moves a user share by
-//! one user; one client address moves it by at most the keys it can post
-//! within its event cap (`beacons.max_events_per_client`).
+//! one user; one client address moves it by at most its quota of distinct
+//! keys per window (`beacons.max_users_per_client`), within its event cap
+//! (`beacons.max_events_per_client`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
