@@ -26,7 +26,7 @@ defaults! {
     /// Distinct users (sticky keys) one client address adds per window: a
     /// household or a shared device. A beacon gate moves on tens of fake
     /// users, which the event cap alone would let one address invent.
-    pub const DEFAULT_MAX_USERS_PER_CLIENT: u32 = 4 => fn default_max_users_per_client() -> u32;
+    pub const DEFAULT_MAX_USERS_PER_CLIENT: u32 = 2 => fn default_max_users_per_client() -> u32;
 }
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.

@@ -19,8 +19,8 @@
 //! and one status keeps clients simple.
 //!
 //! A good batch from a client address or sticky key that is at its
-//! per-window cap (`beacons.max_events_per_client`, `max_events_per_key`)
-//! is refused whole with `429` and `rate_limited` (same counter, seventh
+//! per-window cap (`beacons.max_events_per_client`, `max_events_per_key`),
+//! or with a key past its address's `max_users_per_client`, is refused whole with `429` and `rate_limited` (same counter, seventh
 //! reason): the input is fine and the same batch would be taken in the next
 //! window, which is what 429 tells a client (with `Retry-After`), where a
 //! 400 would say "never send this again".

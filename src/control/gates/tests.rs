@@ -1237,7 +1237,7 @@ fn botnet_addresses_to_turn_beacon_gates_red() {
             b.max_events_per_client as u64,
             b.max_users_per_client as u64,
         ),
-        (b.max_events_per_client as u64, 2),
+        (b.max_events_per_client as u64, 4),
         (b.max_events_per_client as u64, 1),
     ];
     println!(

@@ -315,7 +315,7 @@ mod tests {
         users_per_client: 0,
         window_ms: 3_600_000,
     };
-    /// The event caps lifted, the default user quota.
+    /// The event caps lifted, a user quota of 4.
     const QUOTA: CapLimits = CapLimits {
         per_client: 10_000_000,
         per_key: 10_000_000,
