@@ -76,6 +76,10 @@ fn headline(v: &StatusView, color: bool) -> String {
     if v.frozen {
         line.push_str(&format!("  {}", paint(color, "1;35", "FREEZE_LOCK")));
     }
+    // The routing in force is not on disk yet: a restart would lose it.
+    if v.state_persist_degraded {
+        line.push_str(&format!("  {}", paint(color, "1;31", "STATE_NOT_SAVED")));
+    }
     line
 }
 

@@ -52,6 +52,14 @@ fn cli_status_view_when_empty() {
         "{s}"
     );
     assert!(s.contains("V2 25%  FREEZE_LOCK"), "{s}");
+    assert!(!s.contains("STATE_NOT_SAVED"), "{s}");
+    v.state_persist_degraded = true;
+    let degraded = render_status(&v, false);
+    assert!(
+        degraded.contains("FREEZE_LOCK  STATE_NOT_SAVED"),
+        "{degraded}"
+    );
+    v.state_persist_degraded = false;
     assert!(!s.contains("last decision"), "{s}");
     let ack = render_ack("paused", &v, false);
     assert_eq!(
