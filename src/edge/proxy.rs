@@ -18,7 +18,7 @@ mod beacon_endpoint;
 
 use super::access_log::AccessLog;
 use super::body::ProxyBody;
-use super::capacity::{Capacity, Shed};
+use super::capacity::{Capacity, Permit, Shed};
 use super::headers::*;
 use super::region::Regions;
 use super::request_body::Timing;
@@ -201,11 +201,7 @@ impl Proxy {
         peer: SocketAddr,
         timing: &mut Timing,
     ) -> Result<Relayed, Refusal> {
-        // V2's reserved capacity: the excess is shed here, before V2 sees it.
-        let permit = match variant {
-            Variant::V1 => None,
-            Variant::V2 => self.capacity.admit().map_err(|Shed| Refusal::Shed)?,
-        };
+        let permit = self.admit(variant)?;
         let inflight = self.telemetry.inflight(journey, variant);
 
         // In a shadow phase, queue a mirror to V2 (never waits).
@@ -223,11 +219,10 @@ impl Proxy {
         let req = req.map(|body| timing.wrap(body, limit));
         let (resp, conn) = match self.upstreams.send(variant, req).await {
             Ok(sent) => sent,
-            Err(SendError::ClientBody) => return Err(Refusal::ClientBody),
-            Err(SendError::ClientTimeout) => return Err(Refusal::ClientTimeout),
-            Err(SendError::Upstream(kind)) => {
-                let refusal = Refusal::Upstream(kind);
-                if let Some(t) = tee.as_mut() {
+            Err(e) => {
+                let refusal = Refusal::from(e);
+                // The mirror compares against V1's failure, not a client's.
+                if let (Refusal::Upstream(_), Some(t)) = (refusal, tee.as_mut()) {
                     t.finish(Some(refusal.status().as_u16()));
                 }
                 return Err(refusal);
@@ -249,6 +244,15 @@ impl Proxy {
             ProxyBody::upstream(body, conn, head_5xx, inflight, permit, tee),
         );
         Ok(Relayed { resp, cache_hit })
+    }
+
+    /// V2's reserved capacity: the excess is shed here, before V2 sees it.
+    /// A permit (V2 under a cap) is held until the response body is done.
+    pub(super) fn admit(&self, variant: Variant) -> Result<Option<Permit>, Refusal> {
+        match variant {
+            Variant::V1 => Ok(None),
+            Variant::V2 => self.capacity.admit().map_err(|Shed| Refusal::Shed),
+        }
     }
 
     /// Response headers every answer gets: the variant and a new `rg_bucket`.
@@ -348,6 +352,16 @@ pub(super) enum Refusal {
     ClientTimeout,
     /// The upstream failed: counted against its variant.
     Upstream(UpstreamErrorKind),
+}
+
+impl From<SendError> for Refusal {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::ClientBody => Refusal::ClientBody,
+            SendError::ClientTimeout => Refusal::ClientTimeout,
+            SendError::Upstream(kind) => Refusal::Upstream(kind),
+        }
+    }
 }
 
 impl Refusal {

@@ -19,12 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::body::ProxyBody;
-use super::capacity::Shed;
 use super::headers::upstream_response_headers;
 use super::proxy::{Proxy, Refusal, Relayed};
 use super::request_body::Timing;
 use super::server::ConnHold;
-use super::upstream::SendError;
 use crate::routing::journeys::JourneyId;
 use crate::routing::{RouteTable, Variant};
 
@@ -49,16 +47,6 @@ pub(super) fn requested<B>(req: &Request<B>) -> bool {
         && lists(header::UPGRADE, b"websocket")
 }
 
-impl From<SendError> for Refusal {
-    fn from(e: SendError) -> Self {
-        match e {
-            SendError::ClientBody => Refusal::ClientBody,
-            SendError::ClientTimeout => Refusal::ClientTimeout,
-            SendError::Upstream(kind) => Refusal::Upstream(kind),
-        }
-    }
-}
-
 impl Proxy {
     /// [`Proxy::forward`] for an upgrade request: the same admission and
     /// rewrite, the upgrade headers put back, then the tunnel.
@@ -71,10 +59,7 @@ impl Proxy {
         peer: SocketAddr,
         timing: &mut Timing,
     ) -> Result<Relayed, Refusal> {
-        let permit = match variant {
-            Variant::V1 => None,
-            Variant::V2 => self.capacity.admit().map_err(|Shed| Refusal::Shed)?,
-        };
+        let permit = self.admit(variant)?;
         let protocol = req.headers().get(header::UPGRADE).cloned();
         let hold = req.extensions_mut().remove::<ConnHold>();
         let client = hyper::upgrade::on(&mut req);
