@@ -87,7 +87,7 @@ pub(super) const DOWN: [f64; 6] = [0.02, 0.1, 0.3, 0.5, 0.7, 0.85];
 /// Which direction of a Ratio is harm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Harm {
+pub enum Harm {
     /// More V2 events per exposure is worse (JS errors).
     Higher,
     /// Fewer is worse (conversions).
@@ -107,7 +107,10 @@ pub(crate) enum Counts {
         bad_inside: u64,
         p0: f64,
     },
-    /// V2's rate of events per exposure against `m` times V1's.
+    /// V2's rate of events per exposure against `m` times V1's. With
+    /// `floor > 0` (harm `Higher` only) a V2 rate below `floor` is never
+    /// harm: when neither variant has events, their ratio is unknowable,
+    /// yet "fewer than 1 user in 1,000 with a JS error" is inside.
     Ratio {
         x1: u64,
         n1: f64,
@@ -115,6 +118,7 @@ pub(crate) enum Counts {
         n2: f64,
         m: f64,
         harm: Harm,
+        floor: f64,
     },
 }
 
@@ -177,6 +181,7 @@ pub(super) fn tick_llrs(c: &Counts, grid: &[f64; 6], dispersion: f64) -> Option<
             n2,
             m,
             harm,
+            ..
         } => {
             if n1 <= 0.0 || n2 <= 0.0 || x1 + x2 == 0 || m <= 0.0 {
                 return None;

@@ -110,9 +110,10 @@ use crate::routing::journeys::{JourneyId, JourneyKind};
 use crate::routing::Variant;
 use crate::telemetry::{CellCounts, Window};
 
+pub use evidence::Harm;
 pub use key::{Gate, GateKey, UnknownGate};
 pub use kpi::{JourneyKpi, VariantKpi};
-pub use sequential::{EvidenceMemory, EvidenceView, GateMemory, Sequential, Verdict};
+pub use sequential::{EvidenceMemory, EvidenceView, GateMemory, Rates, Sequential, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
