@@ -87,6 +87,8 @@ mod budget;
 mod cache;
 mod concurrency;
 mod evidence;
+#[cfg(test)]
+mod evidence_tests;
 mod judge;
 mod key;
 mod kpi;
@@ -94,6 +96,8 @@ mod latency;
 mod payments;
 mod requests;
 mod sequential;
+#[cfg(test)]
+mod sequential_tests;
 mod shadow;
 pub(crate) mod significance;
 mod skew;
