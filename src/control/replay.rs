@@ -252,7 +252,8 @@ fn gate_changes(recorded: &[GateResult], ev: &Evaluation) -> Vec<String> {
         .iter()
         .filter_map(|g| {
             let was = old.get(&g.key()).map_or("-", |s| s.word());
-            (was != g.status.word()).then(|| format!("{}: {was} -> {}", g.key(), g.status.word()))
+            (was != g.status.word())
+                .then(|| format!("{}: {was} -> {}: {}", g.key(), g.status.word(), g.reason))
         })
         .collect()
 }
@@ -435,7 +436,7 @@ mod tests {
         assert!(
             d.gates
                 .iter()
-                .any(|g| g == "latency_p95/search: GREEN -> RED"),
+                .any(|g| g.starts_with("latency_p95/search: GREEN -> RED: ")),
             "{d:?}"
         );
         // No step-up survives: every recorded GO after the start is a HOLD.

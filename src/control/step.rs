@@ -68,17 +68,16 @@ pub(crate) fn evaluate(
 ) -> Evaluation {
     let journeys = cfg.journeys.len();
     let window = ring.window(journeys, t.ms, cfg.rollout.window);
-    if !matches!(
-        s.state,
-        StateName::Canary | StateName::Holding | StateName::Shadow | StateName::Paused
-    ) {
-        // No rollout under watch: the next one starts with no evidence.
+    if matches!(s.state, StateName::RolledBack | StateName::Promoted) {
+        // The rollout is over: the next one starts with no evidence.
         s.gate_evidence = Default::default();
     }
     s.gate_evidence.enter(s.phase_started_at);
-    let tick = ring.take_unfolded(journeys);
+    let from = t.ms.saturating_sub(cfg.rollout.window.as_millis() as u64);
+    let (seen, tick) = ring.take_unfolded(journeys, from);
     let mut ev = {
         let mut ctx = gate_context(cfg, s, &tick, t.at);
+        ctx.seen = &seen;
         if cfg.gates.method == Method::Sequential {
             ctx.sequential = Some(Sequential {
                 memory: &s.gate_evidence,
@@ -166,6 +165,7 @@ pub fn gate_context<'a>(
         previous: &s.gate_status,
         recovery: &s.gate_recovery,
         tick,
+        seen: tick,
         sequential: None,
     }
 }

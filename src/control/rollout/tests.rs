@@ -1698,6 +1698,7 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
             previous: &s.gate_status,
             recovery: &s.gate_recovery,
             tick: w,
+            seen: w,
             sequential: None,
         },
     )
