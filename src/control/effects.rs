@@ -139,7 +139,8 @@ impl Effects {
         let r = EvalRecord {
             at: t.at,
             now_ms: interval.as_ref().map_or(t.ms, |i| i.end_ms),
-            local: t.local,
+            local: t.local.time(),
+            local_date: Some(t.local.date()),
             kind,
             interval,
             state: before,

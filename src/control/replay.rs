@@ -23,7 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::gates::{Evaluation, GateResult, GateStatus};
@@ -69,6 +69,10 @@ pub struct EvalRecord {
     pub now_ms: u64,
     /// Local wall-clock time of the tick (promotion window).
     pub local: NaiveTime,
+    /// Its local date (business days); records written before it was kept
+    /// replay on the date of `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_date: Option<NaiveDate>,
     pub kind: RecordKind,
     /// The counts this evaluation added to the window; `None` on the first.
     pub interval: Option<Interval>,
@@ -211,7 +215,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
         let t = TickTime {
             ms: now_ms,
             at: r.at,
-            local: r.local,
+            local: NaiveDateTime::new(r.local_date.unwrap_or(r.at.date_naive()), r.local),
         };
         let (ev, out) = step::tick(cfg, &ring, &mut s, &t);
         report.ticks += 1;
@@ -379,7 +383,7 @@ mod tests {
             let t = TickTime {
                 ms: now_ms,
                 at,
-                local: at.time(),
+                local: at.naive_utc(),
             };
             let before = s.clone();
             let (ev, o) = step::tick(cfg, &ring, &mut s, &t);
@@ -387,6 +391,7 @@ mod tests {
                 at,
                 now_ms,
                 local: at.time(),
+                local_date: Some(at.date_naive()),
                 kind: RecordKind::Tick,
                 interval: Some(interval),
                 state: before,

@@ -5,7 +5,7 @@
 //! is what makes a replayed difference mean "the new config decides
 //! otherwise" rather than "the replay computes otherwise".
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::gates::{self, Evaluation, GateContext};
 use super::rollout::{Core, Outcome};
@@ -22,8 +22,9 @@ pub(crate) struct TickTime {
     pub(crate) ms: u64,
     /// Decision time: every hold, RED timer and cooldown is a difference of these.
     pub(crate) at: DateTime<Utc>,
-    /// Local time of day (the promotion window).
-    pub(crate) local: NaiveTime,
+    /// Local wall-clock date and time (the promotion window, the overnight
+    /// freeze): the controller's process time zone.
+    pub(crate) local: NaiveDateTime,
 }
 
 /// The window's intervals: enough for the configured window, whatever the

@@ -14,7 +14,7 @@ use super::effects::Effects;
 use super::gates::Evaluation;
 use super::history::HistoryView;
 use super::replay::RecordKind;
-use super::rollout::{Command, CommandError, Core, Outcome};
+use super::rollout::{Command, CommandError, Core, Given, Outcome};
 use super::state::{self, RolloutState, StateError, StateName};
 use super::status::Board;
 use super::step::{self, TickTime};
@@ -31,6 +31,8 @@ use arc_swap::ArcSwap;
 pub(crate) struct CommandMsg {
     cmd: Command,
     by: String,
+    /// Through the overnight freeze.
+    force: bool,
     reply: oneshot::Sender<Result<Arc<StatusView>, CommandError>>,
 }
 
@@ -79,10 +81,21 @@ impl ControlHandle {
 
     /// Runs a command through the control task; `by` is recorded in the audit log.
     pub async fn command(&self, cmd: Command, by: &str) -> Result<Arc<StatusView>, CommandError> {
+        self.command_forced(cmd, by, false).await
+    }
+
+    /// [`Self::command`], overriding the overnight freeze when `force`.
+    pub async fn command_forced(
+        &self,
+        cmd: Command,
+        by: &str,
+        force: bool,
+    ) -> Result<Arc<StatusView>, CommandError> {
         let (reply, rx) = oneshot::channel();
         let msg = Msg::Command(CommandMsg {
             cmd,
             by: by.to_string(),
+            force,
             reply,
         });
         let gone = || CommandError::Conflict("the controller is shutting down".into());
@@ -118,11 +131,6 @@ impl Clock {
         }
     }
 
-    /// Decision time now.
-    pub(crate) fn at(&self) -> DateTime<Utc> {
-        self.on_axis(self.origin.elapsed())
-    }
-
     fn on_axis(&self, since_start: std::time::Duration) -> DateTime<Utc> {
         TimeDelta::from_std(since_start)
             .ok()
@@ -136,7 +144,7 @@ impl Clock {
         TickTime {
             ms: since_start.as_millis() as u64,
             at: self.on_axis(since_start),
-            local: Local::now().time(),
+            local: Local::now().naive_local(),
         }
     }
 }
@@ -165,9 +173,23 @@ pub(crate) struct Situation {
     pub(crate) detail: String,
     /// The state file does not hold `state` yet (a failed write is retried).
     pub(crate) persist_degraded: bool,
+    /// "held overnight until ..." while the overnight freeze holds a live rollout.
+    pub(crate) overnight: Option<String>,
 }
 
 impl Situation {
+    /// Notes the overnight freeze at local time `local`.
+    fn note_freeze(&mut self, local: chrono::NaiveDateTime) {
+        let core = Core {
+            cfg: &self.cfg.rollout,
+        };
+        self.overnight = core
+            .freeze(local)
+            .until_text()
+            .filter(|_| Core::live(&self.state))
+            .map(|until| format!("held overnight until {until}"));
+    }
+
     pub(crate) fn phase_name(&self) -> Option<String> {
         self.state
             .phase_index
@@ -256,6 +278,7 @@ impl Controller {
                 last_eval: Evaluation::default(),
                 detail: String::new(),
                 persist_degraded: false,
+                overnight: None,
             },
             clock: Clock::start(),
             effects,
@@ -375,6 +398,7 @@ impl Controller {
         let before = self.sit.state.clone();
         let (ev, out) = decide(&self.sit.cfg, &self.intake.ring, &mut self.sit.state, &t);
         self.sit.last_eval = ev;
+        self.sit.note_freeze(t.local);
         let decision = out.decision.clone();
         self.effects
             .record(kind, &t, interval, before, &self.sit, decision);
@@ -405,12 +429,23 @@ impl Controller {
         let core = Core {
             cfg: &self.sit.cfg.rollout,
         };
-        let result = core.command(&mut self.sit.state, msg.cmd, self.clock.at());
-        let detail = serde_json::json!({
+        let t = self.clock.read();
+        let given = Given {
+            at: t.at,
+            local: t.local,
+            force: msg.force,
+        };
+        let result = core.command(&mut self.sit.state, msg.cmd, given);
+        self.sit.note_freeze(t.local);
+        let mut detail = serde_json::json!({
             "by": msg.by,
             "args": args,
             "result": match &result { Ok(_) => "ok".to_string(), Err(e) => e.to_string() },
         });
+        if result.as_ref().is_ok_and(|o| o.forced) {
+            // On record: this change went through the overnight freeze.
+            detail["forced"] = serde_json::Value::Bool(true);
+        }
         self.effects.audit(Utc::now(), "admin", name, detail);
         tracing::info!(command = name, by = %msg.by, ok = result.is_ok(), "admin action");
         let reply = result.map(|out| {

@@ -247,6 +247,7 @@ fn command(ctl: &mut Controller, cmd: Command) -> Result<Arc<StatusView>, Comman
     ctl.on_command(CommandMsg {
         cmd,
         by: "tester".into(),
+        force: false,
         reply,
     });
     rx.try_recv().expect("a reply")
