@@ -65,6 +65,7 @@ pub(crate) fn sample_status() -> StatusView {
         phase: Some("canary-25".into()),
         phase_index: Some(1),
         overnight_freeze: None,
+        refreeze: None,
         weights: Weights { v1: 75.0, v2: 25.0 },
         gates: gates.clone(),
         flags: BTreeMap::from([("EVIDENCE_BUNDLE".to_string(), 1)]),

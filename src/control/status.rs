@@ -38,6 +38,10 @@ pub struct StatusView {
     /// closed: step-ups wait, and manual weight changes need `force`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overnight_freeze: Option<String>,
+    /// The golden re-freeze's round trip: `retrying` with its last error is
+    /// an anomaly (FREEZE_LOCK is not set until it is `verified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreeze: Option<super::webhook::Refreeze>,
     pub phase_started_at: Option<DateTime<Utc>>,
     pub phases: Vec<PhaseView>,
     pub evaluation: Evaluation,
@@ -84,6 +88,7 @@ impl Board {
             state_persist_degraded: false,
             detail: String::new(),
             overnight_freeze: None,
+            refreeze: None,
             phase_started_at: None,
             phases: vec![],
             evaluation: Evaluation::default(),
@@ -143,6 +148,7 @@ pub(crate) fn view(sit: &Situation) -> StatusView {
         state_persist_degraded: sit.persist_degraded,
         detail: sit.detail.clone(),
         overnight_freeze: sit.overnight.clone(),
+        refreeze: s.refreeze.clone(),
         phase_started_at: s.phase_started_at,
         phases: sit
             .cfg

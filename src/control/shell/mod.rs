@@ -47,6 +47,8 @@ pub(crate) struct ReloadMsg {
 pub(crate) enum Msg {
     Command(CommandMsg),
     Reload(ReloadMsg),
+    /// A golden re-freeze round trip's result.
+    Refreeze(super::webhook::RefreezeAttempt),
 }
 
 /// What the admin API holds: a way to send commands and the latest status.
@@ -261,10 +263,17 @@ impl Controller {
             // The state file holds it now: a copy left there would be stale.
             state::remove_fallback(fallback)?;
         }
-        let effects = Effects::open(&cfg, &state, router.clone(), trip.clone(), metrics)?;
+        let (tx, rx) = mpsc::channel(64);
+        let effects = Effects::open(
+            &cfg,
+            &state,
+            router.clone(),
+            trip.clone(),
+            metrics,
+            tx.clone(),
+        )?;
         let board = Board::new(&state);
         let (status, history) = board.readers();
-        let (tx, rx) = mpsc::channel(64);
         let ctl = Controller {
             intake: Intake {
                 telemetry,
@@ -305,6 +314,8 @@ impl Controller {
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
             interval
         };
+        // A re-freeze round trip owed before a restart is taken up again.
+        self.effects.start_refreeze(&self.sit);
         let mut tick = self.sit.cfg.rollout.tick;
         let mut interval = every(tick);
         let trip = self.intake.trip.clone();
@@ -318,6 +329,7 @@ impl Controller {
                 Some(msg) = rx.recv() => match msg {
                     Msg::Command(c) => self.on_command(c),
                     Msg::Reload(r) => self.on_reload(r),
+                    Msg::Refreeze(a) => self.on_refreeze(a),
                 },
                 () = trip.notify.notified() => self.on_trip(),
                 () = sleep_until_some(self.effects.persist_retry_at()) => self.on_persist_retry(),
@@ -404,6 +416,12 @@ impl Controller {
             .record(kind, &t, interval, before, &self.sit, decision);
         self.apply(out, by);
         t
+    }
+
+    fn on_refreeze(&mut self, a: super::webhook::RefreezeAttempt) {
+        let t = self.clock.read();
+        self.effects.refreeze_attempt(&mut self.sit, a, t.at);
+        self.board.publish(&self.sit);
     }
 
     fn on_reload(&mut self, r: ReloadMsg) {
