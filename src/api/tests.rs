@@ -99,6 +99,7 @@ pub(crate) fn sample_status() -> StatusView {
         ],
         evaluation: Evaluation {
             window_ms: 60_000,
+            drift: None,
             gates,
             journeys: vec![JourneyKpi {
                 journey: "checkout".into(),
@@ -150,6 +151,7 @@ pub(crate) fn sample_report() -> Report {
         ],
         approvals: status.approvals,
         incidents: status.incidents,
+        drift: None,
         summary: Some(SummaryCard {
             phase: "canary-25".into(),
             p50_ms: Some(1.0),

@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::audit::{AuditEntry, AuditLog};
+use super::gates::drift::{Baseline, Reference};
 use super::persist::Persister;
 use super::replay::{self, EvalRecord, RecordKind};
 use super::report::{self, Report, ReportStore, TriggerStatus};
@@ -274,6 +275,7 @@ impl Effects {
             approvals: sit.state.approvals.clone(),
             incidents: sit.state.incidents.clone(),
             summary,
+            drift: ev.drift.clone(),
         };
         if let Err(e) = self.reports.write(&r) {
             tracing::error!(error = %e, "could not write gate report");
@@ -299,6 +301,9 @@ impl Effects {
         match webhook::write_baseline(&sit.cfg.server.state_dir, &sit.last_eval) {
             Ok((path, sha)) => {
                 tracing::info!(path = %path.display(), sha256 = %sha, "golden baseline written");
+                // The next rollout's drift reference, without reading it back.
+                let baseline = Baseline::from_journeys(sha.clone(), &sit.last_eval.journeys);
+                sit.drift = Arc::new(Reference::Baseline(baseline));
                 let detail = serde_json::json!({
                     "baseline": path.display().to_string(),
                     "sha256": sha,

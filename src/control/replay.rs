@@ -18,6 +18,7 @@
 //! moment, NEW would have decided X instead of Y". The window, the gates and
 //! the decision are the live controller's own `step`.
 
+use super::gates::drift::Reference;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -58,6 +59,12 @@ impl PartialEq<&str> for RecordKind {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
+}
+
+/// A replay judges without a drift reference: the baseline the live
+/// controller held is not part of the records.
+fn no_drift() -> Reference {
+    Reference::None("replay: no drift reference".into())
 }
 
 /// One recorded evaluation.
@@ -218,7 +225,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
             at: r.at,
             local: NaiveDateTime::new(r.local_date.unwrap_or(r.at.date_naive()), r.local),
         };
-        let (ev, out) = step::tick(cfg, &ring, &mut s, &t);
+        let (ev, out) = step::tick(cfg, &ring, &mut s, &t, &no_drift());
         report.ticks += 1;
         let none = || Decision {
             action: Action::None,
@@ -388,7 +395,7 @@ mod tests {
                 local: at.naive_utc(),
             };
             let before = s.clone();
-            let (ev, o) = step::tick(cfg, &ring, &mut s, &t);
+            let (ev, o) = step::tick(cfg, &ring, &mut s, &t, &no_drift());
             out.push(EvalRecord {
                 at,
                 now_ms,

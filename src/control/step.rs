@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
+use super::gates::drift::Reference;
 use super::gates::{self, Evaluation, GateContext, Sequential};
 use super::rollout::{Core, Outcome};
 use super::state::{RolloutState, StateName};
@@ -66,6 +67,7 @@ pub(crate) fn evaluate(
     ring: &IntervalRing,
     s: &mut RolloutState,
     t: &TickTime,
+    drift: &Reference,
 ) -> Evaluation {
     let journeys = cfg.journeys.len();
     let window = ring.window(journeys, t.ms, cfg.rollout.window);
@@ -87,7 +89,9 @@ pub(crate) fn evaluate(
                 looks: plan_ticks(cfg),
             });
         }
-        gates::evaluate(&window, &ctx)
+        let mut ev = gates::evaluate(&window, &ctx);
+        gates::drift::judge(&ctx, &mut ev, drift);
+        ev
     };
     for g in &mut ev.gates {
         if let Some(e) = &mut g.evidence {
@@ -115,14 +119,15 @@ fn plan_ticks(cfg: &Config) -> u64 {
     (total.as_secs_f64() / r.tick.as_secs_f64().max(1e-3)).ceil() as u64 + 1
 }
 
-/// One tick: evaluate, then decide.
+/// One tick against the drift reference `drift`: evaluate, then decide.
 pub(crate) fn tick(
     cfg: &Config,
     ring: &IntervalRing,
     s: &mut RolloutState,
     t: &TickTime,
+    drift: &Reference,
 ) -> (Evaluation, Outcome) {
-    let ev = evaluate(cfg, ring, s, t);
+    let ev = evaluate(cfg, ring, s, t, drift);
     let out = Core { cfg: &cfg.rollout }.tick(s, &ev, t.at, t.local);
     (ev, out)
 }
@@ -135,8 +140,9 @@ pub(crate) fn trip(
     s: &mut RolloutState,
     trip: Trip,
     t: &TickTime,
+    drift: &Reference,
 ) -> (Evaluation, Outcome) {
-    let ev = evaluate(cfg, ring, s, t);
+    let ev = evaluate(cfg, ring, s, t, drift);
     let out = Core { cfg: &cfg.rollout }.payment_trip(s, trip, t.at);
     (ev, out)
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::gates::drift::{Baseline, Reference};
 use super::gates::Evaluation;
 use super::StatusView;
 
@@ -154,6 +155,39 @@ pub(crate) fn write_baseline(
         format!("{sha}  baseline.json\n"),
     )?;
     Ok((path, sha))
+}
+
+/// The stored baseline as the drift reference: `baseline.json` whose sha256
+/// matches `baseline.json.sha256`. Anything else is no reference, with the
+/// reason (never an error: a rollout without a reference is judged without
+/// drift).
+pub(crate) fn load_baseline(state_dir: &Path) -> Reference {
+    let path = state_dir.join(BASELINE_FILE);
+    let body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Reference::None("no golden baseline stored yet".into())
+        }
+        Err(e) => return Reference::None(format!("{}: {e}", path.display())),
+    };
+    let sha = hex::encode(Sha256::digest(&body));
+    let sum_path = state_dir.join(format!("{BASELINE_FILE}.sha256"));
+    let want = std::fs::read_to_string(&sum_path).unwrap_or_default();
+    if want.split_whitespace().next() != Some(sha.as_str()) {
+        return Reference::None(format!(
+            "{} does not match {}: not used as the drift reference",
+            path.display(),
+            sum_path.display()
+        ));
+    }
+    #[derive(Deserialize)]
+    struct File {
+        journeys: Vec<super::gates::JourneyKpi>,
+    }
+    match serde_json::from_slice::<File>(&body) {
+        Ok(f) => Reference::Baseline(Baseline::from_journeys(sha, &f.journeys)),
+        Err(e) => Reference::None(format!("{}: {e}", path.display())),
+    }
 }
 
 /// The golden re-freeze's round trip: FREEZE_LOCK waits for it.

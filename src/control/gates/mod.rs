@@ -86,6 +86,7 @@ mod beacons;
 mod budget;
 mod cache;
 mod concurrency;
+pub(crate) mod drift;
 mod evidence;
 mod judge;
 mod key;
@@ -183,6 +184,9 @@ pub struct Evaluation {
     pub journeys: Vec<JourneyKpi>,
     pub v1: VariantKpi,
     pub v2: VariantKpi,
+    /// V1 against the last golden baseline (`drift.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<drift::Drift>,
 }
 
 impl Evaluation {

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::effects::Effects;
+use super::gates::drift::Reference;
 use super::gates::Evaluation;
 use super::history::HistoryView;
 use super::replay::RecordKind;
@@ -177,6 +178,9 @@ pub(crate) struct Situation {
     pub(crate) persist_degraded: bool,
     /// "held overnight until ..." while the overnight freeze holds a live rollout.
     pub(crate) overnight: Option<String>,
+    /// The drift reference (the last golden baseline), loaded at start and
+    /// on reload, replaced by each re-freeze; never read per tick from disk.
+    pub(crate) drift: Arc<Reference>,
 }
 
 impl Situation {
@@ -264,6 +268,7 @@ impl Controller {
             state::remove_fallback(fallback)?;
         }
         let (tx, rx) = mpsc::channel(64);
+        let drift = Arc::new(super::webhook::load_baseline(dir));
         let effects = Effects::open(
             &cfg,
             &state,
@@ -288,6 +293,7 @@ impl Controller {
                 detail: String::new(),
                 persist_degraded: false,
                 overnight: None,
+                drift,
             },
             clock: Clock::start(),
             effects,
@@ -370,7 +376,10 @@ impl Controller {
         self.on_trip();
         // The cost of a tick in real time, whatever the controller's clock says.
         let started = std::time::Instant::now();
-        let t = self.step(RecordKind::Tick, "controller", step::tick);
+        let drift = self.sit.drift.clone();
+        let t = self.step(RecordKind::Tick, "controller", |cfg, ring, s, t| {
+            step::tick(cfg, ring, s, t, &drift)
+        });
         self.board.record_history(t.at, &self.sit);
         tracing::debug!(
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -383,8 +392,9 @@ impl Controller {
             return;
         };
         if !matches!(self.sit.state.state, StateName::RolledBack) {
+            let drift = self.sit.drift.clone();
             self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
-                step::trip(cfg, ring, s, trip, t)
+                step::trip(cfg, ring, s, trip, t, &drift)
             });
         }
         // Handled: the state says rolled back (and is being persisted), so
@@ -432,6 +442,9 @@ impl Controller {
             self.intake.telemetry = r.telemetry;
         }
         self.sit.cfg = r.cfg;
+        self.sit.drift = Arc::new(super::webhook::load_baseline(
+            &self.sit.cfg.server.state_dir,
+        ));
         let detail = serde_json::json!({"journeys": self.sit.cfg.journeys.len() - 1});
         self.effects.audit(Utc::now(), "admin", "reload", detail);
         self.effects.route(&self.sit);
