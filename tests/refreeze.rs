@@ -23,8 +23,9 @@ const WITHIN: Duration = Duration::from_secs(90);
 async fn promoted(cc: &CommandCenter) -> (Upstream, Upstream, Rg) {
     let (v1, v2) = Upstream::pair().await;
     let rollout = format!(
-        "{QUIET_ROLLOUT}command_center_url = \"{}\"\n{FLAGS}[[rollout.phases]]\nname = \"full\"\nweight = 100\n",
-        cc.url()
+        "{QUIET_ROLLOUT}command_center_url = \"{}\"\nwebhook_url = \"{}\"\n{FLAGS}[[rollout.phases]]\nname = \"full\"\nweight = 100\n",
+        cc.url(),
+        cc.hooks_url()
     );
     let rg = Rg::start(&Conf::new(v1.url(), v2.url()).rollout(&rollout)).await;
     for path in ["/api/v1/rollout/start", "/api/v1/rollout/promote"] {
@@ -51,6 +52,13 @@ async fn status_until(rg: &Rg, what: &str, pred: impl Fn(&Value) -> bool) -> Val
 async fn a_failed_round_trip_is_an_anomaly_retried_until_verified() {
     let cc = CommandCenter::start(Fault::FailGets(2)).await;
     let (_v1, _v2, rg) = promoted(&cc).await;
+    // A first rollout has no drift reference, and says so.
+    status_until(&rg, "no drift reference yet", |s| {
+        s["evaluation"]["drift"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("no golden baseline"))
+    })
+    .await;
     let s = status_until(&rg, "retrying after a failed GET", |s| {
         s["refreeze"]["state"] == "retrying"
     })
@@ -69,6 +77,10 @@ async fn a_failed_round_trip_is_an_anomaly_retried_until_verified() {
     assert!(s["refreeze"].get("last_error").is_none(), "cleared: {s}");
     let (posts, gets) = cc.calls();
     assert_eq!((posts, gets), (3, 3), "one POST and one GET per round trip");
+    // The webhook heard of each anomaly at once.
+    let hooks = cc.hooks();
+    let anomalies = hooks.iter().filter(|h| h.contains("ANOMALY")).count();
+    assert_eq!(anomalies, 2, "{hooks:?}");
     let r = rg
         .call(Method::PUT, "/api/v1/weights", r#"{"v2": 30}"#)
         .await;

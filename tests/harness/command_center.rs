@@ -1,7 +1,7 @@
 //! A command center for the golden re-freeze on a loopback port: keeps what
-//! was POSTed and serves it back on GET, after failing a set number of GETs
-//! (503) or with a corrupted copy, so a test sees every way the round trip
-//! can go wrong.
+//! was POSTed to each path and serves it back on GET, after failing a set
+//! number of GETs (503) or with a corrupted copy, so a test sees every way
+//! the round trip can go wrong. Its `/hooks` path takes the status webhook.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,9 +28,13 @@ pub enum Fault {
 
 #[derive(Default)]
 struct Seen {
-    posts: Vec<Bytes>,
+    /// (path, body) of every POST.
+    posts: Vec<(String, Bytes)>,
     gets: u32,
 }
+
+const BASELINE_PATH: &str = "/baselines/golden";
+const HOOKS_PATH: &str = "/hooks";
 
 pub struct CommandCenter {
     pub addr: SocketAddr,
@@ -60,18 +64,40 @@ impl CommandCenter {
 
     /// The URL for `rollout.command_center_url`.
     pub fn url(&self) -> String {
-        format!("http://{}/baselines/golden", self.addr)
+        format!("http://{}{BASELINE_PATH}", self.addr)
     }
 
-    /// (POSTs, GETs) so far.
-    pub fn calls(&self) -> (usize, u32) {
+    /// The URL for `rollout.webhook_url`.
+    pub fn hooks_url(&self) -> String {
+        format!("http://{}{HOOKS_PATH}", self.addr)
+    }
+
+    fn posts_to(&self, path: &str) -> Vec<Bytes> {
         let s = self.seen.lock().unwrap();
-        (s.posts.len(), s.gets)
+        s.posts
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
-    /// The last body POSTed.
+    /// (baseline POSTs, GETs) so far.
+    pub fn calls(&self) -> (usize, u32) {
+        let posts = self.posts_to(BASELINE_PATH).len();
+        (posts, self.seen.lock().unwrap().gets)
+    }
+
+    /// The last baseline POSTed.
     pub fn last_post(&self) -> Option<Bytes> {
-        self.seen.lock().unwrap().posts.last().cloned()
+        self.posts_to(BASELINE_PATH).pop()
+    }
+
+    /// The status webhook's messages so far.
+    pub fn hooks(&self) -> Vec<String> {
+        self.posts_to(HOOKS_PATH)
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
     }
 }
 
@@ -87,6 +113,7 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let body = req
         .into_body()
         .collect()
@@ -96,12 +123,18 @@ async fn answer(
     let mut s = seen.lock().unwrap();
     let (status, out) = match method {
         Method::POST => {
-            s.posts.push(body);
+            s.posts.push((path, body));
             (StatusCode::CREATED, Bytes::new())
         }
         Method::GET => {
             s.gets += 1;
-            let stored = s.posts.last().cloned().unwrap_or_default();
+            let stored = s
+                .posts
+                .iter()
+                .rev()
+                .find(|(p, _)| *p == path)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default();
             match fault {
                 Fault::FailGets(n) if s.gets <= n => {
                     (StatusCode::SERVICE_UNAVAILABLE, Bytes::new())
