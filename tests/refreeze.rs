@@ -1,6 +1,7 @@
 //! The golden re-freeze against a real command center on loopback: FREEZE_LOCK
 //! is set only once the baseline came back intact. A failing GET is an
-//! anomaly in the status (and the audit log) and is retried with backoff; a
+//! anomaly in the status, the audit log and the webhook, and is retried with
+//! backoff (also across a SIGKILL and restart of the real binary); a
 //! corrupted copy never sets the lock.
 
 mod harness;
@@ -13,7 +14,8 @@ use sha2::{Digest, Sha256};
 
 use harness::command_center::{CommandCenter, Fault};
 use harness::config::{FLAGS, QUIET_ROLLOUT};
-use harness::{audit_lines, eventually_within, Conf, Rg, Upstream};
+use harness::process::Proc;
+use harness::{audit_lines, eventually_within, Conf, Ports, Rg, Upstream};
 
 /// Two round trips fail before the third: 5 s + 10 s of backoff, well inside.
 const WITHIN: Duration = Duration::from_secs(90);
@@ -128,4 +130,46 @@ async fn a_checksum_mismatch_never_sets_freeze_lock() {
     assert!(s.get("refreeze").is_none(), "{s}");
     assert_eq!(s["frozen"], false);
     rg.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_owed_round_trip() {
+    let cc = CommandCenter::start(Fault::FailGets(1)).await;
+    let (v1, v2) = Upstream::pair().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, config) = (dir.path().join("state"), dir.path().join("rollgate.toml"));
+    let ports = Ports::free();
+    let rollout = format!(
+        "{QUIET_ROLLOUT}command_center_url = \"{}\"\n{FLAGS}[[rollout.phases]]\nname = \"full\"\nweight = 100\n",
+        cc.url()
+    );
+    Conf::new(v1.url(), v2.url())
+        .ports(ports)
+        .rollout(&rollout)
+        .write(&config, &state);
+    let spawn = || Proc::spawn(&config, ports, dir.path().join("stderr.log"));
+    let mut rg = spawn();
+    rg.wait_ready().await;
+    for path in ["/api/v1/rollout/start", "/api/v1/rollout/promote"] {
+        let r = rg.call(Method::POST, path, "").await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+    }
+    let s = rg
+        .wait_for("the first round trip failed", |s| {
+            s["refreeze"]["state"] == "retrying"
+        })
+        .await;
+    assert_eq!(s["refreeze"]["attempts"], 1, "{s}");
+    rg.kill9();
+
+    // The state file owes the round trip: the next run takes it up at once.
+    let mut rg = spawn();
+    rg.wait_ready().await;
+    let s = rg
+        .wait_for("verified after the restart", |s| s["frozen"] == true)
+        .await;
+    assert_eq!(s["state"], "promoted");
+    assert_eq!(s["refreeze"]["state"], "verified", "{s}");
+    assert_eq!(s["refreeze"]["attempts"], 2, "{s}");
+    assert_eq!(cc.calls(), (2, 2));
 }
