@@ -16,6 +16,7 @@ defaults! {
     /// The sequential judge's error in calling one gate inside for a phase.
     const DEFAULT_ALPHA_INSIDE: f64 = 0.05 => fn default_alpha_inside() -> f64;
     const DEFAULT_DISPERSION: f64 = 1.0 => fn default_dispersion() -> f64;
+    const DEFAULT_RATE_FLOOR: f64 = 0.001 => fn default_rate_floor() -> f64;
     /// Both the promote and the rollback band.
     const DEFAULT_BAND: f64 = 0.05 => fn default_band() -> f64;
     const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60) => fn default_cooldown() -> Dur;
@@ -51,6 +52,10 @@ pub(crate) struct FileGates {
     /// (>= 1; raise it when errors cluster by user).
     #[serde(default = "default_dispersion")]
     pub dispersion: f64,
+    /// `sequential`: a V2 rate of bad users below this share is never
+    /// harm on a comparative gate (JS errors), whatever V1's rate.
+    #[serde(default = "default_rate_floor")]
+    pub rate_floor: f64,
     /// A gate that is not GREEN turns GREEN only inside its threshold by this share...
     #[serde(default = "default_band")]
     pub promote_band: f64,
@@ -157,6 +162,7 @@ pub struct GatesConfig {
     pub alpha: f64,
     pub alpha_inside: f64,
     pub dispersion: f64,
+    pub rate_floor: f64,
     pub promote_band: f64,
     pub rollback_band: f64,
     pub cooldown: Duration,
@@ -245,6 +251,7 @@ pub(super) fn validate(
         alpha: g.alpha,
         alpha_inside: g.alpha_inside,
         dispersion: g.dispersion,
+        rate_floor: fraction("gates.rate_floor", g.rate_floor)?,
         promote_band: band("gates.promote_band", g.promote_band)?,
         rollback_band: band("gates.rollback_band", g.rollback_band)?,
         cooldown: g.cooldown.0,

@@ -59,6 +59,7 @@ pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateRe
             n2: tn2 as f64,
             m: 1.0 + g.js_errors_max_increase,
             harm: Harm::Higher,
+            floor: g.rate_floor,
         }),
     }))
 }
@@ -131,6 +132,7 @@ pub(super) fn funnel(window: &Window, ctx: &GateContext<'_>, f: &Funnel) -> Gate
             n2: tn2 as f64,
             m: 1.0 - f.max_drop,
             harm: Harm::Lower,
+            floor: 0.0,
         }),
     })
 }

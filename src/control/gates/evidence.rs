@@ -61,10 +61,11 @@
 //!
 //! ## Confidence sequence
 //!
-//! The interval shown beside an estimate is `{p : E_up(p) < 2/a and
-//! E_down(p) < 2/a}` over the phase's cumulative counts, the set of values
-//! neither side can reject at level `a` (both sides' mixtures, each at
-//! `a/2`); it is anytime-valid as well, so it can be read at every tick.
+//! The interval shown beside an estimate is `{p : E_up(p) < 1/a and
+//! E_down(p) < 1/a}` over the phase's cumulative counts: each end is a
+//! one-sided bound at level `a` (together they cover at `1 - 2a`), so "the
+//! upper end is below the limit" is exactly "shown inside". It is
+//! anytime-valid as well, so it can be read at every tick.
 //!
 //! ## Assumptions
 //!
@@ -87,7 +88,7 @@ pub(super) const DOWN: [f64; 6] = [0.02, 0.1, 0.3, 0.5, 0.7, 0.85];
 /// Which direction of a Ratio is harm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Harm {
+pub enum Harm {
     /// More V2 events per exposure is worse (JS errors).
     Higher,
     /// Fewer is worse (conversions).
@@ -107,7 +108,10 @@ pub(crate) enum Counts {
         bad_inside: u64,
         p0: f64,
     },
-    /// V2's rate of events per exposure against `m` times V1's.
+    /// V2's rate of events per exposure against `m` times V1's. With
+    /// `floor > 0` (harm `Higher` only) a V2 rate below `floor` is never
+    /// harm: when neither variant has events, their ratio is unknowable,
+    /// yet "fewer than 1 user in 1,000 with a JS error" is inside.
     Ratio {
         x1: u64,
         n1: f64,
@@ -115,6 +119,7 @@ pub(crate) enum Counts {
         n2: f64,
         m: f64,
         harm: Harm,
+        floor: f64,
     },
 }
 
@@ -177,6 +182,7 @@ pub(super) fn tick_llrs(c: &Counts, grid: &[f64; 6], dispersion: f64) -> Option<
             n2,
             m,
             harm,
+            ..
         } => {
             if n1 <= 0.0 || n2 <= 0.0 || x1 + x2 == 0 || m <= 0.0 {
                 return None;
@@ -221,7 +227,7 @@ pub(crate) fn share_interval(n: u64, bad: u64, a: f64) -> Option<(f64, f64)> {
         return None;
     }
     let (n, b) = (n as f64, bad as f64);
-    let limit = (2.0 / a).ln();
+    let limit = (1.0 / a).ln();
     // E_up(p): evidence that the share is above p; E_down(p): below.
     let up = |p: f64| log_mean_exp(&UP.map(|r| share_llr(n, b, p, open(p * r))));
     let down = |p: f64| log_mean_exp(&DOWN.map(|r| share_llr(n, b, p, open(p * r))));
@@ -240,7 +246,7 @@ pub(crate) fn ratio_interval(x1: u64, n1: f64, x2: u64, n2: f64, a: f64) -> Opti
     }
     let rho = n2 / (n1 + n2);
     let (k, x) = ((x1 + x2) as f64, x2 as f64);
-    let limit = (2.0 / a).ln();
+    let limit = (1.0 / a).ln();
     let e = |lambda: f64, grid: &[f64; 6]| {
         let t0 = open(theta(rho, lambda));
         log_mean_exp(&grid.map(|r| share_llr(k, x, t0, open(theta(rho, lambda * r)))))

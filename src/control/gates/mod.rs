@@ -88,6 +88,8 @@ mod cache;
 mod concurrency;
 pub(crate) mod drift;
 mod evidence;
+#[cfg(test)]
+mod evidence_tests;
 mod judge;
 mod key;
 mod kpi;
@@ -95,6 +97,8 @@ mod latency;
 mod payments;
 mod requests;
 mod sequential;
+#[cfg(test)]
+mod sequential_tests;
 mod shadow;
 pub(crate) mod significance;
 mod skew;
@@ -111,9 +115,10 @@ use crate::routing::journeys::{JourneyId, JourneyKind};
 use crate::routing::Variant;
 use crate::telemetry::{CellCounts, Window};
 
+pub use evidence::Harm;
 pub use key::{Gate, GateKey, UnknownGate};
 pub use kpi::{JourneyKpi, VariantKpi};
-pub use sequential::{EvidenceMemory, EvidenceView, GateMemory, Sequential, Verdict};
+pub use sequential::{EvidenceMemory, EvidenceView, GateMemory, Rates, Sequential, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -31,7 +31,7 @@ use super::evidence::{
     breach_threshold, log_mean_exp, ratio_interval, share_interval, tick_llrs, Counts, Harm, DOWN,
     UP,
 };
-use super::judge::{fmt, Measure};
+use super::judge::Measure;
 use super::{GateContext, GateKey, GateResult, GateStatus};
 
 /// The answer of a tested gate.
@@ -59,6 +59,10 @@ pub struct GateMemory {
     pub n1: f64,
     #[serde(default, skip_serializing_if = "is_zero_u")]
     pub x1: u64,
+    /// A ratio with a floor: the inside evidence of "V2's rate is below
+    /// the floor", over the same span as `down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor_down: Option<[f64; 6]>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -87,11 +91,26 @@ impl GateMemory {
                 self.n2 += n as f64;
                 self.x2 += bad;
             }
-            Counts::Ratio { x1, n1, x2, n2, .. } => {
+            Counts::Ratio {
+                x1,
+                n1,
+                x2,
+                n2,
+                harm,
+                floor,
+                ..
+            } => {
                 self.n1 += n1;
                 self.x1 += x1;
                 self.n2 += n2;
                 self.x2 += x2;
+                if harm == Harm::Higher && floor > 0.0 {
+                    let below = Counts::share(n2 as u64, x2, floor);
+                    let acc = self.floor_down.get_or_insert([0.0; 6]);
+                    if let Some(l) = tick_llrs(&below, &DOWN, dispersion) {
+                        acc.iter_mut().zip(l).for_each(|(d, l)| *d += l);
+                    }
+                }
             }
         }
     }
@@ -137,6 +156,9 @@ pub struct EvidenceView {
     pub high: Option<f64>,
     /// The share (or ratio) the gate allows.
     pub limit: f64,
+    /// Ratios: V1's and V2's rates over the phase, and which side is harm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rates: Option<Rates>,
     /// V2's samples over the phase.
     pub samples: u64,
     /// Breach detector and the level it must reach (natural logs).
@@ -155,25 +177,37 @@ pub struct EvidenceView {
 impl EvidenceView {
     /// One line a release manager reads.
     pub fn words(&self) -> String {
-        let ratio = self.measure.contains("vs V1");
-        let v = |x: f64| {
-            if ratio {
-                format!("{x:.2}x")
-            } else {
-                format!("{:.2} %", x * 100.0)
-            }
-        };
-        let est = self.estimate.map_or("n/a".into(), v);
-        let ci = match (self.low, self.high) {
-            (Some(l), Some(h)) if h.is_finite() => format!(" [{}, {}]", v(l), v(h)),
-            (Some(l), Some(_)) => format!(" [{}, inf]", v(l)),
+        let pct = |x: f64| format!("{:.2} %", x * 100.0);
+        let times = |x: f64| format!("{x:.2}x");
+        let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("n/a".into(), f);
+        let ci = |f: &dyn Fn(f64) -> String| match (self.low, self.high) {
+            (Some(l), Some(h)) if h.is_finite() => format!(" [{}, {}]", f(l), f(h)),
+            (Some(l), Some(_)) => format!(" [{}, inf]", f(l)),
             _ => String::new(),
         };
-        let head = format!(
-            "{} {est}{ci} over the phase vs {}",
-            self.measure,
-            v(self.limit)
-        );
+        let head = match self.rates {
+            None => format!(
+                "{} {}{} over the phase vs {}",
+                self.measure,
+                opt(self.estimate, &pct),
+                ci(&pct),
+                pct(self.limit)
+            ),
+            Some(r) => format!(
+                "{}: V2 {} vs V1 {} over the phase, ratio {}{} vs {} {}",
+                self.measure,
+                opt(r.v2, &pct),
+                opt(r.v1, &pct),
+                opt(self.estimate, &times),
+                ci(&times),
+                if r.harm == Harm::Higher {
+                    "at most"
+                } else {
+                    "at least"
+                },
+                times(self.limit)
+            ),
+        };
         let conf = format!("{:.1} % confidence", self.confidence * 100.0);
         match self.verdict {
             Verdict::Breach => format!("{head}: breach, {conf}"),
@@ -187,6 +221,14 @@ impl EvidenceView {
             ),
         }
     }
+}
+
+/// The two rates behind a ratio.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub v1: Option<f64>,
+    pub v2: Option<f64>,
+    pub harm: Harm,
 }
 
 /// The sequential inputs of a tick.
@@ -209,35 +251,44 @@ impl GateContext<'_> {
         let h = breach_threshold(seq.gates, seq.looks, g.alpha);
         let need_in = (1.0 / g.alpha_inside).ln();
         let breach = mem.up.iter().copied().fold(0.0, f64::max);
-        let inside = log_mean_exp(&mem.down);
-        let (limit, estimate, interval, measure) = match c {
+        let mut inside = log_mean_exp(&mem.down);
+        let mut need_in = need_in;
+        let mut harmless = false;
+        if let Counts::Ratio { floor, .. } = c {
+            if let Some(below) = &mem.floor_down {
+                // Two ways to be inside, each at half the error.
+                need_in = (2.0 / g.alpha_inside).ln();
+                inside = inside.max(log_mean_exp(below));
+            }
+            // A rate under the floor is no harm, whatever its ratio.
+            harmless = floor > 0.0 && mem.n2 > 0.0 && mem.x2 as f64 / mem.n2 <= floor;
+        }
+        let rate = |x: u64, n: f64| (n > 0.0).then(|| x as f64 / n);
+        let (limit, estimate, interval, rates) = match c {
             Counts::Share { p0, .. } => (
                 p0,
-                (mem.n2 > 0.0).then(|| mem.x2 as f64 / mem.n2),
+                rate(mem.x2, mem.n2),
                 share_interval(mem.n2 as u64, mem.x2, g.alpha_inside),
-                m.counted.to_string(),
+                None,
             ),
             Counts::Ratio { m: lim, harm, .. } => (
                 lim,
-                (mem.n1 > 0.0 && mem.n2 > 0.0 && mem.x1 > 0)
-                    .then(|| (mem.x2 as f64 / mem.n2) / (mem.x1 as f64 / mem.n1)),
+                (mem.x1 > 0)
+                    .then(|| rate(mem.x2, mem.n2).zip(rate(mem.x1, mem.n1)))
+                    .flatten()
+                    .map(|(a, b)| a / b),
                 ratio_interval(mem.x1, mem.n1, mem.x2, mem.n2, g.alpha_inside),
-                format!(
-                    "{} vs V1 (at {} {})",
-                    m.counted,
-                    if harm == Harm::Higher {
-                        "most"
-                    } else {
-                        "least"
-                    },
-                    fmt(lim)
-                ),
+                Some(Rates {
+                    v1: rate(mem.x1, mem.n1),
+                    v2: rate(mem.x2, mem.n2),
+                    harm,
+                }),
             ),
         };
         let samples = mem.n2 as u64;
         let too_few = samples < m.min_samples
             || matches!(c, Counts::Ratio { .. }) && (mem.n1 as u64) < m.min_samples;
-        let (verdict, status, confidence) = if breach >= h {
+        let (verdict, status, confidence) = if breach >= h && !harmless {
             let p = (h - breach).exp() * g.alpha;
             (Verdict::Breach, GateStatus::Red, 1.0 - p.min(1.0))
         } else if !too_few && inside >= need_in {
@@ -246,16 +297,19 @@ impl GateContext<'_> {
             (Verdict::Unknown, GateStatus::Yellow, 0.0)
         };
         if verdict == Verdict::Breach {
-            // A recovery must be shown on data after the fault.
-            mem.restart_phase();
+            // A recovery must be shown on data after the fault (the counts
+            // stay: they describe the phase).
+            mem.down = [0.0; 6];
+            mem.floor_down = None;
         }
         let view = EvidenceView {
             verdict,
-            measure,
+            measure: m.counted.to_string(),
             estimate,
             low: interval.map(|i| i.0),
             high: interval.map(|i| i.1),
             limit,
+            rates,
             samples,
             breach,
             breach_needed: h,
