@@ -333,3 +333,15 @@ async fn round_trip_baseline(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refreeze_backoff_doubles_from_5s_to_a_5_minute_cap() {
+        let secs: Vec<u64> = (1..=9).map(|n| refreeze_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(refreeze_backoff(u32::MAX), REFREEZE_RETRY_MAX);
+    }
+}
