@@ -89,6 +89,9 @@ pub(crate) struct FileGates {
     /// `split_skew`: observed V2 share of users within this share of the target.
     #[serde(default = "default_split_skew_tolerance")]
     pub split_skew_tolerance: f64,
+    /// `drift`: V1's P95 per journey at most this share above the last golden
+    /// baseline's; unset = drift is reported, not gated.
+    pub drift_max: Option<f64>,
     #[serde(default)]
     pub funnels: Vec<FileFunnel>,
     #[serde(default)]
@@ -172,6 +175,8 @@ pub struct GatesConfig {
     pub slo: Option<Slo>,
     pub error_budget_max: f64,
     pub split_skew_tolerance: f64,
+    /// `None`: no `drift` gate (the drift is still reported).
+    pub drift_max: Option<f64>,
     pub funnels: Vec<Funnel>,
     pub timings: Vec<Timing>,
 }
@@ -286,6 +291,13 @@ pub(super) fn validate(
             "gates.split_skew_tolerance",
             g.split_skew_tolerance,
         )?,
+        drift_max: g
+            .drift_max
+            .map(|d| {
+                let ok = d.is_finite() && d > 0.0;
+                must_be("gates.drift_max", d, ok, "a positive share (0.10 = 10 %)")
+            })
+            .transpose()?,
         funnels: funnels(g.funnels, journeys, beacons)?,
         timings: timings(g.timings, beacons)?,
     })

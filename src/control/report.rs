@@ -47,6 +47,9 @@ pub struct Report {
     pub approvals: Vec<Approval>,
     pub incidents: Vec<Incident>,
     pub summary: Option<SummaryCard>,
+    /// V1 against the last golden baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::gates::drift::Drift>,
 }
 
 /// Entry of `GET /api/v1/reports`.
@@ -203,6 +206,9 @@ pub(crate) fn markdown(r: &Report) -> String {
         row(&mut m, &j.journey, &j.v1, &j.v2);
     }
     row(&mut m, "**all**", &r.v1, &r.v2);
+    if let Some(d) = &r.drift {
+        m.push_str(&d.markdown());
+    }
     let _ = writeln!(
         m,
         "\n## Rollback triggers\n\n| trigger | fired | status |\n|---|---|---|"

@@ -43,10 +43,12 @@ pub enum Gate {
     SplitSkew,
     /// Mirrored answers of a shadow phase that differ from V1's.
     ShadowDiff,
+    /// V1's P95 per journey against the stored golden baseline's.
+    Drift,
 }
 
 impl Gate {
-    pub const ALL: [Gate; 13] = [
+    pub const ALL: [Gate; 14] = [
         Gate::ErrorRate,
         Gate::LatencyP95,
         Gate::LatencyVsControl,
@@ -60,14 +62,16 @@ impl Gate {
         Gate::Concurrency,
         Gate::SplitSkew,
         Gate::ShadowDiff,
+        Gate::Drift,
     ];
 
     /// Whether a sustained RED of this gate may roll back, or only hold.
     /// `split_skew` only holds: a skewed split is evidence about the
     /// measurement (bots, caches, a regional outage, or a client choosing its
     /// own user keys), not about V2's health, and anyone can move it.
+    /// `drift` likewise: V1 drifting from the baseline says nothing against V2.
     pub fn may_roll_back(self) -> bool {
-        !matches!(self, Gate::SplitSkew)
+        !matches!(self, Gate::SplitSkew | Gate::Drift)
     }
 
     /// The name in the status JSON, reports and the `gate` metric label.
@@ -86,6 +90,7 @@ impl Gate {
             Gate::Concurrency => "concurrency",
             Gate::SplitSkew => "split_skew",
             Gate::ShadowDiff => "shadow_diff",
+            Gate::Drift => "drift",
         }
     }
 }

@@ -99,6 +99,7 @@ mod beacons;
 mod budget;
 mod cache;
 mod concurrency;
+pub(crate) mod drift;
 mod evidence;
 #[cfg(test)]
 mod evidence_tests;
@@ -201,6 +202,9 @@ pub struct Evaluation {
     pub journeys: Vec<JourneyKpi>,
     pub v1: VariantKpi,
     pub v2: VariantKpi,
+    /// V1 against the last golden baseline (`drift.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<drift::Drift>,
 }
 
 impl Evaluation {
