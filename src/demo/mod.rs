@@ -194,19 +194,19 @@ js_errors_per = "page_view"
 js_errors_max_increase = 1.0
 latency_vs_control_max = 0.25
 alpha_inside = 0.2
-rate_floor = 0.02
+rate_floor = 0.1
 
 [[gates.funnels]]
 name = "application_conversion"
 numerator = "journey:application_submit"
 denominator = "journey:application_start"
-max_drop = 0.3
+max_drop = 0.5
 
 [[gates.funnels]]
 name = "search_ctr"
 numerator = "beacon:search_result_click"
 denominator = "journey:search"
-max_drop = 0.3
+max_drop = 0.5
 
 [[gates.timings]]
 name = "first_result_ms"

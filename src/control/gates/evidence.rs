@@ -27,7 +27,8 @@
 //! *Ratio* (Lindon & Malek 2022, counts as time-inhomogeneous Poisson
 //! processes). With exposures `n1`, `n2` and events `x1`, `x2` in a tick,
 //! V2's events are a thinning of all events: given `k = x1 + x2`, `x2` is
-//! Binomial(k, θ) with `θ = ρλ / (ρλ + 1 - ρ)`, `ρ = n2/(n1+n2)` and `λ`
+//! Binomial(k, θ) with `θ = ρλ / (ρλ + 1 - ρ)`, `ρ` V2's share of the
+//! exposure (the phase's so far: `sequential.rs` says why) and `λ`
 //! V2's rate over V1's. "λ <= m" is "θ <= θ0 = θ(m)", whatever V1's own
 //! rate does from tick to tick (it cancels), and an alternative `λ = r m`
 //! gives the same LR shape in `θ(rm)` against `θ0`. The unconditional

@@ -81,12 +81,36 @@ fn is_zero_u(v: &u64) -> bool {
 impl GateMemory {
     /// Adds one tick.
     fn fold(&mut self, c: &Counts, dispersion: f64) {
-        if let Some(l) = tick_llrs(c, &UP, dispersion) {
+        // A ratio's events are split by V2's share of the phase's exposure so
+        // far, not of this tick's: a tick's share swings when one variant's
+        // users arrive in a burst, and an event often comes a tick after its
+        // exposure (a user pays after they were first seen).
+        let judged = match *c {
+            Counts::Ratio {
+                x1,
+                n1,
+                x2,
+                n2,
+                m,
+                harm,
+                floor,
+            } => Counts::Ratio {
+                x1,
+                n1: self.n1 + n1,
+                x2,
+                n2: self.n2 + n2,
+                m,
+                harm,
+                floor,
+            },
+            share => share,
+        };
+        if let Some(l) = tick_llrs(&judged, &UP, dispersion) {
             for (u, l) in self.up.iter_mut().zip(l) {
                 *u = (*u + l).max(0.0);
             }
         }
-        if let Some(l) = tick_llrs(c, &DOWN, dispersion) {
+        if let Some(l) = tick_llrs(&judged, &DOWN, dispersion) {
             for (d, l) in self.down.iter_mut().zip(l) {
                 *d += l;
             }
