@@ -27,7 +27,9 @@ const H: u64 = 3600;
 const M: u64 = 60;
 
 fn preset(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
 }
 
 fn load(name: &str) -> Config {
@@ -43,7 +45,10 @@ fn assert_phases(file: &str, cfg: &Config, want: &[Want]) {
         assert_eq!(p.weight.percent(), w.weight_pct, "{at}: weight");
         match w.hold {
             Some(h) => assert_eq!(p.hold, h, "{at}: hold"),
-            None => assert_eq!(p.hold, cfg.rollout.full_sustain, "{at}: hold (full_sustain)"),
+            None => assert_eq!(
+                p.hold, cfg.rollout.full_sustain,
+                "{at}: hold (full_sustain)"
+            ),
         }
         assert_eq!(p.p95_ms, w.p95_ms, "{at}: P95 gate");
         assert_eq!(p.approval.as_deref(), w.approval, "{at}: approval");

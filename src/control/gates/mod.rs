@@ -97,6 +97,8 @@ pub(crate) mod significance;
 mod skew;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_seed;
 
 use std::collections::BTreeMap;
 
