@@ -43,10 +43,12 @@ pub enum Gate {
     SplitSkew,
     /// Mirrored answers of a shadow phase that differ from V1's.
     ShadowDiff,
+    /// Revenue per user of a `revenue` beacon name against V1.
+    Revenue,
 }
 
 impl Gate {
-    pub const ALL: [Gate; 13] = [
+    pub const ALL: [Gate; 14] = [
         Gate::ErrorRate,
         Gate::LatencyP95,
         Gate::LatencyVsControl,
@@ -60,6 +62,7 @@ impl Gate {
         Gate::Concurrency,
         Gate::SplitSkew,
         Gate::ShadowDiff,
+        Gate::Revenue,
     ];
 
     /// Whether a sustained RED of this gate may roll back, or only hold.
@@ -86,6 +89,7 @@ impl Gate {
             Gate::Concurrency => "concurrency",
             Gate::SplitSkew => "split_skew",
             Gate::ShadowDiff => "shadow_diff",
+            Gate::Revenue => "revenue",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The seed rules judged per journey and per user: a journey's failures
 //! against V1's ("no increase above baseline"), beside or instead of an
-//! absolute minimum.
+//! absolute minimum; and revenue per user V2 against V1 ("positive
+//! signal"), reported always and a gate when configured.
 
 use super::*;
 use crate::config::Config;
@@ -142,4 +143,142 @@ fn a_bad_margin_is_refused_with_its_key() {
     );
     let e = Config::parse(&text, "t").unwrap_err().to_string();
     assert!(e.contains("journeys[0].success_vs_v1"), "{e}");
+}
+
+// ===== revenue per user =====
+
+const PAGE_VIEW: usize = 0;
+const CREDITS: usize = 1;
+
+fn shop(gates: &str) -> Config {
+    let text = format!(
+        "{MINIMAL}[beacons]\nnames = [\"page_view\", \"credits_bought\"]\n[gates]\n{gates}\n"
+    );
+    Config::parse(&text, "t").unwrap()
+}
+
+/// Per variant `(users, payers, cents per payer)`: every user sends a page
+/// view, the first `payers` of them one purchase each.
+fn purchases(cfg: &Config, v1: (u64, u64, u64), v2: (u64, u64, u64)) -> Window {
+    let mut w = Window::empty_with(cfg.journeys.len(), cfg.beacons.names.len());
+    w.duration_ms = 300_000;
+    for (v, (users, payers, cents)) in [(Variant::V1, v1), (Variant::V2, v2)] {
+        // Distinct keys per variant: the index, its variant in the high bits.
+        let key = |i: u64| xxhash_rust::xxh3::xxh3_64(&(i | (v as u64) << 48).to_le_bytes());
+        for i in 0..users {
+            w.beacon_users.of_mut(PAGE_VIEW, v).insert(key(i));
+        }
+        for i in 0..payers {
+            w.beacon_users.of_mut(CREDITS, v).insert(key(i));
+        }
+        let b = &mut w.beacons[CREDITS * 2 + v as usize];
+        b.counts[crate::telemetry::beacons::BeaconType::Revenue as usize] = payers;
+        b.revenue = payers * cents;
+    }
+    w
+}
+
+fn revenue_gate(ev: &Evaluation) -> Option<&GateResult> {
+    ev.gates
+        .iter()
+        .find(|g| g.key() == "revenue/credits_bought")
+}
+
+#[test]
+fn revenue_figures_are_per_user_and_the_gate_tests_the_paying_share() {
+    let cfg = shop("revenue_per = \"credits_bought\"\nrevenue_max_drop = 0.05");
+    // Same shop on both sides: 30 % of 2,000 users pay 12.50.
+    let same = purchases(&cfg, (2_000, 600, 1_250), (2_000, 600, 1_250));
+    let ev = judge(&cfg, &same, true);
+    let r2 = &ev.v2.revenue[0];
+    assert_eq!(
+        (r2.name.as_str(), r2.purchases, r2.revenue),
+        ("credits_bought", 600, 750_000)
+    );
+    // The user counts are linear-counting estimates, within a few users.
+    assert!(
+        r2.users.abs_diff(2_000) < 40 && r2.payers.abs_diff(600) < 15,
+        "{r2:?}"
+    );
+    let g = revenue_gate(&ev).expect("a revenue gate");
+    assert_eq!(g.status, GateStatus::Green, "{g:?}");
+    let per_user = 750_000.0 / r2.users as f64;
+    assert!((g.value.unwrap() - per_user).abs() < 1e-9, "{g:?}");
+
+    // Half as many users pay on V2: revenue per user halves, and the paying
+    // share is significantly lower. RED.
+    let fewer = purchases(&cfg, (2_000, 600, 1_250), (2_000, 300, 1_250));
+    let ev = judge(&cfg, &fewer, true);
+    let g = revenue_gate(&ev).unwrap();
+    assert_eq!(g.status, GateStatus::Red, "{g:?}");
+    assert!(g.p_value.is_some_and(|p| p < 1e-6), "{g:?}");
+
+    // As many pay, but less each: the value shows it, the test (a share of
+    // users) does not, so the window judge does not call it a breach.
+    let cheaper = purchases(&cfg, (2_000, 600, 1_250), (2_000, 600, 600));
+    let ev = judge(&cfg, &cheaper, true);
+    let g = revenue_gate(&ev).unwrap();
+    assert!(g.value.unwrap() < g.threshold * 0.6, "{g:?}");
+    assert_eq!(g.status, GateStatus::Green, "{g:?}");
+    assert!(g.reason.contains("not significant"), "{}", g.reason);
+
+    // Too few users on V2: insufficient data.
+    let few = purchases(&cfg, (2_000, 600, 1_250), (30, 9, 1_250));
+    let g = judge(&cfg, &few, true);
+    assert_eq!(revenue_gate(&g).unwrap().status, GateStatus::Yellow);
+}
+
+#[test]
+fn revenue_is_reported_without_a_gate_and_at_full_weight() {
+    let cfg = shop("");
+    let w = purchases(&cfg, (1_000, 100, 1_000), (1_000, 120, 1_000));
+    let ev = judge(&cfg, &w, true);
+    assert!(revenue_gate(&ev).is_none());
+    assert_eq!(ev.v1.revenue.len(), 1);
+    let lines = crate::control::report::revenue_lines(&ev.v1, &ev.v2);
+    let (r1, r2) = (&ev.v1.revenue[0], &ev.v2.revenue[0]);
+    let (a, b) = (r1.per_user().unwrap(), r2.per_user().unwrap());
+    assert_eq!(
+        lines,
+        [format!(
+            "Revenue per user (credits_bought): V1 {a:.2}, V2 {b:.2} (V2/V1 {:.1} %); \
+             users who paid: V1 {} of {}, V2 {} of {}",
+            b / a * 100.0,
+            r1.payers,
+            r1.users,
+            r2.payers,
+            r2.users
+        )]
+    );
+    assert!((b / a - 1.2).abs() < 0.05, "{a} {b}");
+    // At 100 % the figures are still there (V2's), the gate is not.
+    let cfg = shop("revenue_per = \"credits_bought\"");
+    let w = purchases(&cfg, (0, 0, 0), (1_000, 120, 1_000));
+    let ev = judge(&cfg, &w, false);
+    assert!(revenue_gate(&ev).is_none());
+    assert_eq!(ev.v2.revenue[0].revenue, 120_000);
+    let line = &crate::control::report::revenue_lines(&ev.v1, &ev.v2)[0];
+    assert!(line.contains("V1 –, V2 1"), "{line}");
+    // No revenue event and no gate: no figures, no line.
+    let quiet = shop("");
+    let ev = judge(&quiet, &purchases(&quiet, (100, 0, 0), (100, 0, 0)), true);
+    assert!(ev.v2.revenue.is_empty());
+}
+
+#[test]
+fn revenue_keys_are_checked() {
+    for (gates, key) in [
+        ("revenue_per = \"tips\"", "gates.revenue_per"),
+        (
+            "revenue_per = \"credits_bought\"\nrevenue_max_drop = 1.0",
+            "gates.revenue_max_drop",
+        ),
+        ("revenue_max_drop = -0.1", "gates.revenue_max_drop"),
+    ] {
+        let text = format!(
+            "{MINIMAL}[beacons]\nnames = [\"page_view\", \"credits_bought\"]\n[gates]\n{gates}\n"
+        );
+        let e = Config::parse(&text, "t").unwrap_err().to_string();
+        assert!(e.contains(key), "{gates}: {e}");
+    }
 }
