@@ -1,7 +1,8 @@
 //! The two shipped plans in `config/` against the seeds they come from,
 //! phase by phase: P95 gate, hold, V2 weight, approval (and its waiver),
-//! and how long a breach may last before it rolls back; and `rollgate check`
-//! accepts each file as shipped.
+//! and how long a breach may last before it rolls back; the seeds' other
+//! KPIs where the plan gates them; and `rollgate check` accepts each file as
+//! shipped.
 
 mod harness;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::process::run_bin;
-use rollgate::config::PromotionWindow;
+use rollgate::config::{PromotionWindow, Step};
 use rollgate::Config;
 
 /// One phase as the seed writes it.
@@ -96,6 +97,11 @@ fn the_30_hour_plan_is_seed_000_as_written() {
     assert_eq!(r.promotion_window, PromotionWindow::Always);
     let holds: Duration = r.phases[..3].iter().map(|p| p.hold).sum();
     assert_eq!(holds, Duration::from_secs(30 * H), "6 + 12 + 12 h");
+    // "Revenue: track B2C + B2B", a signal in every report (not a gate).
+    for name in ["credits_bought", "provider_fees"] {
+        assert!(cfg.beacons.index(name).is_some(), "{file}: beacon {name}");
+    }
+    assert_eq!(cfg.gates.revenue_per, None, "{file}: a signal, not a gate");
     check_passes(file);
 }
 
@@ -140,5 +146,49 @@ fn the_same_day_plan_is_seed_003_as_written() {
         })
         .collect();
     assert_eq!(starts, [90, 210, 450], "T+ minutes of each step-up");
+    // The additional KPIs: journeys' success, client errors, funnels,
+    // first-result time and the error budget.
+    let limits = |j: &str| {
+        let id = cfg
+            .journeys
+            .by_name(j)
+            .unwrap_or_else(|| panic!("journey {j}"));
+        cfg.journey_limits[id.index()].clone()
+    };
+    assert_eq!(limits("payout_job").success_min, Some(0.999));
+    assert_eq!(limits("provider_dashboard").p95_ms, Some(120.0));
+    let webhooks = limits("webhooks");
+    assert_eq!(
+        (webhooks.success_min, webhooks.success_vs_v1),
+        (None, Some(0.002))
+    );
+    let g = &cfg.gates;
+    assert_eq!(
+        g.js_errors_per,
+        cfg.beacons.index("page_view").map(usize::from)
+    );
+    assert_eq!(g.js_errors_max_increase, 0.10);
+    assert_eq!(g.error_budget_max, 0.05);
+    assert!(g.slo.is_some(), "{file}: the error budget needs an SLO");
+    let funnel = |name: &str| {
+        g.funnels
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("{file}: funnel {name}"))
+    };
+    assert_eq!(funnel("registration_completion").max_drop, 0.03);
+    assert_eq!(funnel("search_ctr").max_drop, 0.05);
+    let conversion = funnel("application_conversion");
+    assert_eq!(conversion.max_drop, 0.03);
+    let journey = |j: &str| Step::Journey(cfg.journeys.by_name(j).unwrap().index());
+    assert_eq!(
+        (conversion.numerator, conversion.denominator),
+        (journey("application_submit"), journey("application_start"))
+    );
+    assert_eq!(g.timings.len(), 1);
+    assert_eq!(
+        (g.timings[0].name.as_str(), g.timings[0].max_increase),
+        ("first_result_ms", 0.05)
+    );
     check_passes(file);
 }
