@@ -145,14 +145,17 @@ async fn revenue_is_summed_per_variant_reported_per_user_and_gated() {
     rg.wait_for("canary-50", |s| s["phase"] == "canary-50")
         .await;
 
-    // 200 users on each side; 30 % of V1's pay 12.50, 10 % of V2's.
-    let (on_v1, on_v2) = keys_on(50.0, 200);
+    // 800 users on each side, arriving side by side as real traffic does
+    // (the sequential judge compares the two variants tick by tick); 30 %
+    // of V1's users pay 12.50, 10 % of V2's.
+    let (on_v1, on_v2) = keys_on(50.0, 800);
     let view = r#"[{"type":"funnel","name":"page_view"}]"#;
     let paid = r#"[{"type":"funnel","name":"page_view"},{"type":"revenue","name":"credits_bought","value":1250}]"#;
-    for (keys, payers) in [(&on_v1, 60), (&on_v2, 20)] {
-        for (i, k) in keys.iter().enumerate() {
-            let body = if i < payers { paid } else { view };
-            let r = rg.beacon(&[("x-user-id", k)], body).await;
+    for (i, (k1, k2)) in on_v1.iter().zip(&on_v2).enumerate() {
+        for (k, pays) in [(k1, i % 10 < 3), (k2, i % 10 == 0)] {
+            let r = rg
+                .beacon(&[("x-user-id", k)], if pays { paid } else { view })
+                .await;
             assert_eq!(r.status, http::StatusCode::NO_CONTENT, "{}", r.text());
         }
     }
@@ -171,7 +174,7 @@ async fn revenue_is_summed_per_variant_reported_per_user_and_gated() {
             &format!("rollgate_revenue_total{{name=\"credits_bought\",variant=\"{v}\"}}"),
         )
     };
-    assert_eq!((revenue("v1"), revenue("v2")), (75_000.0, 25_000.0));
+    assert_eq!((revenue("v1"), revenue("v2")), (300_000.0, 100_000.0));
     assert_eq!(
         series(
             &page,
@@ -197,7 +200,7 @@ async fn revenue_is_summed_per_variant_reported_per_user_and_gated() {
         .find(|g| g["name"] == "revenue")
         .unwrap();
     assert_eq!(g["journey"], "credits_bought", "{g:#}");
-    // 25,000 cents over ~200 users, against 75,000 over ~200 (x 0.95).
+    // 100,000 cents over ~800 users, against 300,000 over ~800 (x 0.95).
     let (value, threshold) = (
         g["value"].as_f64().unwrap(),
         g["threshold"].as_f64().unwrap(),

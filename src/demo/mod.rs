@@ -169,8 +169,14 @@ salt = "demo"
 tick = "250ms"
 window = "{window}"
 min_samples = 20
-error_rate_max = 0.005
-error_rate_margin = 0.002
+# The demo compresses a 30-hour plan into a minute, but evidence does not
+# compress: showing a 0.5 % ceiling inside takes ~1,000 V2 requests, and a
+# 5 % canary of 800 users does not make them in seconds. So the demo's gates
+# are wider than a site's (see config/plan-*.toml for real ones); its faults
+# are far beyond them and still roll back by their trigger.
+error_rate_max = 0.02
+error_rate_margin = 0.01
+payment_success_min = 0.9
 p95_rollback_ms = {hard}
 red_rollback_after = "4s"
 consecutive_payment_failures = 5
@@ -185,22 +191,26 @@ max_users_per_client = 0
 [gates]
 cooldown = "1s"
 js_errors_per = "page_view"
+js_errors_max_increase = 1.0
+latency_vs_control_max = 0.25
+alpha_inside = 0.2
+rate_floor = 0.02
 
 [[gates.funnels]]
 name = "application_conversion"
 numerator = "journey:application_submit"
 denominator = "journey:application_start"
-max_drop = 0.03
+max_drop = 0.3
 
 [[gates.funnels]]
 name = "search_ctr"
 numerator = "beacon:search_result_click"
 denominator = "journey:search"
-max_drop = 0.05
+max_drop = 0.3
 
 [[gates.timings]]
 name = "first_result_ms"
-max_increase = 0.05
+max_increase = 0.5
 
 [rollout.flags]
 SHADOW_PASS_24H = 1

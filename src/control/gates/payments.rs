@@ -13,7 +13,7 @@ use crate::routing::journeys::JourneyKind;
 
 use super::judge::{fmt, Bound, Measure};
 use super::requests::failure_limit;
-use super::{Gate, GateContext, GateResult, JourneyWindow};
+use super::{Gate, GateContext, GateResult, JourneyWindow, VariantKpi};
 
 /// The evidence: V2's failed share significantly above the `1 - min` the
 /// absolute bound allows, or significantly above V1's.
@@ -41,6 +41,8 @@ pub(super) fn success(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option<Ga
         min_samples: cfg.min_samples,
         control_samples: limit.control_samples,
         evidence: limit.evidence,
+        counted: "V2 failed requests",
+        counts: Some(limit.counts(&VariantKpi::of(j.t2))),
     });
     if let Some(m) = margin {
         let vs_v1 = format!("V1 failures {} + margin {}", fmt(limit.v1_rate), fmt(m));

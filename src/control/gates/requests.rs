@@ -10,9 +10,11 @@
 //! (a stalled or abandoned request body: `408`/`400`) are 4xx and never
 //! count here.
 
+use super::evidence::Counts;
 use super::judge::{fmt, Bound, Evidence, Measure};
 use super::significance::{binomial_exceeds, two_proportion, Worse};
 use super::{Evaluation, Gate, GateContext, GateResult, GateStatus, VariantKpi};
+use crate::routing::Variant;
 
 /// What a failure share of V2 is held to: an absolute ceiling, and while V1
 /// takes traffic, V1's share in the same window plus a margin. The
@@ -31,6 +33,14 @@ pub(super) struct FailureLimit {
     /// V1's requests, when V1 is compared with.
     pub control_samples: Option<u64>,
     pub evidence: Evidence,
+}
+
+impl FailureLimit {
+    /// What the sequential judge counts this tick: V2's failures (`tick`)
+    /// against the combined threshold, V1's window share taken as known.
+    pub fn counts(&self, tick: &VariantKpi) -> Counts {
+        Counts::share(tick.requests, tick.server_errors, self.threshold)
+    }
 }
 
 /// The limit on V2's failures (`server_errors` per request) from a ceiling
@@ -94,6 +104,8 @@ pub(super) fn error_rate(ev: &Evaluation, ctx: &GateContext<'_>) -> GateResult {
         min_samples: cfg.min_samples,
         control_samples: limit.control_samples,
         evidence: limit.evidence,
+        counted: "V2 5xx",
+        counts: Some(limit.counts(&VariantKpi::of(&ctx.tick.variant_total(Variant::V2)))),
     });
     if g.status != GateStatus::Green && limit.by_v1 {
         g.reason.push_str(&format!(

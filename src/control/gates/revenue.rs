@@ -10,10 +10,16 @@
 //! reports, phase cards). With `gates.revenue_per` the `revenue` gate
 //! compares them V2 against V1:
 //!
-//! - the **value** and the zone are V2's revenue per user against V1's
-//!   times `1 - revenue_max_drop`;
-//! - the **test** is the two-proportion z test of the paying share, V2
-//!   lower than V1 (`significance::two_proportion`).
+//! - the **value** (and, for the window judge, the zone) is V2's revenue
+//!   per user against V1's times `1 - revenue_max_drop`;
+//! - the **test** is on the paying share. The sequential judge (`method =
+//!   "sequential"`) counts, tick by tick, the users who paid among the
+//!   users seen on each variant, as the rates of a ratio (`evidence.rs`,
+//!   `Counts::Ratio`, harm when lower): *inside* once V2's paying rate is
+//!   shown at least `1 - revenue_max_drop` times V1's, *breach* once it is
+//!   shown below. The window judge (`method = "window"`) uses the
+//!   two-proportion z test of the window's paying shares, V2 lower than V1
+//!   (`significance::two_proportion`).
 //!
 //! Why the test is on the share and not on the revenue: revenue per user is
 //! the mean of a very skewed quantity (most users pay nothing, a few pay a
@@ -24,8 +30,8 @@
 //! users, bounded, with the variance the z test assumes, and a user counts
 //! once however much they claim. What is only reported, then, is how much a
 //! payer spends: a V2 whose payers spend less with the same paying share
-//! moves the value but not the test, so the window judge does not turn it
-//! RED on that alone.
+//! moves the value but not the test, so neither judge turns it RED on that
+//! alone (the report line shows it beside the verdict).
 //!
 //! Opted-out senders (`Sec-GPC`, `DNT`) add revenue but are no users: the
 //! per-user figures are overstated by their share of revenue, on both
@@ -39,6 +45,7 @@ use crate::routing::Variant;
 use crate::telemetry::beacons::BeaconType;
 use crate::telemetry::Window;
 
+use super::evidence::{Counts, Harm};
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::{two_proportion, Worse};
 use super::{Evaluation, Gate, GateContext, GateResult, VariantKpi};
@@ -113,6 +120,13 @@ pub(super) fn gate(ev: &Evaluation, ctx: &GateContext<'_>) -> Option<GateResult>
     let none = Revenue::default();
     let r1 = of(&ev.v1, name).unwrap_or(&none);
     let r2 = of(&ev.v2, name).unwrap_or(&none);
+    // This tick's payers and users seen, for the sequential evidence.
+    let i = g.revenue_per?;
+    let tick = |v: Variant| {
+        let users = &ctx.tick.beacon_users;
+        (users.of(i, v).count(), users.seen(v).count() as f64)
+    };
+    let ((x1, n1), (x2, n2)) = (tick(Variant::V1), tick(Variant::V2));
     Some(ctx.gate(Measure {
         gate: Gate::Revenue,
         journey: Some(name),
@@ -130,5 +144,15 @@ pub(super) fn gate(ev: &Evaluation, ctx: &GateContext<'_>) -> Option<GateResult>
             r2.users,
             Worse::Lower,
         )),
+        counted: "users who paid per user seen",
+        counts: Some(Counts::Ratio {
+            x1,
+            n1,
+            x2,
+            n2,
+            m: 1.0 - g.revenue_max_drop,
+            harm: Harm::Lower,
+            floor: 0.0,
+        }),
     }))
 }

@@ -29,7 +29,28 @@ fn deliveries(cfg: &Config, v1: (u64, u64), v2: (u64, u64)) -> Window {
     w
 }
 
+/// The window judge over `w` (also the tick's counts).
 fn judge(cfg: &Config, w: &Window, comparative: bool) -> Evaluation {
+    judge_with(cfg, w, comparative, None)
+}
+
+/// The sequential judge with no memory yet, `w` as the one tick it folds.
+fn judge_sequentially(cfg: &Config, w: &Window) -> Evaluation {
+    let memory = EvidenceMemory::default();
+    let seq = Sequential {
+        memory: &memory,
+        gates: 10,
+        looks: 1_000,
+    };
+    judge_with(cfg, w, true, Some(seq))
+}
+
+fn judge_with(
+    cfg: &Config,
+    w: &Window,
+    comparative: bool,
+    sequential: Option<Sequential<'_>>,
+) -> Evaluation {
     let none = BTreeMap::new();
     evaluate(
         w,
@@ -43,6 +64,8 @@ fn judge(cfg: &Config, w: &Window, comparative: bool) -> Evaluation {
             now: DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
             previous: &none,
             recovery: &BTreeMap::new(),
+            tick: w,
+            sequential,
         },
     )
 }
@@ -134,6 +157,29 @@ fn the_stricter_bound_is_the_gate_and_the_reason_names_it() {
     let g = success_gate(&g).unwrap();
     assert_eq!((g.status, g.threshold), (GateStatus::Green, 0.99));
     assert!(!g.reason.contains("bound"), "{}", g.reason);
+}
+
+#[test]
+fn the_sequential_judge_counts_the_journey_against_the_v1_bound() {
+    let cfg = webhooks("success_vs_v1 = 0.002");
+    let w = deliveries(&cfg, (10_000, 10), (10_000, 300));
+    let ev = judge_sequentially(&cfg, &w);
+    let g = success_gate(&ev).unwrap();
+    assert_eq!(g.status, GateStatus::Red, "{g:?}");
+    let e = g.evidence.as_ref().expect("sequential evidence");
+    assert_eq!(e.verdict, Verdict::Breach);
+    // The share it counts against: V1's 0.1 % + 0.2 %.
+    assert!((e.limit - 0.003).abs() < 1e-9, "{e:?}");
+    assert!(
+        g.reason
+            .contains("bound: V1 failures 0.0010 + margin 0.0020"),
+        "{}",
+        g.reason
+    );
+    // As V1 fails: no breach.
+    let w = deliveries(&cfg, (10_000, 300), (10_000, 300));
+    let ev = judge_sequentially(&cfg, &w);
+    assert_ne!(success_gate(&ev).unwrap().status, GateStatus::Red);
 }
 
 #[test]
@@ -281,4 +327,28 @@ fn revenue_keys_are_checked() {
         let e = Config::parse(&text, "t").unwrap_err().to_string();
         assert!(e.contains(key), "{gates}: {e}");
     }
+}
+
+#[test]
+fn the_sequential_judge_counts_payers_per_user_seen() {
+    let cfg = shop("revenue_per = \"credits_bought\"");
+    let fewer = purchases(&cfg, (2_000, 600, 1_250), (2_000, 300, 1_250));
+    let ev = judge_sequentially(&cfg, &fewer);
+    let g = revenue_gate(&ev).unwrap();
+    assert_eq!(g.status, GateStatus::Red, "{g:?}");
+    let e = g.evidence.as_ref().expect("sequential evidence");
+    assert_eq!((e.verdict, e.limit), (Verdict::Breach, 0.95));
+    assert!(
+        g.reason.starts_with("users who paid per user seen: V2 "),
+        "{}",
+        g.reason
+    );
+    // The value stays revenue per user, reported beside the verdict.
+    assert!((g.value.unwrap() - ev.v2.revenue[0].per_user().unwrap()).abs() < 1e-9);
+    // The same shop on both sides is no breach (one tick cannot show inside
+    // a 5 % margin yet: YELLOW until the phase has the evidence).
+    let same = purchases(&cfg, (2_000, 600, 1_250), (2_000, 600, 1_250));
+    let ev = judge_sequentially(&cfg, &same);
+    let e = revenue_gate(&ev).unwrap().evidence.clone().unwrap();
+    assert_ne!(e.verdict, Verdict::Breach, "{e:?}");
 }
