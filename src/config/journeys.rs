@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::values::{fraction, label_name, positive_ms};
+use super::values::{fraction, label_name, must_be, positive_ms};
 use super::{invalid, Invalid};
 use crate::routing::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
 
@@ -113,7 +113,15 @@ pub(super) fn validate(files: Vec<FileJourney>) -> Result<(Journeys, Vec<Journey
             fraction(&key("success_min"), s)?;
         }
         if let Some(m) = j.success_vs_v1 {
-            fraction(&key("success_vs_v1"), m)?;
+            // A margin of 0 puts a V2 as good as V1 on the bound itself,
+            // where no amount of data shows it inside.
+            let ok = m > 0.0 && m <= 1.0;
+            must_be(
+                &key("success_vs_v1"),
+                m,
+                ok,
+                "a share above 0 and at most 1",
+            )?;
         }
         journey_limits.push(JourneyLimits {
             p95_ms: j.p95_ms,

@@ -184,11 +184,14 @@ fn the_sequential_judge_counts_the_journey_against_the_v1_bound() {
 
 #[test]
 fn a_bad_margin_is_refused_with_its_key() {
-    let text = format!(
-        "{MINIMAL}[[journeys]]\nname = \"webhooks\"\npath_prefix = \"/webhooks\"\nsuccess_vs_v1 = 1.5\n"
-    );
-    let e = Config::parse(&text, "t").unwrap_err().to_string();
-    assert!(e.contains("journeys[0].success_vs_v1"), "{e}");
+    for bad in ["1.5", "0", "-0.01"] {
+        let text = format!(
+            "{MINIMAL}[[journeys]]\nname = \"webhooks\"\npath_prefix = \"/webhooks\"\nsuccess_vs_v1 = {bad}\n"
+        );
+        let e = Config::parse(&text, "t").unwrap_err().to_string();
+        assert!(e.contains("journeys[0].success_vs_v1"), "{bad}: {e}");
+        assert!(e.contains("above 0 and at most 1"), "{bad}: {e}");
+    }
 }
 
 // ===== revenue per user =====
