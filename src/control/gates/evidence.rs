@@ -61,10 +61,11 @@
 //!
 //! ## Confidence sequence
 //!
-//! The interval shown beside an estimate is `{p : E_up(p) < 2/a and
-//! E_down(p) < 2/a}` over the phase's cumulative counts, the set of values
-//! neither side can reject at level `a` (both sides' mixtures, each at
-//! `a/2`); it is anytime-valid as well, so it can be read at every tick.
+//! The interval shown beside an estimate is `{p : E_up(p) < 1/a and
+//! E_down(p) < 1/a}` over the phase's cumulative counts: each end is a
+//! one-sided bound at level `a` (together they cover at `1 - 2a`), so "the
+//! upper end is below the limit" is exactly "shown inside". It is
+//! anytime-valid as well, so it can be read at every tick.
 //!
 //! ## Assumptions
 //!
@@ -226,7 +227,7 @@ pub(crate) fn share_interval(n: u64, bad: u64, a: f64) -> Option<(f64, f64)> {
         return None;
     }
     let (n, b) = (n as f64, bad as f64);
-    let limit = (2.0 / a).ln();
+    let limit = (1.0 / a).ln();
     // E_up(p): evidence that the share is above p; E_down(p): below.
     let up = |p: f64| log_mean_exp(&UP.map(|r| share_llr(n, b, p, open(p * r))));
     let down = |p: f64| log_mean_exp(&DOWN.map(|r| share_llr(n, b, p, open(p * r))));
@@ -245,7 +246,7 @@ pub(crate) fn ratio_interval(x1: u64, n1: f64, x2: u64, n2: f64, a: f64) -> Opti
     }
     let rho = n2 / (n1 + n2);
     let (k, x) = ((x1 + x2) as f64, x2 as f64);
-    let limit = (2.0 / a).ln();
+    let limit = (1.0 / a).ln();
     let e = |lambda: f64, grid: &[f64; 6]| {
         let t0 = open(theta(rho, lambda));
         log_mean_exp(&grid.map(|r| share_llr(k, x, t0, open(theta(rho, lambda * r)))))

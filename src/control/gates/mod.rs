@@ -87,6 +87,8 @@ mod budget;
 mod cache;
 mod concurrency;
 mod evidence;
+#[cfg(test)]
+mod evidence_tests;
 mod judge;
 mod key;
 mod kpi;
@@ -95,6 +97,8 @@ mod payments;
 mod requests;
 pub(crate) mod revenue;
 mod sequential;
+#[cfg(test)]
+mod sequential_tests;
 mod shadow;
 pub(crate) mod significance;
 mod skew;
