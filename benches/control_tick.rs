@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rollgate::config::Config;
 use rollgate::control::gate_context;
@@ -234,8 +234,12 @@ impl Bench {
     }
 }
 
-fn local() -> NaiveTime {
-    NaiveTime::from_hms_opt(12, 0, 0).unwrap()
+/// A Monday noon: inside any business-day promotion window.
+fn local() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2025, 3, 3)
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
 }
 
 fn bench_tick(c: &mut Criterion) {

@@ -83,6 +83,22 @@ impl FieldError {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct WeightsRequest {
     pub v2: f64,
+    /// Through the overnight freeze.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// The optional `{"force": true}` of a weight change: overrides the
+/// overnight freeze. Anything but a boolean is refused, naming the field.
+pub(crate) fn force_field(v: &Value) -> Result<bool, FieldError> {
+    match v.get("force") {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(FieldError::new(
+            "force",
+            format!("{other} is not a boolean (expected true or false)"),
+        )),
+    }
 }
 
 impl WeightsRequest {
@@ -91,7 +107,10 @@ impl WeightsRequest {
             return Err(FieldError::new("v2", "missing (expected {\"v2\": 0-100})"));
         };
         match p.as_f64() {
-            Some(v2) if (0.0..=100.0).contains(&v2) => Ok(Self { v2 }),
+            Some(v2) if (0.0..=100.0).contains(&v2) => Ok(Self {
+                v2,
+                force: force_field(v)?,
+            }),
             Some(v2) => Err(FieldError::new("v2", format!("{v2} is outside 0-100"))),
             None => Err(FieldError::new("v2", format!("{p} is not a number"))),
         }

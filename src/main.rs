@@ -53,6 +53,10 @@ enum Cmd {
         /// Print the differences as JSON.
         #[arg(long)]
         json: bool,
+        /// Judge under this method (`sequential` or `window`) whatever the
+        /// config says: the same recording, both judges.
+        #[arg(long)]
+        method: Option<rollgate::config::Method>,
     },
     /// Self-contained showcase: demo apps, synthetic users and a compressed rollout.
     Demo {
@@ -174,7 +178,8 @@ fn main() -> ExitCode {
             from,
             state_dir,
             json,
-        } => replay(&config, from.as_deref(), state_dir, json),
+            method,
+        } => replay(&config, from.as_deref(), state_dir, json, method),
         Cmd::Run { config } => {
             let cfg = match load_logging_warnings(&config) {
                 Ok(c) => c,
@@ -212,8 +217,9 @@ fn replay(
     from: Option<&str>,
     dir: Option<PathBuf>,
     json: bool,
+    method: Option<rollgate::config::Method>,
 ) -> ExitCode {
-    let cfg = match Config::load(config) {
+    let mut cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -227,6 +233,9 @@ fn replay(
             return ExitCode::from(2);
         }
     };
+    if let Some(m) = method {
+        cfg.gates.method = m;
+    }
     let dir = dir.unwrap_or_else(|| cfg.server.state_dir.clone());
     let records = match rollgate::control::replay::load(&dir) {
         Ok(r) if !r.is_empty() => r,

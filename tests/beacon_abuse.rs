@@ -47,7 +47,11 @@ impl Scene {
         Scene::with_caps(CAPS).await
     }
 
-    /// Started with these `[beacons]` caps.
+    /// Started with these `[beacons]` caps. The window judge reads the
+    /// gate: the caps are under test, and one 60 s window of 150 users per
+    /// variant is what that judge decides on; the sequential judge could not
+    /// show 150 users inside a 10 % margin at all (its error rates are the
+    /// judgment simulation's subject).
     async fn with_caps(caps: &str) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let upstreams = Upstream::pair().await;
@@ -58,7 +62,7 @@ impl Scene {
             .rollout("auto_start = false\ntick = \"100ms\"\nwindow = \"60s\"\nmin_samples = 50\n")
             .section(&format!(
                 "[beacons]\nnames = [\"page_view\", \"js_error\"]\n{caps}\
-                 [gates]\njs_errors_per = \"page_view\"\n"
+                 [gates]\njs_errors_per = \"page_view\"\nmethod = \"window\"\n"
             ));
         let path = dir.path().join("rollgate.toml");
         conf.write(&path, &dir.path().join("state"));

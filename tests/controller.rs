@@ -160,9 +160,10 @@ async fn slow_v2_is_rolled_back_by_p95_hard_and_users_return_to_v1() {
         "{m}"
     );
 
-    // Ordering: the controller never saw a latency breach without rolling back
-    // on that very tick: every HOLD before the rollback was for missing data,
-    // and exactly one ROLLBACK was decided.
+    // Ordering: exactly one ROLLBACK was decided, and before it only holds
+    // for missing data or for the latency gate itself: the sequential judge
+    // may show the breach (RED on ten slow samples) a tick before the hard
+    // trigger has `min_samples` in its window, and then p95_hard rolls back.
     let dir = rig.shutdown().await;
     let audit = audit_lines(dir.path());
     let decisions: Vec<&Value> = audit.iter().filter(|e| e["kind"] == "decision").collect();
@@ -180,7 +181,9 @@ async fn slow_v2_is_rolled_back_by_p95_hard_and_users_return_to_v1() {
     for e in &decisions[..rb] {
         let reason = e["detail"]["reason"].as_str().unwrap_or("");
         assert!(
-            e["action"] == "GO" || (e["action"] == "HOLD" && !reason.contains("RED")),
+            e["action"] == "GO"
+                || (e["action"] == "HOLD"
+                    && (!reason.contains("RED") || reason.contains("gate latency_p95"))),
             "decision before the rollback: {e}"
         );
     }

@@ -113,4 +113,38 @@ async fn a_recorded_rollout_replayed_with_a_stricter_p95_flips_its_step_ups() {
     );
     assert!(stdout.contains("recorded GO"), "{stdout}");
     assert!(stdout.contains("-> would be NO-GO"), "{stdout}");
+    // The sequential judge (the default) speaks of the phase's evidence...
+    assert!(stdout.contains("over the phase"), "{stdout}");
+
+    // ...and `--method window` re-judges the same recording under the
+    // fixed-window test: the step-up is still a hold, in that judge's words.
+    let out = std::process::Command::new(BIN)
+        .args(["replay", "--method", "window", "--json", "--config"])
+        .arg(&new_toml)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flipped = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["recorded"] == "GO" && d["replayed"] == "HOLD")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    let reason = flipped["replayed_reason"].as_str().unwrap();
+    assert!(reason.contains("breaches <= 40.0"), "{reason}");
+    assert!(!reason.contains("over the phase"), "{reason}");
+    // A judge that is not one is refused by name.
+    let out = std::process::Command::new(BIN)
+        .args(["replay", "--method", "kayenta", "--config"])
+        .arg(&new_toml)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"sequential\" or \"window\""), "{stderr}");
 }

@@ -255,10 +255,13 @@ impl Admin {
                 },
             ),
             Endpoint::Report => self.report(path.trim_start_matches("/api/v1/reports/"), &query),
-            Endpoint::Weights => {
-                self.run_parsed(req, WeightsRequest::from_json, |w| Command::SetWeight(w.v2))
-                    .await
-            }
+            Endpoint::Weights => match body_json(req).await {
+                Err(r) => r,
+                Ok(v) => match WeightsRequest::from_json(&v) {
+                    Err(e) => bad_field(&e),
+                    Ok(w) => self.run_forced(Command::SetWeight(w.v2), w.force).await,
+                },
+            },
             Endpoint::Flags => {
                 self.run_parsed(req, FlagsRequest::from_json, |f| Command::SetFlags(f.0))
                     .await
@@ -281,7 +284,14 @@ impl Admin {
             Endpoint::Start => self.run(Command::Start).await,
             Endpoint::Pause => self.run(Command::Pause).await,
             Endpoint::Resume => self.run(Command::Resume).await,
-            Endpoint::Promote => self.run(Command::Promote).await,
+            Endpoint::Promote => {
+                // No body, or one that may carry {"force": true}.
+                let force = body_json(req)
+                    .await
+                    .ok()
+                    .is_some_and(|v| matches!(crate::api::force_field(&v), Ok(true)));
+                self.run_forced(Command::Promote, force).await
+            }
             Endpoint::Rollback => self.run(Command::Rollback).await,
         }
     }
@@ -367,9 +377,15 @@ impl Admin {
     }
 
     async fn run(&self, cmd: Command) -> Resp {
-        match self.control.command(cmd, BY).await {
+        self.run_forced(cmd, false).await
+    }
+
+    async fn run_forced(&self, cmd: Command, force: bool) -> Resp {
+        match self.control.command_forced(cmd, BY, force).await {
             Ok(status) => json_resp(StatusCode::OK, &*status),
-            Err(e @ CommandError::Frozen) => error(StatusCode::LOCKED, e),
+            Err(e @ (CommandError::Frozen | CommandError::OvernightFreeze { .. })) => {
+                error(StatusCode::LOCKED, e)
+            }
             Err(e @ CommandError::Conflict(_)) => error(StatusCode::CONFLICT, e),
         }
     }

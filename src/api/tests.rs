@@ -65,6 +65,8 @@ pub(crate) fn sample_status() -> StatusView {
         state: StateName::Canary,
         phase: Some("canary-25".into()),
         phase_index: Some(1),
+        overnight_freeze: None,
+        refreeze: None,
         weights: Weights { v1: 75.0, v2: 25.0 },
         gates: gates.clone(),
         flags: BTreeMap::from([("EVIDENCE_BUNDLE".to_string(), 1)]),
@@ -97,6 +99,7 @@ pub(crate) fn sample_status() -> StatusView {
         ],
         evaluation: Evaluation {
             window_ms: 60_000,
+            drift: None,
             gates,
             journeys: vec![JourneyKpi {
                 journey: "checkout".into(),
@@ -148,6 +151,7 @@ pub(crate) fn sample_report() -> Report {
         ],
         approvals: status.approvals,
         incidents: status.incidents,
+        drift: None,
         summary: Some(SummaryCard {
             phase: "canary-25".into(),
             p50_ms: Some(1.0),
@@ -204,7 +208,10 @@ fn api_answers_round_trip() {
 
 #[test]
 fn api_requests_round_trip() {
-    round_trips(&WeightsRequest { v2: 12.5 });
+    round_trips(&WeightsRequest {
+        v2: 12.5,
+        force: true,
+    });
     round_trips(&FlagsRequest(BTreeMap::from([("X".to_string(), 1)])));
     round_trips(&ApprovalRequest {
         role: "cfo".into(),
@@ -255,7 +262,10 @@ fn api_request_400s_name_the_field() {
     assert_eq!(w(json!({"v2": "x"})), "field `v2`: \"x\" is not a number");
     assert_eq!(
         WeightsRequest::from_json(&json!({"v2": 100})),
-        Ok(WeightsRequest { v2: 100.0 })
+        Ok(WeightsRequest {
+            v2: 100.0,
+            force: false
+        })
     );
 
     let f = |v| why(FlagsRequest::from_json(&v));

@@ -36,6 +36,9 @@ pub enum AdminCmd {
     Weights {
         #[arg(value_name = "PERCENT", allow_negative_numbers = true)]
         v2: f64,
+        /// Change the weight even while the overnight freeze holds.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -65,6 +68,9 @@ pub enum AdminCmd {
     },
     /// Step up to the next phase now, without waiting for the hold.
     Promote {
+        /// Step up even while the overnight freeze holds.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -111,12 +117,12 @@ impl AdminCmd {
     pub(crate) fn into_parts(self) -> Result<(Action, AdminArgs), CliError> {
         Ok(match self {
             AdminCmd::Status { admin } => (Action::Status, admin),
-            AdminCmd::Weights { v2, admin } => (Action::Weights(v2), admin),
+            AdminCmd::Weights { v2, force, admin } => (Action::Weights { v2, force }, admin),
             AdminCmd::Approve { role, by, admin } => (Action::Approve { role, by }, admin),
             AdminCmd::Start { admin } => (Action::Start, admin),
             AdminCmd::Pause { admin } => (Action::Pause, admin),
             AdminCmd::Resume { admin } => (Action::Resume, admin),
-            AdminCmd::Promote { admin } => (Action::Promote, admin),
+            AdminCmd::Promote { force, admin } => (Action::Promote { force }, admin),
             AdminCmd::Rollback { admin } => (Action::Rollback, admin),
             AdminCmd::Incident {
                 severity,

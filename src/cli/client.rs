@@ -13,6 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+/// How the admin API's overnight-freeze refusal begins (the other 423 is FREEZE_LOCK).
+const OVERNIGHT_FREEZE: &str = "overnight freeze";
+
 use super::CliError;
 use crate::api::ErrorBody;
 
@@ -162,6 +165,10 @@ impl AdminClient {
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
         Err(match status {
             StatusCode::UNAUTHORIZED => CliError::Unauthorized,
+            // The one 423 that is not FREEZE_LOCK: the overnight freeze.
+            StatusCode::LOCKED if message.starts_with(OVERNIGHT_FREEZE) => {
+                CliError::OvernightFreeze(message)
+            }
             StatusCode::LOCKED => CliError::Frozen(message),
             StatusCode::CONFLICT => CliError::Conflict(message),
             StatusCode::BAD_REQUEST => CliError::BadRequest(message),

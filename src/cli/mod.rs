@@ -53,6 +53,8 @@ pub(crate) enum CliError {
     Unauthorized,
     #[error("frozen (HTTP 423): {0}; `rollgate unfreeze` lifts FREEZE_LOCK")]
     Frozen(String),
+    #[error("refused (HTTP 423): {0}; --force overrides it")]
+    OvernightFreeze(String),
     #[error("refused (HTTP 409): {0}")]
     Conflict(String),
     #[error("invalid request (HTTP 400): {0}")]
@@ -74,6 +76,7 @@ impl CliError {
             CliError::Unreachable { .. } | CliError::Timeout { .. } => exit::UNREACHABLE,
             CliError::Unauthorized => exit::UNAUTHORIZED,
             CliError::Frozen(_)
+            | CliError::OvernightFreeze(_)
             | CliError::Conflict(_)
             | CliError::BadRequest(_)
             | CliError::NotFound(_)
@@ -115,7 +118,10 @@ pub fn run(cmd: AdminCmd) -> u8 {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Action {
     Status,
-    Weights(f64),
+    Weights {
+        v2: f64,
+        force: bool,
+    },
     Approve {
         role: String,
         by: String,
@@ -123,7 +129,9 @@ pub(crate) enum Action {
     Start,
     Pause,
     Resume,
-    Promote,
+    Promote {
+        force: bool,
+    },
     Rollback,
     Unfreeze,
     Flags(Vec<(String, i64)>),
@@ -151,9 +159,16 @@ pub(crate) struct Output {
 async fn execute(client: &AdminClient, action: &Action, out: Output) -> Result<String, CliError> {
     let (answer, what) = match action {
         Action::Status => (client.get("/api/v1/status").await?, None),
-        Action::Weights(v2) => (
+        Action::Weights { v2, force } => (
             client
-                .send(Method::PUT, "/api/v1/weights", &WeightsRequest { v2: *v2 })
+                .send(
+                    Method::PUT,
+                    "/api/v1/weights",
+                    &WeightsRequest {
+                        v2: *v2,
+                        force: *force,
+                    },
+                )
                 .await?,
             Some(format!(
                 "V2 weight set to {}% (the controller is paused: `rollgate resume` hands control back)",
@@ -176,9 +191,19 @@ async fn execute(client: &AdminClient, action: &Action, out: Output) -> Result<S
         Action::Start => bare(client, "/api/v1/rollout/start", "started").await?,
         Action::Pause => bare(client, "/api/v1/rollout/pause", "paused").await?,
         Action::Resume => bare(client, "/api/v1/rollout/resume", "resumed").await?,
-        Action::Promote => {
+        Action::Promote { force: false } => {
             bare(client, "/api/v1/rollout/promote", "promoted to the next phase").await?
         }
+        Action::Promote { force: true } => (
+            client
+                .send(
+                    Method::POST,
+                    "/api/v1/rollout/promote",
+                    &serde_json::json!({"force": true}),
+                )
+                .await?,
+            Some("promoted to the next phase (forced through the overnight freeze)".into()),
+        ),
         Action::Rollback => {
             bare(client, "/api/v1/rollout/rollback", "rolled back: V2 weight 0").await?
         }

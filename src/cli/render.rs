@@ -206,11 +206,21 @@ pub(crate) fn render_status(v: &StatusView, color: bool) -> String {
         format!("#{} Sev-{} {}", i.id, i.severity, i.summary)
     });
     let _ = writeln!(out, "incidents: {incidents}");
-    let frozen = if v.frozen {
-        "FREEZE_LOCK on: weight and rollout changes are refused until `rollgate unfreeze`"
-    } else {
-        "off"
+    let frozen = match &v.refreeze {
+        _ if v.frozen => {
+            "FREEZE_LOCK on: weight and rollout changes are refused until `rollgate unfreeze`".into()
+        }
+        Some(r) if r.pending() => format!(
+            "off: golden re-freeze {:?} after {} round trips ({}); set once the command center verifies",
+            r.state,
+            r.attempts,
+            r.last_error.as_deref().unwrap_or("first try under way")
+        ),
+        _ => "off".to_string(),
     };
+    if let Some(o) = &v.overnight_freeze {
+        let _ = writeln!(out, "overnight: {o} (weight changes need --force)");
+    }
     let _ = write!(out, "freeze lock: {frozen}");
     out
 }

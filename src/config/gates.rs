@@ -96,6 +96,9 @@ pub(crate) struct FileGates {
     /// `revenue`: V2's revenue per user at most this share below V1's.
     #[serde(default = "default_revenue_max_drop")]
     pub revenue_max_drop: f64,
+    /// `drift`: V1's P95 per journey at most this share above the last golden
+    /// baseline's; unset = drift is reported, not gated.
+    pub drift_max: Option<f64>,
     #[serde(default)]
     pub funnels: Vec<FileFunnel>,
     #[serde(default)]
@@ -182,6 +185,8 @@ pub struct GatesConfig {
     /// Index of the revenue beacon name; `None` = no `revenue` gate.
     pub revenue_per: Option<usize>,
     pub revenue_max_drop: f64,
+    /// `None`: no `drift` gate (the drift is still reported).
+    pub drift_max: Option<f64>,
     pub funnels: Vec<Funnel>,
     pub timings: Vec<Timing>,
 }
@@ -307,6 +312,13 @@ pub(super) fn validate(
             (0.0..1.0).contains(&g.revenue_max_drop),
             "a share in 0..1",
         )?,
+        drift_max: g
+            .drift_max
+            .map(|d| {
+                let ok = d.is_finite() && d > 0.0;
+                must_be("gates.drift_max", d, ok, "a positive share (0.10 = 10 %)")
+            })
+            .transpose()?,
         funnels: funnels(g.funnels, journeys, beacons)?,
         timings: timings(g.timings, beacons)?,
     })

@@ -41,7 +41,7 @@ pub use beacons::{BeaconsConfig, MAX_BEACON_NAMES, MAX_BEACON_USERS_PER_CLIENT};
 pub use gates::{Funnel, GatesConfig, Method, Slo, Step, Timing};
 pub use journeys::JourneyLimits;
 pub use replay::ReplayConfig;
-pub use rollout::{HeadersTo, Phase, PhaseMode, PromotionWindow, RolloutConfig};
+pub use rollout::{BusinessCalendar, HeadersTo, Phase, PhaseMode, PromotionWindow, RolloutConfig};
 pub use routing::RoutingConfig;
 // The significance tests check their error rates at the default level.
 #[cfg(test)]

@@ -5,7 +5,7 @@ pub use crate::routing::HeadersTo;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::NaiveTime;
+use chrono::{Datelike, NaiveDate, NaiveTime, Weekday};
 use http::uri::Scheme;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
@@ -36,6 +36,8 @@ defaults! {
 }
 // Not values of their field's type: their functions build those by hand.
 const DEFAULT_PROMOTION_WINDOW: &str = "always";
+/// The seeds' "next business day": Monday to Friday.
+const DEFAULT_BUSINESS_DAYS: [&str; 5] = ["mon", "tue", "wed", "thu", "fri"];
 /// Flags that must all be 1 before the first live phase, unless configured otherwise.
 const DEFAULT_REQUIRED_FLAGS: [&str; 3] =
     ["SHADOW_PASS_24H", "A2_V26_COMPLIANT", "EVIDENCE_BUNDLE"];
@@ -105,6 +107,12 @@ pub(crate) struct FileRollout {
     pub full_sustain: Dur,
     #[serde(default = "default_promotion_window")]
     pub promotion_window: FilePromotionWindow,
+    /// Weekdays on which the promotion window opens.
+    #[serde(default = "default_business_days")]
+    pub business_days: Vec<String>,
+    /// Local dates on which it does not open (ISO, "2026-12-24").
+    #[serde(default)]
+    pub holidays: Vec<String>,
     #[serde(default = "default_sev2_hold")]
     pub sev2_hold_count: u32,
     #[serde(default)]
@@ -121,6 +129,12 @@ pub(crate) struct FileRollout {
 
 fn default_promotion_window() -> FilePromotionWindow {
     FilePromotionWindow::Keyword(DEFAULT_PROMOTION_WINDOW.into())
+}
+fn default_business_days() -> Vec<String> {
+    DEFAULT_BUSINESS_DAYS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_required_flags() -> Vec<String> {
     DEFAULT_REQUIRED_FLAGS
@@ -147,6 +161,73 @@ impl PromotionWindow {
             PromotionWindow::Hours { start, end } => t >= start || t < end,
         }
     }
+}
+
+/// The days the promotion window opens on: configured weekdays minus
+/// holidays, all in the controller's local time (the process time zone, `TZ`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusinessCalendar {
+    /// Indexed by days from Monday.
+    weekdays: [bool; 7],
+    holidays: std::collections::BTreeSet<NaiveDate>,
+}
+
+impl Default for BusinessCalendar {
+    fn default() -> Self {
+        let mut weekdays = [false; 7];
+        weekdays[..5].fill(true);
+        BusinessCalendar {
+            weekdays,
+            holidays: Default::default(),
+        }
+    }
+}
+
+impl BusinessCalendar {
+    pub fn is_business_day(&self, d: NaiveDate) -> bool {
+        self.weekdays[d.weekday().num_days_from_monday() as usize] && !self.holidays.contains(&d)
+    }
+}
+
+fn calendar(days: &[String], holidays: &[String]) -> Result<BusinessCalendar, Invalid> {
+    let mut weekdays = [false; 7];
+    for (i, d) in days.iter().enumerate() {
+        let key = format!("rollout.business_days[{i}]");
+        let day: Weekday = d.parse().ok().ok_or_else(|| {
+            invalid(
+                &key,
+                format!("{d:?} is not a weekday: use mon, tue, wed, thu, fri, sat or sun"),
+            )
+        })?;
+        let slot = &mut weekdays[day.num_days_from_monday() as usize];
+        if *slot {
+            return Err(invalid(key, format!("{d:?} is listed twice")));
+        }
+        *slot = true;
+    }
+    if !weekdays.contains(&true) {
+        return Err(invalid(
+            "rollout.business_days",
+            "needs at least one day, or the promotion window never opens",
+        ));
+    }
+    let mut set = std::collections::BTreeSet::new();
+    for (i, h) in holidays.iter().enumerate() {
+        let date = NaiveDate::parse_from_str(h, "%Y-%m-%d")
+            .ok()
+            .filter(|_| h.len() == 10)
+            .ok_or_else(|| {
+                invalid(
+                    format!("rollout.holidays[{i}]"),
+                    format!("{h:?} is not an ISO date like \"2026-12-24\""),
+                )
+            })?;
+        set.insert(date);
+    }
+    Ok(BusinessCalendar {
+        weekdays,
+        holidays: set,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +258,8 @@ pub struct RolloutConfig {
     pub consecutive_payment_failures: u32,
     pub full_sustain: Duration,
     pub promotion_window: PromotionWindow,
+    /// When an `Hours` window opens (an `always` window ignores it).
+    pub business_days: BusinessCalendar,
     pub sev2_hold_count: u32,
     pub flags: BTreeMap<String, i64>,
     pub required_flags: Vec<String>,
@@ -314,6 +397,7 @@ pub(super) fn validate(r: FileRollout) -> Result<RolloutConfig, Invalid> {
         consecutive_payment_failures: r.consecutive_payment_failures,
         full_sustain: r.full_sustain.0,
         promotion_window,
+        business_days: calendar(&r.business_days, &r.holidays)?,
         sev2_hold_count: r.sev2_hold_count.max(1),
         flags: r.flags,
         required_flags: r.required_flags,

@@ -251,3 +251,27 @@ fn body_deadlines_default_to_30s_and_must_be_above_zero() {
         "{e}"
     );
 }
+
+#[test]
+fn business_days_and_holidays_name_the_bad_entry() {
+    let e = err(&format!(
+        "{MINIMAL}\n[rollout]\nholidays = [\"2026-12-24\", \"2026-12-32\"]"
+    ));
+    assert!(
+        e.contains("`rollout.holidays[1]`") && e.contains("\"2026-12-32\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\n[rollout]\nbusiness_days = [\"mon\", \"fry\"]"
+    ));
+    assert!(
+        e.contains("`rollout.business_days[1]`") && e.contains("\"fry\""),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}\n[rollout]\nbusiness_days = [\"mon\", \"mon\"]"
+    ));
+    assert!(e.contains("listed twice"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[rollout]\nbusiness_days = []"));
+    assert!(e.contains("`rollout.business_days`"), "{e}");
+}

@@ -7,19 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::audit::{AuditEntry, AuditLog};
+use super::gates::drift::{Baseline, Reference};
 use super::persist::Persister;
 use super::replay::{self, EvalRecord, RecordKind};
 use super::report::{self, Report, ReportStore, TriggerStatus};
 use super::rollout::{Core, Outcome};
-use super::shell::Situation;
+use super::shell::{Msg, Situation};
 use super::state::{self, Action, Decision, RolloutState, StateName, Trigger};
 use super::status::Board;
 use super::step::TickTime;
 use super::tripwire::PaymentTrip;
-use super::webhook;
+use super::webhook::{self, Refreeze, RefreezeAttempt, RefreezeState};
 use crate::config::Config;
 use crate::routing::{RouteTable, Router, WeightBp};
 use crate::telemetry::names::*;
@@ -62,6 +65,10 @@ pub(crate) struct Effects {
     timeline: Vec<Decision>,
     /// Evaluation records for `rollgate replay` (`None` when disabled).
     recorder: Option<replay::Recorder>,
+    /// The controller's own channel: the re-freeze round trip reports back on it.
+    control: mpsc::Sender<Msg>,
+    /// The re-freeze round trip in flight, if any.
+    refreeze_task: Option<AbortHandle>,
 }
 
 impl Effects {
@@ -72,6 +79,7 @@ impl Effects {
         router: Arc<Router>,
         trip: Arc<PaymentTrip>,
         metrics: Arc<Metrics>,
+        control: mpsc::Sender<Msg>,
     ) -> Result<Self, state::StateError> {
         let dir = &cfg.server.state_dir;
         let audit = AuditLog::open(dir)?;
@@ -94,6 +102,8 @@ impl Effects {
                 .replay
                 .record
                 .then(|| replay::Recorder::new(dir, cfg.replay.max_bytes)),
+            control,
+            refreeze_task: None,
         })
     }
 
@@ -139,7 +149,8 @@ impl Effects {
         let r = EvalRecord {
             at: t.at,
             now_ms: interval.as_ref().map_or(t.ms, |i| i.end_ms),
-            local: t.local,
+            local: t.local.time(),
+            local_date: Some(t.local.date()),
             kind,
             interval,
             state: before,
@@ -169,6 +180,12 @@ impl Effects {
         }
         if out.promoted {
             self.golden_refreeze(sit);
+        }
+        if !sit.state.refreeze.as_ref().is_some_and(Refreeze::pending) {
+            // A new rollout began (or it is verified): no round trip is owed.
+            if let Some(task) = self.refreeze_task.take() {
+                task.abort();
+            }
         }
         self.persist(sit);
         self.export_metrics(sit);
@@ -258,6 +275,7 @@ impl Effects {
             approvals: sit.state.approvals.clone(),
             incidents: sit.state.incidents.clone(),
             summary,
+            drift: ev.drift.clone(),
         };
         if let Err(e) = self.reports.write(&r) {
             tracing::error!(error = %e, "could not write gate report");
@@ -273,20 +291,105 @@ impl Effects {
         }
     }
 
+    /// Writes the golden baseline. Without a command center FREEZE_LOCK is
+    /// set at once; with one, only when the round trip gave the baseline back
+    /// intact (`refreeze_attempt`), so a lock never rests on an unverified
+    /// baseline. A baseline that cannot even be written locks at once, as
+    /// before: there is nothing to verify, and the error is logged.
     fn golden_refreeze(&mut self, sit: &mut Situation) {
+        let url = sit.cfg.rollout.command_center_url.clone();
         match webhook::write_baseline(&sit.cfg.server.state_dir, &sit.last_eval) {
             Ok((path, sha)) => {
                 tracing::info!(path = %path.display(), sha256 = %sha, "golden baseline written");
-                let detail =
-                    serde_json::json!({"baseline": path.display().to_string(), "sha256": sha});
+                // The next rollout's drift reference, without reading it back.
+                let baseline = Baseline::from_journeys(sha.clone(), &sit.last_eval.journeys);
+                sit.drift = Arc::new(Reference::Baseline(baseline));
+                let detail = serde_json::json!({
+                    "baseline": path.display().to_string(),
+                    "sha256": sha,
+                    "verify": url.as_ref().map(|u| u.to_string()),
+                });
                 self.audit(Utc::now(), "decision", "FREEZE", detail);
-                if let Some(url) = sit.cfg.rollout.command_center_url.clone() {
-                    tokio::spawn(webhook::round_trip_baseline(url, path, sha));
+                if url.is_some() {
+                    sit.state.refreeze = Some(Refreeze::new(sha));
+                    self.start_refreeze(sit);
+                    return;
                 }
             }
             Err(e) => tracing::error!(error = %e, "could not write golden baseline"),
         }
         sit.state.frozen = true;
+    }
+
+    /// Starts (or, after a restart, resumes) the round trip the state owes.
+    pub(crate) fn start_refreeze(&mut self, sit: &Situation) {
+        let (Some(r), Some(url)) = (&sit.state.refreeze, &sit.cfg.rollout.command_center_url)
+        else {
+            return;
+        };
+        if !r.pending() {
+            return;
+        }
+        if let Some(task) = self.refreeze_task.take() {
+            task.abort();
+        }
+        let path = sit.cfg.server.state_dir.join(webhook::BASELINE_FILE);
+        self.refreeze_task = Some(webhook::spawn_refreeze(
+            url.clone(),
+            path,
+            r.sha256.clone(),
+            r.attempts,
+            self.control.clone(),
+        ));
+    }
+
+    /// A round trip's result: success sets FREEZE_LOCK and clears the
+    /// anomaly; a failure is an anomaly (audit line, webhook, status) and
+    /// the task tries again after its backoff. A result for another
+    /// baseline (a new rollout started since) changes nothing.
+    pub(crate) fn refreeze_attempt(
+        &mut self,
+        sit: &mut Situation,
+        a: RefreezeAttempt,
+        at: DateTime<Utc>,
+    ) {
+        let Some(r) = sit.state.refreeze.as_mut().filter(|r| r.sha256 == a.sha256) else {
+            return;
+        };
+        if !r.pending() {
+            return;
+        }
+        r.attempts = a.attempt;
+        match a.result {
+            Ok(()) => {
+                r.state = RefreezeState::Verified;
+                r.last_error = None;
+                r.next_attempt_at = None;
+                sit.state.frozen = true;
+                self.refreeze_task = None;
+                let detail = serde_json::json!({"sha256": a.sha256, "attempts": a.attempt, "verified": true});
+                self.audit(at, "decision", "FREEZE", detail);
+            }
+            Err(e) => {
+                r.state = RefreezeState::Retrying;
+                r.next_attempt_at = chrono::TimeDelta::from_std(a.retry_in).ok().map(|d| at + d);
+                r.last_error = Some(e.clone());
+                let text = format!(
+                    "rollgate ANOMALY: golden re-freeze round trip {} failed: {e}; FREEZE_LOCK not set, retrying in {}",
+                    a.attempt,
+                    humantime::format_duration(a.retry_in)
+                );
+                tracing::warn!(attempt = a.attempt, error = %e, "golden re-freeze anomaly");
+                let detail =
+                    serde_json::json!({"sha256": a.sha256, "attempts": a.attempt, "error": e});
+                self.audit(at, "anomaly", "refreeze", detail);
+                if let Some(hook) = &mut self.hook {
+                    hook.last = Some(Instant::now());
+                    hook.sender.send(text);
+                }
+            }
+        }
+        self.persist(sit);
     }
 
     fn export_metrics(&self, sit: &Situation) {

@@ -18,12 +18,13 @@
 //! moment, NEW would have decided X instead of Y". The window, the gates and
 //! the decision are the live controller's own `step`.
 
+use super::gates::drift::Reference;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::gates::{Evaluation, GateResult, GateStatus};
@@ -60,6 +61,12 @@ impl PartialEq<&str> for RecordKind {
     }
 }
 
+/// A replay judges without a drift reference: the baseline the live
+/// controller held is not part of the records.
+fn no_drift() -> Reference {
+    Reference::None("replay: no drift reference".into())
+}
+
 /// One recorded evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
@@ -69,6 +76,10 @@ pub struct EvalRecord {
     pub now_ms: u64,
     /// Local wall-clock time of the tick (promotion window).
     pub local: NaiveTime,
+    /// Its local date (business days); records written before it was kept
+    /// replay on the date of `at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_date: Option<NaiveDate>,
     pub kind: RecordKind,
     /// The counts this evaluation added to the window; `None` on the first.
     pub interval: Option<Interval>,
@@ -212,9 +223,9 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
         let t = TickTime {
             ms: now_ms,
             at: r.at,
-            local: r.local,
+            local: NaiveDateTime::new(r.local_date.unwrap_or(r.at.date_naive()), r.local),
         };
-        let (ev, out) = step::tick(cfg, &ring, &mut s, &t);
+        let (ev, out) = step::tick(cfg, &ring, &mut s, &t, &no_drift());
         report.ticks += 1;
         let none = || Decision {
             action: Action::None,
@@ -252,7 +263,8 @@ fn gate_changes(recorded: &[GateResult], ev: &Evaluation) -> Vec<String> {
         .iter()
         .filter_map(|g| {
             let was = old.get(&g.key()).map_or("-", |s| s.word());
-            (was != g.status.word()).then(|| format!("{}: {was} -> {}", g.key(), g.status.word()))
+            (was != g.status.word())
+                .then(|| format!("{}: {was} -> {}: {}", g.key(), g.status.word(), g.reason))
         })
         .collect()
 }
@@ -381,14 +393,15 @@ mod tests {
             let t = TickTime {
                 ms: now_ms,
                 at,
-                local: at.time(),
+                local: at.naive_utc(),
             };
             let before = s.clone();
-            let (ev, o) = step::tick(cfg, &ring, &mut s, &t);
+            let (ev, o) = step::tick(cfg, &ring, &mut s, &t, &no_drift());
             out.push(EvalRecord {
                 at,
                 now_ms,
                 local: at.time(),
+                local_date: Some(at.date_naive()),
                 kind: RecordKind::Tick,
                 interval: Some(interval),
                 state: before,
@@ -435,7 +448,7 @@ mod tests {
         assert!(
             d.gates
                 .iter()
-                .any(|g| g == "latency_p95/search: GREEN -> RED"),
+                .any(|g| g.starts_with("latency_p95/search: GREEN -> RED: ")),
             "{d:?}"
         );
         // No step-up survives: every recorded GO after the start is a HOLD.

@@ -50,6 +50,9 @@ pub struct Report {
     pub approvals: Vec<Approval>,
     pub incidents: Vec<Incident>,
     pub summary: Option<SummaryCard>,
+    /// V1 against the last golden baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::gates::drift::Drift>,
 }
 
 /// Entry of `GET /api/v1/reports`.
@@ -239,6 +242,9 @@ pub(crate) fn markdown(r: &Report) -> String {
     row(&mut m, "**all**", &r.v1, &r.v2);
     for line in revenue_lines(&r.v1, &r.v2) {
         let _ = writeln!(m, "\n{line}");
+    }
+    if let Some(d) = &r.drift {
+        m.push_str(&d.markdown());
     }
     let _ = writeln!(
         m,

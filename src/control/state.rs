@@ -260,6 +260,9 @@ pub struct RolloutState {
     /// The current hold already reported its escalation to RED.
     #[serde(default)]
     pub hold_red_reported: bool,
+    /// The golden re-freeze's round trip to the command center, once owed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreeze: Option<super::webhook::Refreeze>,
 }
 
 impl RolloutState {
@@ -284,6 +287,7 @@ impl RolloutState {
             last_decision: None,
             next_report: 1,
             hold_red_reported: false,
+            refreeze: None,
         }
     }
 

@@ -34,6 +34,14 @@ pub struct StatusView {
     pub state_persist_degraded: bool,
     /// What the controller is waiting for right now.
     pub detail: String,
+    /// "held overnight until <local time>" while the promotion window is
+    /// closed: step-ups wait, and manual weight changes need `force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overnight_freeze: Option<String>,
+    /// The golden re-freeze's round trip: `retrying` with its last error is
+    /// an anomaly (FREEZE_LOCK is not set until it is `verified`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreeze: Option<super::webhook::Refreeze>,
     pub phase_started_at: Option<DateTime<Utc>>,
     pub phases: Vec<PhaseView>,
     pub evaluation: Evaluation,
@@ -79,6 +87,8 @@ impl Board {
             frozen: false,
             state_persist_degraded: false,
             detail: String::new(),
+            overnight_freeze: None,
+            refreeze: None,
             phase_started_at: None,
             phases: vec![],
             evaluation: Evaluation::default(),
@@ -137,6 +147,8 @@ pub(crate) fn view(sit: &Situation) -> StatusView {
         frozen: s.frozen,
         state_persist_degraded: sit.persist_degraded,
         detail: sit.detail.clone(),
+        overnight_freeze: sit.overnight.clone(),
+        refreeze: s.refreeze.clone(),
         phase_started_at: s.phase_started_at,
         phases: sit
             .cfg

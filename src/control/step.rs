@@ -5,8 +5,9 @@
 //! is what makes a replayed difference mean "the new config decides
 //! otherwise" rather than "the replay computes otherwise".
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
+use super::gates::drift::Reference;
 use super::gates::{self, Evaluation, GateContext, Sequential};
 use super::rollout::{Core, Outcome};
 use super::state::{RolloutState, StateName};
@@ -22,8 +23,9 @@ pub(crate) struct TickTime {
     pub(crate) ms: u64,
     /// Decision time: every hold, RED timer and cooldown is a difference of these.
     pub(crate) at: DateTime<Utc>,
-    /// Local time of day (the promotion window).
-    pub(crate) local: NaiveTime,
+    /// Local wall-clock date and time (the promotion window, the overnight
+    /// freeze): the controller's process time zone.
+    pub(crate) local: NaiveDateTime,
 }
 
 /// The window's intervals: enough for the configured window, whatever the
@@ -65,20 +67,20 @@ pub(crate) fn evaluate(
     ring: &IntervalRing,
     s: &mut RolloutState,
     t: &TickTime,
+    drift: &Reference,
 ) -> Evaluation {
     let journeys = cfg.journeys.len();
     let window = ring.window(journeys, t.ms, cfg.rollout.window);
-    if !matches!(
-        s.state,
-        StateName::Canary | StateName::Holding | StateName::Shadow | StateName::Paused
-    ) {
-        // No rollout under watch: the next one starts with no evidence.
+    if matches!(s.state, StateName::RolledBack | StateName::Promoted) {
+        // The rollout is over: the next one starts with no evidence.
         s.gate_evidence = Default::default();
     }
     s.gate_evidence.enter(s.phase_started_at);
-    let tick = ring.take_unfolded(journeys);
+    let from = t.ms.saturating_sub(cfg.rollout.window.as_millis() as u64);
+    let (seen, tick) = ring.take_unfolded(journeys, from);
     let mut ev = {
         let mut ctx = gate_context(cfg, s, &tick, t.at);
+        ctx.seen = &seen;
         if cfg.gates.method == Method::Sequential {
             ctx.sequential = Some(Sequential {
                 memory: &s.gate_evidence,
@@ -86,7 +88,9 @@ pub(crate) fn evaluate(
                 looks: plan_ticks(cfg),
             });
         }
-        gates::evaluate(&window, &ctx)
+        let mut ev = gates::evaluate(&window, &ctx);
+        gates::drift::judge(&ctx, &mut ev, drift);
+        ev
     };
     for g in &mut ev.gates {
         if let Some(e) = &mut g.evidence {
@@ -117,14 +121,15 @@ fn plan_ticks(cfg: &Config) -> u64 {
     (total.as_secs_f64() / r.tick.as_secs_f64().max(1e-3)).ceil() as u64 + 1
 }
 
-/// One tick: evaluate, then decide.
+/// One tick against the drift reference `drift`: evaluate, then decide.
 pub(crate) fn tick(
     cfg: &Config,
     ring: &IntervalRing,
     s: &mut RolloutState,
     t: &TickTime,
+    drift: &Reference,
 ) -> (Evaluation, Outcome) {
-    let ev = evaluate(cfg, ring, s, t);
+    let ev = evaluate(cfg, ring, s, t, drift);
     let out = Core { cfg: &cfg.rollout }.tick(s, &ev, t.at, t.local);
     (ev, out)
 }
@@ -137,8 +142,9 @@ pub(crate) fn trip(
     s: &mut RolloutState,
     trip: Trip,
     t: &TickTime,
+    drift: &Reference,
 ) -> (Evaluation, Outcome) {
-    let ev = evaluate(cfg, ring, s, t);
+    let ev = evaluate(cfg, ring, s, t, drift);
     let out = Core { cfg: &cfg.rollout }.payment_trip(s, trip, t.at);
     (ev, out)
 }
@@ -169,6 +175,7 @@ pub fn gate_context<'a>(
         previous: &s.gate_status,
         recovery: &s.gate_recovery,
         tick,
+        seen: tick,
         sequential: None,
     }
 }

@@ -137,7 +137,7 @@ pub struct IntervalRing {
     last: Option<(u64, Snapshot)>,
     intervals: VecDeque<Interval>,
     keep_ms: u64,
-    /// The end of the newest interval `take_unfolded` returned.
+    /// The end of the newest interval `take_unfolded` has handed out.
     folded_ms: std::cell::Cell<u64>,
 }
 
@@ -218,22 +218,31 @@ impl IntervalRing {
         self.window_after(journeys, now_ms.saturating_sub(span.as_millis() as u64))
     }
 
-    /// Merges the intervals no earlier call has taken: what the sequential
-    /// judge has not seen yet. A `Cell`, so the pure step can read the ring
-    /// by reference; one ring feeds one judge.
-    pub fn take_unfolded(&self, journeys: usize) -> Window {
-        let w = self.window_after(journeys, self.folded_ms.get());
+    /// For the sequential judge: the intervals after `from` it has seen
+    /// (the window as it last judged it) and those it has not; marks all as
+    /// seen. A `Cell`, so the pure step can read the ring by reference; one
+    /// ring feeds one judge.
+    pub fn take_unfolded(&self, journeys: usize, from: u64) -> (Window, Window) {
+        let folded = self.folded_ms.get();
+        let seen = self.window_between(journeys, from, folded);
+        let new = self.window_between(journeys, folded, u64::MAX);
         if let Some(last) = self.intervals.back() {
-            self.folded_ms.set(last.end_ms.max(self.folded_ms.get()));
+            self.folded_ms.set(last.end_ms.max(folded));
         }
-        w
+        (seen, new)
     }
 
     /// Merges the intervals that ended after `from` (ms on the window clock).
     pub fn window_after(&self, journeys: usize, from: u64) -> Window {
+        self.window_between(journeys, from, u64::MAX)
+    }
+
+    /// Merges the intervals that ended after `from` and at or before `until`.
+    fn window_between(&self, journeys: usize, from: u64, until: u64) -> Window {
         let names = self.intervals.back().map_or(0, |i| i.beacons.len() / 2);
         let mut w = Window::empty_with(journeys, names);
-        for interval in self.intervals.iter().filter(|i| i.end_ms > from) {
+        let taken = |i: &&Interval| i.end_ms > from && i.end_ms <= until;
+        for interval in self.intervals.iter().filter(taken) {
             w.intervals += 1;
             w.duration_ms += interval.duration_ms;
             for (acc, c) in w.cells.iter_mut().zip(interval.cells.iter()) {

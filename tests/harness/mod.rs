@@ -17,6 +17,7 @@
 pub mod api;
 pub mod beacons;
 pub mod client;
+pub mod command_center;
 pub mod config;
 pub mod edge_http;
 pub mod inproc;

@@ -38,7 +38,8 @@ pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateRe
         )
     };
     let ((x1, n1), (x2, n2)) = (users(window, Variant::V1), users(window, Variant::V2));
-    let ((tx1, tn1), (tx2, tn2)) = (users(ctx.tick, Variant::V1), users(ctx.tick, Variant::V2));
+    let gained = |v| delta(users(window, v), users(ctx.seen, v));
+    let ((tx1, tn1), (tx2, tn2)) = (gained(Variant::V1), gained(Variant::V2));
     let share = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
     Some(ctx.gate(Measure {
         gate: Gate::JsErrors,
@@ -62,6 +63,14 @@ pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateRe
             floor: g.rate_floor,
         }),
     }))
+}
+
+/// What the window gained over the part the sequential evidence has seen:
+/// distinct users do not add up over intervals (a user seen in two ticks is
+/// one user of the window), so a tick's new users are a difference of two
+/// windows' counts, never the tick's own count.
+pub(super) fn delta((x, n): (u64, u64), (x0, n0): (u64, u64)) -> (u64, u64) {
+    (x.saturating_sub(x0), n.saturating_sub(n0))
 }
 
 /// The requests of a journey step for one variant (2xx and 3xx).
@@ -99,7 +108,8 @@ pub(super) fn funnel(window: &Window, ctx: &GateContext<'_>, f: &Funnel) -> Gate
         }
     };
     let ((x1, n1), (x2, n2)) = (counts(window, Variant::V1), counts(window, Variant::V2));
-    let ((tx1, tn1), (tx2, tn2)) = (counts(ctx.tick, Variant::V1), counts(ctx.tick, Variant::V2));
+    let gained = |v| delta(counts(window, v), counts(ctx.seen, v));
+    let ((tx1, tn1), (tx2, tn2)) = (gained(Variant::V1), gained(Variant::V2));
     let cohort = matches!(
         (f.numerator, f.denominator),
         (Step::Beacon(_), Step::Beacon(_))

@@ -234,8 +234,8 @@ pub(crate) fn share_interval(n: u64, bad: u64, a: f64) -> Option<(f64, f64)> {
     let est = (b / n).clamp(1e-9, 1.0 - 1e-9);
     // Below the estimate, "above p" grows as p falls; above it, "below p"
     // grows as p rises: bisect each side in log space.
-    let lo = bisect(1e-9, est, |p| up(p) >= limit);
-    let hi = bisect_up(est, 1.0 - 1e-9, |p| down(p) >= limit);
+    let lo = boundary(1e-9, est, true, |p| up(p) >= limit);
+    let hi = boundary(est, 1.0 - 1e-9, false, |p| down(p) >= limit);
     Some((if b == 0.0 { 0.0 } else { lo }, hi))
 }
 
@@ -252,45 +252,35 @@ pub(crate) fn ratio_interval(x1: u64, n1: f64, x2: u64, n2: f64, a: f64) -> Opti
         log_mean_exp(&grid.map(|r| share_llr(k, x, t0, open(theta(rho, lambda * r)))))
     };
     let est = ((x / n2) / ((x1 as f64).max(0.5) / n1)).clamp(1e-6, 1e6);
-    let lo = bisect(1e-6, est, |l| e(l, &UP) >= limit);
-    let hi = bisect_up(est, 1e6, |l| e(l, &DOWN) >= limit);
+    let lo = boundary(1e-6, est, true, |l| e(l, &UP) >= limit);
+    let hi = boundary(est, 1e6, false, |l| e(l, &DOWN) >= limit);
     Some((
         if x2 == 0 { 0.0 } else { lo },
         if x1 == 0 { f64::INFINITY } else { hi },
     ))
 }
 
-/// The largest p in [lo, hi] with `rejected(p)` (rejected below, accepted
-/// above), by bisection on the log scale.
-fn bisect(lo: f64, hi: f64, rejected: impl Fn(f64) -> bool) -> f64 {
-    if !rejected(lo) {
-        return lo;
+/// Where `rejected` flips in [lo, hi], by bisection on the log scale:
+/// `below` means values under the point are rejected (the lower end of an
+/// interval), else values over it (the upper end). An end that is not
+/// rejected at all is returned as it is.
+fn boundary(lo: f64, hi: f64, below: bool, rejected: impl Fn(f64) -> bool) -> f64 {
+    let edge = if below { lo } else { hi };
+    if !rejected(edge) {
+        return edge;
     }
     let (mut a, mut b) = (lo.ln(), hi.ln());
     for _ in 0..60 {
         let mid = (a + b) / 2.0;
-        if rejected(mid.exp()) {
+        if rejected(mid.exp()) == below {
             a = mid;
         } else {
             b = mid;
         }
     }
-    b.exp()
-}
-
-/// The smallest p in [lo, hi] with `rejected(p)` (accepted below).
-fn bisect_up(lo: f64, hi: f64, rejected: impl Fn(f64) -> bool) -> f64 {
-    if !rejected(hi) {
-        return hi;
+    if below {
+        b.exp()
+    } else {
+        a.exp()
     }
-    let (mut a, mut b) = (lo.ln(), hi.ln());
-    for _ in 0..60 {
-        let mid = (a + b) / 2.0;
-        if rejected(mid.exp()) {
-            b = mid;
-        } else {
-            a = mid;
-        }
-    }
-    a.exp()
 }

@@ -45,10 +45,12 @@ pub enum Gate {
     ShadowDiff,
     /// Revenue per user of a `revenue` beacon name against V1.
     Revenue,
+    /// V1's P95 per journey against the stored golden baseline's.
+    Drift,
 }
 
 impl Gate {
-    pub const ALL: [Gate; 14] = [
+    pub const ALL: [Gate; 15] = [
         Gate::ErrorRate,
         Gate::LatencyP95,
         Gate::LatencyVsControl,
@@ -63,14 +65,16 @@ impl Gate {
         Gate::SplitSkew,
         Gate::ShadowDiff,
         Gate::Revenue,
+        Gate::Drift,
     ];
 
     /// Whether a sustained RED of this gate may roll back, or only hold.
     /// `split_skew` only holds: a skewed split is evidence about the
     /// measurement (bots, caches, a regional outage, or a client choosing its
     /// own user keys), not about V2's health, and anyone can move it.
+    /// `drift` likewise: V1 drifting from the baseline says nothing against V2.
     pub fn may_roll_back(self) -> bool {
-        !matches!(self, Gate::SplitSkew)
+        !matches!(self, Gate::SplitSkew | Gate::Drift)
     }
 
     /// The name in the status JSON, reports and the `gate` metric label.
@@ -90,6 +94,7 @@ impl Gate {
             Gate::SplitSkew => "split_skew",
             Gate::ShadowDiff => "shadow_diff",
             Gate::Revenue => "revenue",
+            Gate::Drift => "drift",
         }
     }
 }

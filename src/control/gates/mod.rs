@@ -4,7 +4,20 @@
 //! Each gate is GREEN / YELLOW / RED with its value, threshold and sample
 //! count. Too few samples is YELLOW "insufficient data", never GREEN.
 //!
-//! ## Evidence: only a significant breach counts
+//! ## Two judges
+//!
+//! Every family measures its gate once per tick into a `judge::Measure`:
+//! the window's value and threshold (what the status page shows), the
+//! window test, and `counts`, what this tick adds (`ctx.tick`). Under
+//! `[gates] method = "sequential"` (the default) tested gates are judged by
+//! `sequential.rs` on evidence accumulated over the rollout: inside (GREEN),
+//! breach (RED) or unknown (YELLOW), anytime-valid, so judging every tick
+//! does not inflate the false-rollback rate. Under `method = "window"`,
+//! and for gates with no sampling question under either, the window judge
+//! below decides. The window judge is kept so both can be compared (replay,
+//! the judgment simulation).
+//!
+//! ## The window judge: only a significant breach counts
 //!
 //! Absolute gates compare V2 with a fixed threshold (`latency_p95`,
 //! `payment_success`, `success_rate`, `cache_hit`, the `error_rate`
@@ -86,6 +99,7 @@ mod beacons;
 mod budget;
 mod cache;
 mod concurrency;
+pub(crate) mod drift;
 mod evidence;
 #[cfg(test)]
 mod evidence_tests;
@@ -192,6 +206,9 @@ pub struct Evaluation {
     pub journeys: Vec<JourneyKpi>,
     pub v1: VariantKpi,
     pub v2: VariantKpi,
+    /// V1 against the last golden baseline (`drift.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<drift::Drift>,
 }
 
 impl Evaluation {
@@ -243,6 +260,10 @@ pub struct GateContext<'a> {
     /// The counts not yet folded into the sequential evidence (empty on a
     /// second look within a tick): what tested gates count.
     pub tick: &'a Window,
+    /// The part of the window the sequential evidence has already seen:
+    /// gates that count distinct users (which do not add up over intervals)
+    /// count what the window gained since, `window - seen`.
+    pub seen: &'a Window,
     /// `Some` under `method = "sequential"`.
     pub sequential: Option<Sequential<'a>>,
 }
@@ -324,7 +345,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         for t in &ctx.cfg.gates.timings {
             ev.gates.push(beacons::timing(window, ctx, t));
         }
-        ev.gates.extend(revenue::gate(&ev, ctx));
+        ev.gates.extend(revenue::gate(window, &ev, ctx));
     }
     ev.gates.extend(budget::error_budget(window, &ev, ctx));
     ev.gates.extend(concurrency::shed(window, &ev, ctx));

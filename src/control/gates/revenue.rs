@@ -14,7 +14,7 @@
 //!   per user against V1's times `1 - revenue_max_drop`;
 //! - the **test** is on the paying share. The sequential judge (`method =
 //!   "sequential"`) counts, tick by tick, the users who paid among the
-//!   users seen on each variant, as the rates of a ratio (`evidence.rs`,
+//!   users seen that the window gained on each variant, as the rates of a ratio (`evidence.rs`,
 //!   `Counts::Ratio`, harm when lower): *inside* once V2's paying rate is
 //!   shown at least `1 - revenue_max_drop` times V1's, *breach* once it is
 //!   shown below. The window judge (`method = "window"`) uses the
@@ -45,6 +45,7 @@ use crate::routing::Variant;
 use crate::telemetry::beacons::BeaconType;
 use crate::telemetry::Window;
 
+use super::beacons::delta;
 use super::evidence::{Counts, Harm};
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::{two_proportion, Worse};
@@ -114,19 +115,21 @@ pub(crate) fn of<'a>(kpi: &'a VariantKpi, name: &str) -> Option<&'a Revenue> {
 }
 
 /// The `revenue` gate, when `gates.revenue_per` names a beacon.
-pub(super) fn gate(ev: &Evaluation, ctx: &GateContext<'_>) -> Option<GateResult> {
+pub(super) fn gate(window: &Window, ev: &Evaluation, ctx: &GateContext<'_>) -> Option<GateResult> {
     let g = &ctx.cfg.gates;
     let name = ctx.cfg.beacons.names.get(g.revenue_per?)?;
     let none = Revenue::default();
     let r1 = of(&ev.v1, name).unwrap_or(&none);
     let r2 = of(&ev.v2, name).unwrap_or(&none);
-    // This tick's payers and users seen, for the sequential evidence.
+    // The payers and users the window gained since the evidence last
+    // looked (distinct users do not add up over ticks).
     let i = g.revenue_per?;
-    let tick = |v: Variant| {
-        let users = &ctx.tick.beacon_users;
-        (users.of(i, v).count(), users.seen(v).count() as f64)
+    let users = |w: &Window, v: Variant| {
+        let u = &w.beacon_users;
+        (u.of(i, v).count(), u.seen(v).count())
     };
-    let ((x1, n1), (x2, n2)) = (tick(Variant::V1), tick(Variant::V2));
+    let gained = |v| delta(users(window, v), users(ctx.seen, v));
+    let ((x1, n1), (x2, n2)) = (gained(Variant::V1), gained(Variant::V2));
     Some(ctx.gate(Measure {
         gate: Gate::Revenue,
         journey: Some(name),
@@ -147,9 +150,9 @@ pub(super) fn gate(ev: &Evaluation, ctx: &GateContext<'_>) -> Option<GateResult>
         counted: "users who paid per user seen",
         counts: Some(Counts::Ratio {
             x1,
-            n1,
+            n1: n1 as f64,
             x2,
-            n2,
+            n2: n2 as f64,
             m: 1.0 - g.revenue_max_drop,
             harm: Harm::Lower,
             floor: 0.0,

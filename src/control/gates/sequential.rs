@@ -63,6 +63,11 @@ pub struct GateMemory {
     /// the floor", over the same span as `down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor_down: Option<[f64; 6]>,
+    /// V2's samples since the rollout started (the breach detector's span):
+    /// a breach needs `min_samples` of them, like any verdict, so a handful
+    /// of requests slowed together by one stall is not evidence.
+    #[serde(default)]
+    pub total: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -90,6 +95,7 @@ impl GateMemory {
             Counts::Share { n, bad, .. } => {
                 self.n2 += n as f64;
                 self.x2 += bad;
+                self.total += n as f64;
             }
             Counts::Ratio {
                 x1,
@@ -104,6 +110,7 @@ impl GateMemory {
                 self.x1 += x1;
                 self.n2 += n2;
                 self.x2 += x2;
+                self.total += n2;
                 if harm == Harm::Higher && floor > 0.0 {
                     let below = Counts::share(n2 as u64, x2, floor);
                     let acc = self.floor_down.get_or_insert([0.0; 6]);
@@ -120,6 +127,7 @@ impl GateMemory {
     fn restart_phase(&mut self) {
         *self = GateMemory {
             up: self.up,
+            total: self.total,
             ..GateMemory::default()
         };
     }
@@ -288,7 +296,8 @@ impl GateContext<'_> {
         let samples = mem.n2 as u64;
         let too_few = samples < m.min_samples
             || matches!(c, Counts::Ratio { .. }) && (mem.n1 as u64) < m.min_samples;
-        let (verdict, status, confidence) = if breach >= h && !harmless {
+        let enough_for_breach = mem.total >= m.min_samples as f64;
+        let (verdict, status, confidence) = if breach >= h && !harmless && enough_for_breach {
             let p = (h - breach).exp() * g.alpha;
             (Verdict::Breach, GateStatus::Red, 1.0 - p.min(1.0))
         } else if !too_few && inside >= need_in {

@@ -99,9 +99,10 @@ impl Run {
         let t = TickTime {
             ms: now_ms,
             at,
-            local: at.time(),
+            local: at.naive_utc(),
         };
-        let (ev, out) = step::tick(&self.cfg, &self.ring, &mut self.s, &t);
+        let no_drift = super::drift::Reference::None("test".into());
+        let (ev, out) = step::tick(&self.cfg, &self.ring, &mut self.s, &t, &no_drift);
         if let Some(d) = out.decision {
             assert_ne!(d.action, Action::Promote, "nothing here is promoted");
         }

@@ -60,6 +60,7 @@ impl Memory {
                 previous: &self.status,
                 recovery: &self.recovery,
                 tick: w,
+                seen: w,
                 sequential: None,
             },
         )
@@ -346,6 +347,7 @@ fn comparative_gates_are_skipped_without_a_control() {
             previous: &mem.status,
             recovery: &mem.recovery,
             tick: &w,
+            seen: &w,
             sequential: None,
         },
     );
@@ -514,6 +516,7 @@ fn eval_with(cfg: &Config, w: &Window, weight_v2: f64, v2_bad: u64) -> Evaluatio
             previous: &mem.status,
             recovery: &mem.recovery,
             tick: w,
+            seen: w,
             sequential: None,
         },
     )
@@ -876,6 +879,7 @@ fn shadow_phase_judges_the_mirrors() {
                 previous: &mem.status,
                 recovery: &mem.recovery,
                 tick: w,
+                seen: w,
                 sequential: None,
             },
         )
@@ -1229,6 +1233,7 @@ fn botnet_addresses_to_turn_beacon_gates_red() {
         previous: &mem.status,
         recovery: &mem.recovery,
         tick: &empty,
+        seen: &empty,
         sequential: None,
     };
     let after_js = |w: &Window| gate_of(&evaluate(w, &ctx), "js_errors").status;

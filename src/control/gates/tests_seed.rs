@@ -65,6 +65,7 @@ fn judge_with(
             previous: &none,
             recovery: &BTreeMap::new(),
             tick: w,
+            seen: &Window::empty_with(cfg.journeys.len(), cfg.beacons.names.len()),
             sequential,
         },
     )

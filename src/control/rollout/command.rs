@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::{Core, Outcome};
 use crate::control::gates::GateStatus;
@@ -46,9 +46,22 @@ pub enum CommandError {
     /// HTTP 423.
     #[error("FREEZE_LOCK is set after the golden re-freeze: POST /api/v1/unfreeze first")]
     Frozen,
+    /// HTTP 423: an operator's weight change outside the promotion window.
+    #[error("overnight freeze until {until}: pass force to change the weights anyway")]
+    OvernightFreeze { until: String },
     /// HTTP 409.
     #[error("{0}")]
     Conflict(String),
+}
+
+/// When and how a command is given.
+#[derive(Clone, Copy, Debug)]
+pub struct Given {
+    pub at: DateTime<Utc>,
+    /// The controller's local wall-clock time (the overnight freeze).
+    pub local: NaiveDateTime,
+    /// The operator overrides the overnight freeze (`force`).
+    pub force: bool,
 }
 
 impl Core<'_> {
@@ -57,8 +70,9 @@ impl Core<'_> {
         &self,
         s: &mut RolloutState,
         cmd: Command,
-        now: DateTime<Utc>,
+        given: Given,
     ) -> Result<Outcome, CommandError> {
+        let now = given.at;
         let changes_weights = matches!(
             cmd,
             Command::Start
@@ -70,6 +84,30 @@ impl Core<'_> {
         if s.frozen && changes_weights {
             return Err(CommandError::Frozen);
         }
+        // Overnight, only the operator's own moves of V2's weight wait for
+        // the window: a start enters the plan's first phase (its hold is the
+        // watching), and a rollback is never held back.
+        let by_hand = matches!(cmd, Command::SetWeight(_) | Command::Promote)
+            || (cmd == Command::Resume && s.state == StateName::Paused);
+        let mut forced = false;
+        if by_hand {
+            if let Some(until) = self.freeze(given.local).until_text() {
+                if !given.force {
+                    return Err(CommandError::OvernightFreeze { until });
+                }
+                forced = true;
+            }
+        }
+        self.run_command(s, cmd, now)
+            .map(|out| Outcome { forced, ..out })
+    }
+
+    fn run_command(
+        &self,
+        s: &mut RolloutState,
+        cmd: Command,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, CommandError> {
         let conflict = |what: &str, s: &RolloutState| {
             Err(CommandError::Conflict(format!(
                 "cannot {what} while the rollout is {}",

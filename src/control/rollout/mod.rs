@@ -6,15 +6,17 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::gates::{Evaluation, GateStatus};
 use super::state::{Action, Decision, HoldCause, RolloutState, StateName, Trigger};
 use super::tripwire::Trip;
-use crate::config::{PhaseMode, PromotionWindow, RolloutConfig};
+use crate::config::{PhaseMode, RolloutConfig};
 
 mod command;
-pub use command::{Command, CommandError};
+mod overnight;
+pub use command::{Command, CommandError, Given};
+pub use overnight::Freeze;
 
 /// What the control task must do after a step.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -29,6 +31,8 @@ pub struct Outcome {
     pub promoted: bool,
     /// The weights changed: publish a new routing table.
     pub weights_changed: bool,
+    /// An operator's command went through the overnight freeze by force.
+    pub forced: bool,
 }
 
 fn decision(action: Action, reason: impl Into<String>, at: DateTime<Utc>) -> Decision {
@@ -63,6 +67,15 @@ pub struct Core<'a> {
 }
 
 impl Core<'_> {
+    /// The overnight freeze at local time `local`.
+    pub fn freeze(&self, local: NaiveDateTime) -> Freeze {
+        overnight::Opening {
+            window: &self.cfg.promotion_window,
+            days: &self.cfg.business_days,
+        }
+        .freeze(local)
+    }
+
     fn enter_phase(&self, s: &mut RolloutState, idx: usize, now: DateTime<Utc>) {
         let phase = &self.cfg.phases[idx];
         s.phase_index = Some(idx);
@@ -254,7 +267,7 @@ impl Core<'_> {
         s: &mut RolloutState,
         ev: &Evaluation,
         now: DateTime<Utc>,
-        local: NaiveTime,
+        local: NaiveDateTime,
     ) -> Outcome {
         self.remember_gates(s, ev, now);
         match s.state {
@@ -310,7 +323,7 @@ impl Core<'_> {
         s: &mut RolloutState,
         ev: &Evaluation,
         now: DateTime<Utc>,
-        local: NaiveTime,
+        local: NaiveDateTime,
     ) -> Outcome {
         let idx = s.phase_index.expect("in a phase");
         let phase = &self.cfg.phases[idx];
@@ -387,15 +400,13 @@ impl Core<'_> {
                 now,
             );
         }
-        if !self.cfg.promotion_window.contains(local) {
-            let resume = match self.cfg.promotion_window {
-                PromotionWindow::Hours { start, .. } => start.format("%H:%M").to_string(),
-                PromotionWindow::Always => String::new(),
-            };
+        if let Some(until) = self.freeze(local).until_text() {
+            // One hold for the whole night (or weekend): its cause stays the
+            // window, so it is reported once, when it starts.
             return self.hold(
                 s,
                 HoldCause::PromotionWindow,
-                format_args!("outside it, step-ups resume at {resume} local"),
+                format_args!("held overnight until {until}"),
                 false,
                 now,
             );

@@ -230,8 +230,8 @@ impl<'a> Run<'a> {
         r
     }
 
-    fn local(&self) -> NaiveTime {
-        self.now.time()
+    fn local(&self) -> chrono::NaiveDateTime {
+        self.now.naive_utc()
     }
 
     /// One tick at `now`, then the clock moves on by one tick.
@@ -248,7 +248,16 @@ impl<'a> Run<'a> {
     }
 
     fn cmd(&mut self, c: Command) -> Result<Outcome, CommandError> {
-        self.core.command(&mut self.s, c, self.now)
+        let given = self.given(false);
+        self.core.command(&mut self.s, c, given)
+    }
+
+    fn given(&self, force: bool) -> Given {
+        Given {
+            at: self.now,
+            local: self.local(),
+            force,
+        }
     }
 
     fn phase(&self) -> Option<&str> {
@@ -693,11 +702,11 @@ fn outside_the_promotion_window_holds_until_it_reopens() {
     assert_eq!(action(&out), Action::Hold, "{out:?}");
     assert_eq!(
         reason(&out),
-        "promotion window: outside it, step-ups resume at 09:00 local"
+        "promotion window: held overnight until Tue 2025-03-04 09:00 local"
     );
     assert!(out.report);
     let mut outs = Vec::new();
-    while r.local() < NaiveTime::from_hms_opt(9, 0, 0).unwrap()
+    while r.local().time() < NaiveTime::from_hms_opt(9, 0, 0).unwrap()
         || r.now.date_naive() == t0().date_naive()
     {
         outs.push(r.tick(&green()));
@@ -706,7 +715,7 @@ fn outside_the_promotion_window_holds_until_it_reopens() {
     assert!(outs.iter().all(|o| action(o) == Action::Hold));
     assert_eq!(reports(&outs), 0, "one overnight hold, one report");
     assert_eq!(r.s.weight_v2, 5.0);
-    assert_eq!(r.local(), NaiveTime::from_hms_opt(9, 0, 0).unwrap());
+    assert_eq!(r.local().time(), NaiveTime::from_hms_opt(9, 0, 0).unwrap());
     let out = r.tick(&green());
     assert_eq!(action(&out), Action::Go, "{out:?}");
     assert_eq!(r.s.weight_v2, 25.0);
@@ -734,8 +743,124 @@ fn inside_the_promotion_window_goes() {
     let out = r.pass_phase();
     assert_eq!(
         reason(&out),
-        "promotion window: outside it, step-ups resume at 22:00 local"
+        "promotion window: held overnight until Mon 2025-03-03 22:00 local"
     );
+}
+
+/// Business hours 09:00-18:00, Monday to Friday, plus `extra` keys.
+fn office_hours(extra: &str) -> Config {
+    config(
+        &format!(
+            "{ALL_FLAGS}\npromotion_window = {{ start = \"09:00\", end = \"18:00\" }}\n{extra}"
+        ),
+        PLAIN_PHASES,
+    )
+}
+
+fn local_at(y: i32, m: u32, d: u32, h: u32, min: u32) -> chrono::NaiveDateTime {
+    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+        .unwrap()
+        .naive_utc()
+}
+
+#[test]
+fn a_friday_evening_hold_waits_for_monday_morning() {
+    let cfg = office_hours("");
+    // Friday 2025-03-07, 17:55: the 10m hold ends after hours.
+    let mut r = Run::at(&cfg, Utc.with_ymd_and_hms(2025, 3, 7, 17, 55, 0).unwrap());
+    r.cmd(Command::Start).unwrap();
+    let out = r.pass_phase();
+    assert_eq!(action(&out), Action::Hold, "{out:?}");
+    assert_eq!(
+        reason(&out),
+        "promotion window: held overnight until Mon 2025-03-10 09:00 local"
+    );
+    let mut outs = Vec::new();
+    while r.local() < local_at(2025, 3, 10, 9, 0) {
+        outs.push(r.tick(&green()));
+    }
+    // Saturday and Sunday inside the hours count as closed too.
+    assert!(outs.iter().all(|o| action(o) == Action::Hold));
+    assert_eq!(reports(&outs), 0, "one weekend hold, one report");
+    assert_eq!(r.s.weight_v2, 5.0);
+    let out = r.tick(&green());
+    assert_eq!(action(&out), Action::Go, "{out:?}");
+    assert_eq!(r.s.weight_v2, 25.0);
+}
+
+#[test]
+fn a_holiday_monday_moves_the_reopening_to_tuesday() {
+    let cfg = office_hours("holidays = [\"2025-12-24\", \"2025-03-10\"]");
+    let core = Core { cfg: &cfg.rollout };
+    let friday_evening = local_at(2025, 3, 7, 18, 0);
+    assert_eq!(
+        core.freeze(friday_evening),
+        Freeze::Until(local_at(2025, 3, 11, 9, 0))
+    );
+    // Early on a business day: the same day's opening.
+    assert_eq!(
+        core.freeze(local_at(2025, 3, 11, 7, 30)),
+        Freeze::Until(local_at(2025, 3, 11, 9, 0))
+    );
+    assert_eq!(core.freeze(local_at(2025, 3, 11, 9, 0)), Freeze::Open);
+    // The holiday itself is closed at noon.
+    assert!(matches!(
+        core.freeze(local_at(2025, 3, 10, 12, 0)),
+        Freeze::Until(_)
+    ));
+    // Configured business days: a Saturday shop reopens on Saturday.
+    let cfg = office_hours("business_days = [\"tue\", \"sat\"]");
+    let core = Core { cfg: &cfg.rollout };
+    assert_eq!(
+        core.freeze(friday_evening),
+        Freeze::Until(local_at(2025, 3, 8, 9, 0))
+    );
+    // No window, no freeze.
+    let cfg = plain();
+    let core = Core { cfg: &cfg.rollout };
+    assert_eq!(core.freeze(friday_evening), Freeze::Open);
+}
+
+#[test]
+fn a_manual_weight_change_overnight_is_refused_unless_forced() {
+    let cfg = office_hours("");
+    let mut r = Run::at(&cfg, Utc.with_ymd_and_hms(2025, 3, 7, 17, 0, 0).unwrap());
+    r.cmd(Command::Start).unwrap();
+    r.now = Utc.with_ymd_and_hms(2025, 3, 7, 20, 0, 0).unwrap();
+    let e = r.cmd(Command::SetWeight(50.0)).unwrap_err();
+    assert_eq!(
+        e,
+        CommandError::OvernightFreeze {
+            until: "Mon 2025-03-10 09:00 local".into()
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "overnight freeze until Mon 2025-03-10 09:00 local: pass force to change the weights anyway"
+    );
+    assert_eq!(r.cmd(Command::Promote).unwrap_err(), e);
+    assert_eq!(r.s.weight_v2, 5.0, "nothing changed");
+    let given = r.given(true);
+    let out = r
+        .core
+        .command(&mut r.s, Command::SetWeight(50.0), given)
+        .unwrap();
+    assert!(out.forced && out.weights_changed);
+    assert_eq!(r.s.weight_v2, 50.0);
+    // Paused by the manual weight: handing back needs force too.
+    assert!(matches!(
+        r.cmd(Command::Resume),
+        Err(CommandError::OvernightFreeze { .. })
+    ));
+    // A rollback is never held back, and needs no force.
+    let out = r.cmd(Command::Rollback).unwrap();
+    assert!(!out.forced);
+    assert_eq!(r.s.weight_v2, 0.0);
+    // Inside the window nothing is forced.
+    r.now = Utc.with_ymd_and_hms(2025, 3, 10, 10, 0, 0).unwrap();
+    r.cmd(Command::Start).unwrap();
+    let out = r.cmd(Command::SetWeight(30.0)).unwrap();
+    assert!(!out.forced);
 }
 
 #[test]
@@ -1698,6 +1823,7 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
             previous: &s.gate_status,
             recovery: &s.gate_recovery,
             tick: w,
+            seen: w,
             sequential: None,
         },
     )

@@ -11,10 +11,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::effects::Effects;
+use super::gates::drift::Reference;
 use super::gates::Evaluation;
 use super::history::HistoryView;
 use super::replay::RecordKind;
-use super::rollout::{Command, CommandError, Core, Outcome};
+use super::rollout::{Command, CommandError, Core, Given, Outcome};
 use super::state::{self, RolloutState, StateError, StateName};
 use super::status::Board;
 use super::step::{self, TickTime};
@@ -31,6 +32,8 @@ use arc_swap::ArcSwap;
 pub(crate) struct CommandMsg {
     cmd: Command,
     by: String,
+    /// Through the overnight freeze.
+    force: bool,
     reply: oneshot::Sender<Result<Arc<StatusView>, CommandError>>,
 }
 
@@ -45,6 +48,8 @@ pub(crate) struct ReloadMsg {
 pub(crate) enum Msg {
     Command(CommandMsg),
     Reload(ReloadMsg),
+    /// A golden re-freeze round trip's result.
+    Refreeze(super::webhook::RefreezeAttempt),
 }
 
 /// What the admin API holds: a way to send commands and the latest status.
@@ -79,10 +84,21 @@ impl ControlHandle {
 
     /// Runs a command through the control task; `by` is recorded in the audit log.
     pub async fn command(&self, cmd: Command, by: &str) -> Result<Arc<StatusView>, CommandError> {
+        self.command_forced(cmd, by, false).await
+    }
+
+    /// [`Self::command`], overriding the overnight freeze when `force`.
+    pub async fn command_forced(
+        &self,
+        cmd: Command,
+        by: &str,
+        force: bool,
+    ) -> Result<Arc<StatusView>, CommandError> {
         let (reply, rx) = oneshot::channel();
         let msg = Msg::Command(CommandMsg {
             cmd,
             by: by.to_string(),
+            force,
             reply,
         });
         let gone = || CommandError::Conflict("the controller is shutting down".into());
@@ -118,11 +134,6 @@ impl Clock {
         }
     }
 
-    /// Decision time now.
-    pub(crate) fn at(&self) -> DateTime<Utc> {
-        self.on_axis(self.origin.elapsed())
-    }
-
     fn on_axis(&self, since_start: std::time::Duration) -> DateTime<Utc> {
         TimeDelta::from_std(since_start)
             .ok()
@@ -136,7 +147,7 @@ impl Clock {
         TickTime {
             ms: since_start.as_millis() as u64,
             at: self.on_axis(since_start),
-            local: Local::now().time(),
+            local: Local::now().naive_local(),
         }
     }
 }
@@ -165,9 +176,26 @@ pub(crate) struct Situation {
     pub(crate) detail: String,
     /// The state file does not hold `state` yet (a failed write is retried).
     pub(crate) persist_degraded: bool,
+    /// "held overnight until ..." while the overnight freeze holds a live rollout.
+    pub(crate) overnight: Option<String>,
+    /// The drift reference (the last golden baseline), loaded at start and
+    /// on reload, replaced by each re-freeze; never read per tick from disk.
+    pub(crate) drift: Arc<Reference>,
 }
 
 impl Situation {
+    /// Notes the overnight freeze at local time `local`.
+    fn note_freeze(&mut self, local: chrono::NaiveDateTime) {
+        let core = Core {
+            cfg: &self.cfg.rollout,
+        };
+        self.overnight = core
+            .freeze(local)
+            .until_text()
+            .filter(|_| Core::live(&self.state))
+            .map(|until| format!("held overnight until {until}"));
+    }
+
     pub(crate) fn phase_name(&self) -> Option<String> {
         self.state
             .phase_index
@@ -239,10 +267,18 @@ impl Controller {
             // The state file holds it now: a copy left there would be stale.
             state::remove_fallback(fallback)?;
         }
-        let effects = Effects::open(&cfg, &state, router.clone(), trip.clone(), metrics)?;
+        let (tx, rx) = mpsc::channel(64);
+        let drift = Arc::new(super::webhook::load_baseline(dir));
+        let effects = Effects::open(
+            &cfg,
+            &state,
+            router.clone(),
+            trip.clone(),
+            metrics,
+            tx.clone(),
+        )?;
         let board = Board::new(&state);
         let (status, history) = board.readers();
-        let (tx, rx) = mpsc::channel(64);
         let ctl = Controller {
             intake: Intake {
                 telemetry,
@@ -256,6 +292,8 @@ impl Controller {
                 last_eval: Evaluation::default(),
                 detail: String::new(),
                 persist_degraded: false,
+                overnight: None,
+                drift,
             },
             clock: Clock::start(),
             effects,
@@ -282,6 +320,8 @@ impl Controller {
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
             interval
         };
+        // A re-freeze round trip owed before a restart is taken up again.
+        self.effects.start_refreeze(&self.sit);
         let mut tick = self.sit.cfg.rollout.tick;
         let mut interval = every(tick);
         let trip = self.intake.trip.clone();
@@ -295,6 +335,7 @@ impl Controller {
                 Some(msg) = rx.recv() => match msg {
                     Msg::Command(c) => self.on_command(c),
                     Msg::Reload(r) => self.on_reload(r),
+                    Msg::Refreeze(a) => self.on_refreeze(a),
                 },
                 () = trip.notify.notified() => self.on_trip(),
                 () = sleep_until_some(self.effects.persist_retry_at()) => self.on_persist_retry(),
@@ -335,7 +376,10 @@ impl Controller {
         self.on_trip();
         // The cost of a tick in real time, whatever the controller's clock says.
         let started = std::time::Instant::now();
-        let t = self.step(RecordKind::Tick, "controller", step::tick);
+        let drift = self.sit.drift.clone();
+        let t = self.step(RecordKind::Tick, "controller", |cfg, ring, s, t| {
+            step::tick(cfg, ring, s, t, &drift)
+        });
         self.board.record_history(t.at, &self.sit);
         tracing::debug!(
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -348,8 +392,9 @@ impl Controller {
             return;
         };
         if !matches!(self.sit.state.state, StateName::RolledBack) {
+            let drift = self.sit.drift.clone();
             self.step(RecordKind::Trip, "request-path", |cfg, ring, s, t| {
-                step::trip(cfg, ring, s, trip, t)
+                step::trip(cfg, ring, s, trip, t, &drift)
             });
         }
         // Handled: the state says rolled back (and is being persisted), so
@@ -375,11 +420,18 @@ impl Controller {
         let before = self.sit.state.clone();
         let (ev, out) = decide(&self.sit.cfg, &self.intake.ring, &mut self.sit.state, &t);
         self.sit.last_eval = ev;
+        self.sit.note_freeze(t.local);
         let decision = out.decision.clone();
         self.effects
             .record(kind, &t, interval, before, &self.sit, decision);
         self.apply(out, by);
         t
+    }
+
+    fn on_refreeze(&mut self, a: super::webhook::RefreezeAttempt) {
+        let t = self.clock.read();
+        self.effects.refreeze_attempt(&mut self.sit, a, t.at);
+        self.board.publish(&self.sit);
     }
 
     fn on_reload(&mut self, r: ReloadMsg) {
@@ -390,6 +442,9 @@ impl Controller {
             self.intake.telemetry = r.telemetry;
         }
         self.sit.cfg = r.cfg;
+        self.sit.drift = Arc::new(super::webhook::load_baseline(
+            &self.sit.cfg.server.state_dir,
+        ));
         let detail = serde_json::json!({"journeys": self.sit.cfg.journeys.len() - 1});
         self.effects.audit(Utc::now(), "admin", "reload", detail);
         self.effects.route(&self.sit);
@@ -405,12 +460,23 @@ impl Controller {
         let core = Core {
             cfg: &self.sit.cfg.rollout,
         };
-        let result = core.command(&mut self.sit.state, msg.cmd, self.clock.at());
-        let detail = serde_json::json!({
+        let t = self.clock.read();
+        let given = Given {
+            at: t.at,
+            local: t.local,
+            force: msg.force,
+        };
+        let result = core.command(&mut self.sit.state, msg.cmd, given);
+        self.sit.note_freeze(t.local);
+        let mut detail = serde_json::json!({
             "by": msg.by,
             "args": args,
             "result": match &result { Ok(_) => "ok".to_string(), Err(e) => e.to_string() },
         });
+        if result.as_ref().is_ok_and(|o| o.forced) {
+            // On record: this change went through the overnight freeze.
+            detail["forced"] = serde_json::Value::Bool(true);
+        }
         self.effects.audit(Utc::now(), "admin", name, detail);
         tracing::info!(command = name, by = %msg.by, ok = result.is_ok(), "admin action");
         let reply = result.map(|out| {

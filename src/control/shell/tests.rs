@@ -247,6 +247,7 @@ fn command(ctl: &mut Controller, cmd: Command) -> Result<Arc<StatusView>, Comman
     ctl.on_command(CommandMsg {
         cmd,
         by: "tester".into(),
+        force: false,
         reply,
     });
     rx.try_recv().expect("a reply")
@@ -273,7 +274,9 @@ async fn a_tick_decided_before_the_trip_is_handled_cannot_give_v2_its_weight_bac
     // A tick computed from the state before the trip (the select picked the
     // tick first): its table, still 5 %, is not stored, and the trip stays
     // disarmed, so no second trip can start counting.
-    ctl.step(RecordKind::Tick, "controller", step::tick);
+    ctl.step(RecordKind::Tick, "controller", |cfg, ring, s, t| {
+        step::tick(cfg, ring, s, t, &Reference::None("test".into()))
+    });
     assert_eq!(
         ctl.sit.state.weight_v2, 5.0,
         "the state has not seen the trip"
