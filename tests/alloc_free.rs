@@ -278,14 +278,14 @@ fn beacon_parse_and_record_allocate_nothing() {
     use rollgate::config::BeaconsConfig;
     use rollgate::edge::beacon::{parse, Batch};
     let names = BeaconsConfig {
-        names: ["page_view", "js_error", "first_result_ms"]
+        names: ["page_view", "js_error", "first_result_ms", "credits_bought"]
             .map(String::from)
             .to_vec(),
         ..Default::default()
     };
     let t = Telemetry::with_beacons(3, names.names.len(), true);
-    let event = r#"{"type":"timing","name":"first_result_ms","value":123.4,"url":"/x"},{"type":"funnel","name":"page_view"},{"type":"js_error","name":"js_error","message":"TypeError: x is undefined"}"#;
-    let body = format!("[{}]", vec![event; 33].join(","));
+    let event = r#"{"type":"timing","name":"first_result_ms","value":123.4,"url":"/x"},{"type":"funnel","name":"page_view"},{"type":"js_error","name":"js_error","message":"TypeError: x is undefined"},{"type":"revenue","name":"credits_bought","value":1250}"#;
+    let body = format!("[{}]", vec![event; 25].join(","));
     let mut batch = Batch::default();
     // Warm up thread-locals (stripe index) outside the measurement.
     parse(body.as_bytes(), &names, &mut batch).unwrap();
@@ -309,8 +309,9 @@ fn beacon_parse_and_record_allocate_nothing() {
             batch.record_from(&t.beacons, Variant::V2, &from(i));
         }
     });
-    assert_eq!(n, 0, "allocations while ingesting 9,900 events");
-    assert_eq!(batch.events().len(), 99);
+    assert_eq!(n, 0, "allocations while ingesting 10,000 events");
+    assert_eq!(batch.events().len(), 100);
     let snap = t.beacons.snapshot();
-    assert_eq!(snap[2 * 2 + 1].counts[2], 3_300); // first_result_ms timings on V2
+    assert_eq!(snap[2 * 2 + 1].counts[2], 2_500); // first_result_ms timings on V2
+    assert_eq!(snap[3 * 2 + 1].revenue, 2_500 * 1250); // credits_bought on V2
 }

@@ -70,6 +70,11 @@ fn demo(args: &[&str], expected_last_line: &str) {
         stdout.contains("Gate report"),
         "no gate report printed\n{context}"
     );
+    // The population's payers post revenue: the reports show it per user.
+    assert!(
+        stdout.contains("Revenue per user (credits_bought): V1 "),
+        "no revenue line in the gate reports\n{context}"
+    );
 }
 
 #[test]

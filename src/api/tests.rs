@@ -161,6 +161,7 @@ pub(crate) fn sample_report() -> Report {
             payment_success: None,
             top_anomalies: vec!["none".into()],
             recommended_action: "hold".into(),
+            revenue: Vec::new(),
         }),
     }
 }

@@ -14,6 +14,10 @@ pub const MAX_BEACON_CAP: u32 = 10_000_000;
 /// Largest per-address user quota: the quota keeps one fingerprint cell per
 /// user, and an address's cells share a bucket of this many.
 pub const MAX_BEACON_USERS_PER_CLIENT: u32 = 16;
+/// Largest `max_revenue_value` (10 million currency units in cents): far
+/// above any one purchase, and a sum of a window's worth of them stays far
+/// from overflowing its 64-bit counter.
+pub const MAX_REVENUE_VALUE_CAP: u64 = 1_000_000_000;
 
 defaults! {
     /// Events one client address counts for per window: a busy office or a
@@ -27,6 +31,10 @@ defaults! {
     /// household or a shared device. A beacon gate moves on tens of fake
     /// users, which the event cap alone would let one address invent.
     pub const DEFAULT_MAX_USERS_PER_CLIENT: u32 = 2 => fn default_max_users_per_client() -> u32;
+    /// Largest value of one `revenue` event, in minor currency units: 10 000
+    /// in cents, a large single purchase, so one forged event cannot move a
+    /// variant's revenue by more than that.
+    pub const DEFAULT_MAX_REVENUE_VALUE: u64 = 1_000_000 => fn default_max_revenue_value() -> u64;
 }
 
 /// `[beacons]`: the client beacon endpoint `POST /_rollgate/beacon`.
@@ -48,6 +56,10 @@ pub(crate) struct FileBeacons {
     /// quota off (every user on one address, as in the demo).
     #[serde(default = "default_max_users_per_client")]
     pub max_users_per_client: u32,
+    /// Largest value of one `revenue` event (minor currency units); a larger
+    /// one rejects the batch as `bad_value`.
+    #[serde(default = "default_max_revenue_value")]
+    pub max_revenue_value: u64,
 }
 
 /// The configured beacon event names (an event's name is its index here)
@@ -59,6 +71,8 @@ pub struct BeaconsConfig {
     pub max_events_per_key: u32,
     /// 0: no per-address user quota.
     pub max_users_per_client: u32,
+    /// Largest accepted `revenue` value, in minor currency units.
+    pub max_revenue_value: u64,
 }
 
 impl Default for BeaconsConfig {
@@ -68,6 +82,7 @@ impl Default for BeaconsConfig {
             max_events_per_client: DEFAULT_MAX_EVENTS_PER_CLIENT,
             max_events_per_key: DEFAULT_MAX_EVENTS_PER_KEY,
             max_users_per_client: DEFAULT_MAX_USERS_PER_CLIENT,
+            max_revenue_value: DEFAULT_MAX_REVENUE_VALUE,
         }
     }
 }
@@ -136,11 +151,21 @@ pub(super) fn validate(b: FileBeacons) -> Result<BeaconsConfig, Invalid> {
             ),
         ));
     }
+    if !(1..=MAX_REVENUE_VALUE_CAP).contains(&b.max_revenue_value) {
+        return Err(invalid(
+            "beacons.max_revenue_value",
+            format!(
+                "{} must be between 1 and {MAX_REVENUE_VALUE_CAP} (minor currency units, e.g. cents)",
+                b.max_revenue_value
+            ),
+        ));
+    }
     Ok(BeaconsConfig {
         names: b.names,
         max_events_per_client: b.max_events_per_client,
         max_events_per_key: b.max_events_per_key,
         max_users_per_client: users,
+        max_revenue_value: b.max_revenue_value,
     })
 }
 
@@ -176,6 +201,12 @@ mod tests {
         assert_eq!(c.beacons.max_users_per_client, 0);
         let c = parse("max_users_per_client = 16\n").unwrap();
         assert_eq!(c.beacons.max_users_per_client, 16);
+        assert_eq!(
+            c.beacons.max_revenue_value,
+            super::DEFAULT_MAX_REVENUE_VALUE
+        );
+        let c = parse("max_revenue_value = 5000\n").unwrap();
+        assert_eq!(c.beacons.max_revenue_value, 5000);
         for (text, key) in [
             (
                 "max_events_per_client = 0\n",
@@ -197,6 +228,11 @@ mod tests {
             (
                 "max_events_per_key = 2\nmax_events_per_client = 3\nmax_users_per_client = 4\n",
                 "`beacons.max_users_per_client`",
+            ),
+            ("max_revenue_value = 0\n", "`beacons.max_revenue_value`"),
+            (
+                "max_revenue_value = 1000000001\n",
+                "`beacons.max_revenue_value`",
             ),
         ] {
             let e = parse(text).unwrap_err();

@@ -31,6 +31,8 @@ defaults! {
     const DEFAULT_SPLIT_SKEW_TOLERANCE: f64 = 0.20 => fn default_split_skew_tolerance() -> f64;
     const DEFAULT_FUNNEL_MAX_DROP: f64 = 0.03 => fn default_funnel_max_drop() -> f64;
     const DEFAULT_TIMING_MAX_INCREASE: f64 = 0.05 => fn default_timing_max_increase() -> f64;
+    /// "Revenue: positive signal": V2 may earn at most 5 % less per user.
+    const DEFAULT_REVENUE_MAX_DROP: f64 = 0.05 => fn default_revenue_max_drop() -> f64;
 }
 
 /// `[gates]`: how the gates judge, beyond the thresholds of `[rollout]`.
@@ -89,6 +91,11 @@ pub(crate) struct FileGates {
     /// `split_skew`: observed V2 share of users within this share of the target.
     #[serde(default = "default_split_skew_tolerance")]
     pub split_skew_tolerance: f64,
+    /// Beacon name of `revenue` events: enables the `revenue` gate.
+    pub revenue_per: Option<String>,
+    /// `revenue`: V2's revenue per user at most this share below V1's.
+    #[serde(default = "default_revenue_max_drop")]
+    pub revenue_max_drop: f64,
     /// `drift`: V1's P95 per journey at most this share above the last golden
     /// baseline's; unset = drift is reported, not gated.
     pub drift_max: Option<f64>,
@@ -175,6 +182,9 @@ pub struct GatesConfig {
     pub slo: Option<Slo>,
     pub error_budget_max: f64,
     pub split_skew_tolerance: f64,
+    /// Index of the revenue beacon name; `None` = no `revenue` gate.
+    pub revenue_per: Option<usize>,
+    pub revenue_max_drop: f64,
     /// `None`: no `drift` gate (the drift is still reported).
     pub drift_max: Option<f64>,
     pub funnels: Vec<Funnel>,
@@ -290,6 +300,17 @@ pub(super) fn validate(
         split_skew_tolerance: non_negative(
             "gates.split_skew_tolerance",
             g.split_skew_tolerance,
+        )?,
+        revenue_per: g
+            .revenue_per
+            .as_deref()
+            .map(|n| beacon_index(beacons, "gates.revenue_per", n))
+            .transpose()?,
+        revenue_max_drop: must_be(
+            "gates.revenue_max_drop",
+            g.revenue_max_drop,
+            (0.0..1.0).contains(&g.revenue_max_drop),
+            "a share in 0..1",
         )?,
         drift_max: g
             .drift_max

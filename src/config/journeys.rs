@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::values::{fraction, label_name, positive_ms};
+use super::values::{fraction, label_name, must_be, positive_ms};
 use super::{invalid, Invalid};
 use crate::routing::journeys::{method_bit, Journey, JourneyKind, Journeys, PathMatch};
 
@@ -22,6 +22,9 @@ pub(crate) struct FileJourney {
     pub p95_ms: Option<f64>,
     /// Minimum success rate (non-5xx share); payment journeys default to `payment_success_min`.
     pub success_min: Option<f64>,
+    /// V2's failed share at most V1's plus this (an absolute share, like
+    /// `rollout.error_rate_margin`): "no increase above baseline".
+    pub success_vs_v1: Option<f64>,
     /// Mostly cacheable reads: gets the cache hit ratio gate (`gates.cache_hit_min`).
     #[serde(default)]
     pub read_heavy: bool,
@@ -31,6 +34,8 @@ pub(crate) struct FileJourney {
 pub struct JourneyLimits {
     pub p95_ms: Option<f64>,
     pub success_min: Option<f64>,
+    /// Margin of V2's failed share over V1's; `None`: not compared with V1.
+    pub success_vs_v1: Option<f64>,
     pub read_heavy: bool,
 }
 
@@ -107,9 +112,21 @@ pub(super) fn validate(files: Vec<FileJourney>) -> Result<(Journeys, Vec<Journey
         if let Some(s) = j.success_min {
             fraction(&key("success_min"), s)?;
         }
+        if let Some(m) = j.success_vs_v1 {
+            // A margin of 0 puts a V2 as good as V1 on the bound itself,
+            // where no amount of data shows it inside.
+            let ok = m > 0.0 && m <= 1.0;
+            must_be(
+                &key("success_vs_v1"),
+                m,
+                ok,
+                "a share above 0 and at most 1",
+            )?;
+        }
         journey_limits.push(JourneyLimits {
             p95_ms: j.p95_ms,
             success_min: j.success_min,
+            success_vs_v1: j.success_vs_v1,
             read_heavy: j.read_heavy,
         });
         list.push(Journey {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::gates::{Evaluation, GateResult, GateStatus, JourneyKpi, VariantKpi};
+use super::gates::{revenue, Evaluation, GateResult, GateStatus, JourneyKpi, Revenue, VariantKpi};
 use super::state::{Action, Approval, Decision, Incident, StateError, Trigger};
 
 /// Status of one rollback trigger at the time of the report.
@@ -29,6 +29,9 @@ pub struct SummaryCard {
     pub payment_success: Option<f64>,
     pub top_anomalies: Vec<String>,
     pub recommended_action: String,
+    /// [`revenue_lines`] of the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revenue: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,7 +131,38 @@ pub(crate) fn summary_card(phase: &str, ev: &Evaluation, action: Action) -> Summ
         payment_success: payment_success(ev),
         top_anomalies: top_anomalies(ev, 3),
         recommended_action: action.report_word().into(),
+        revenue: revenue_lines(&ev.v1, &ev.v2),
     }
+}
+
+/// "Revenue per user (NAME): V1 x, V2 y (V2/V1 z %)" for each revenue
+/// beacon name of the window (amounts in its minor currency unit), with the
+/// users who paid among the users seen: the share the `revenue` gate tests.
+pub(crate) fn revenue_lines(v1: &VariantKpi, v2: &VariantKpi) -> Vec<String> {
+    let per_user = |r: Option<&Revenue>| {
+        r.and_then(Revenue::per_user)
+            .map_or("–".into(), |v| format!("{v:.2}"))
+    };
+    let paying =
+        |r: Option<&Revenue>| r.map_or("–".into(), |r| format!("{} of {}", r.payers, r.users));
+    v2.revenue
+        .iter()
+        .map(|r2| {
+            let r1 = revenue::of(v1, &r2.name);
+            let ratio = match (r1.and_then(Revenue::per_user), r2.per_user()) {
+                (Some(a), Some(b)) if a > 0.0 => format!(" (V2/V1 {:.1} %)", b / a * 100.0),
+                _ => String::new(),
+            };
+            format!(
+                "Revenue per user ({}): V1 {}, V2 {}{ratio}; users who paid: V1 {}, V2 {}",
+                r2.name,
+                per_user(r1),
+                per_user(Some(r2)),
+                paying(r1),
+                paying(Some(r2)),
+            )
+        })
+        .collect()
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -206,6 +240,9 @@ pub(crate) fn markdown(r: &Report) -> String {
         row(&mut m, &j.journey, &j.v1, &j.v2);
     }
     row(&mut m, "**all**", &r.v1, &r.v2);
+    for line in revenue_lines(&r.v1, &r.v2) {
+        let _ = writeln!(m, "\n{line}");
+    }
     if let Some(d) = &r.drift {
         m.push_str(&d.markdown());
     }
@@ -259,6 +296,9 @@ pub(crate) fn markdown(r: &Report) -> String {
         );
         let _ = writeln!(m, "- 5xx rate: {}", pct(c.error_rate_5xx));
         let _ = writeln!(m, "- Payment success: {}", pct(c.payment_success));
+        for line in &c.revenue {
+            let _ = writeln!(m, "- {line}");
+        }
         let _ = writeln!(m, "- Top anomalies:");
         if c.top_anomalies.is_empty() {
             let _ = writeln!(m, "  - none");

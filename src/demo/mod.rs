@@ -183,7 +183,7 @@ consecutive_payment_failures = 5
 full_sustain = "5s"
 
 [beacons]
-names = ["page_view", "js_error", "search_result_click", "first_result_ms"]
+names = ["page_view", "js_error", "search_result_click", "first_result_ms", "credits_bought"]
 # Every synthetic user posts from 127.0.0.1: one address, hundreds of users.
 max_events_per_client = 10000000
 max_users_per_client = 0

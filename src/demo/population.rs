@@ -7,6 +7,9 @@
 //! first result on search, a result click, and a `js_error` when the page
 //! said its scripts threw (`x-demo-js-error`). When the application page
 //! offers no submit step (`x-demo-next: search`), they go back to search.
+//! After a payment that went through, a user posts a `revenue` beacon
+//! (`credits_bought`, an amount in cents that depends on the user), so the
+//! reports show revenue per user V2 against V1.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,12 +31,21 @@ pub const WALK: [(Method, &str); 5] = [
 ];
 
 /// Beacon names the population sends; the demo config lists them.
-pub const BEACON_NAMES: [&str; 4] = [
+pub const BEACON_NAMES: [&str; 5] = [
     "page_view",
     "js_error",
     "search_result_click",
     "first_result_ms",
+    "credits_bought",
 ];
+
+/// Index of the payment in [`WALK`].
+const PAYMENT_STEP: usize = 4;
+
+/// The credits a user buys per payment, in cents: three basket sizes.
+fn credits_cents(user: usize) -> u32 {
+    [500, 1250, 2500][user % 3]
+}
 
 #[derive(Default)]
 pub struct Counters {
@@ -108,8 +120,17 @@ pub async fn run(
                         let _ = resp.into_body().collect().await;
                         if ok { &counters.ok } else { &counters.failed }
                             .fetch_add(1, Ordering::Relaxed);
-                        if ok && *method == Method::GET {
-                            let body = beacon_body(step, js_error, started.elapsed());
+                        let beacon = if ok && *method == Method::GET {
+                            Some(beacon_body(step, js_error, started.elapsed()))
+                        } else if ok && step == PAYMENT_STEP {
+                            Some(format!(
+                                r#"[{{"type":"revenue","name":"credits_bought","value":{}}}]"#,
+                                credits_cents(u)
+                            ))
+                        } else {
+                            None
+                        };
+                        if let Some(body) = beacon {
                             let req = Request::builder()
                                 .method(Method::POST)
                                 .uri(format!("{base}/_rollgate/beacon"))

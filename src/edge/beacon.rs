@@ -1,7 +1,7 @@
 //! `POST /_rollgate/beacon`: client events (JS errors, funnel steps, timings)
 //! counted at the edge, attributed to the variant the sticky key routes to.
 //!
-//! The body is a JSON array of `{"type": "js_error"|"funnel"|"timing",
+//! The body is a JSON array of `{"type": "js_error"|"funnel"|"timing"|"revenue",
 //! "name": "...", "value": n}` (other keys are ignored). It is parsed in one
 //! pass by a serde visitor straight into a fixed array on the stack: keys,
 //! types and names are matched as borrowed `&str` while parsing and become an
@@ -25,7 +25,11 @@
 //! window, which is what 429 tells a client (with `Retry-After`), where a
 //! 400 would say "never send this again".
 //! `timing` values are milliseconds (finite, 0 ..= [`MAX_TIMING_MS`]); a value
-//! on other types is optional, checked the same way and not used.
+//! on `js_error` and `funnel` is optional, checked the same way and not used.
+//! A `revenue` event needs its value, an amount in the currency's minor unit
+//! (cents), finite, 0 ..= `beacons.max_revenue_value`, rounded to a whole
+//! unit; anything else is `bad_value`. The cap bounds what one forged event
+//! can add to a variant's revenue (the per-key event cap bounds how many).
 
 use std::fmt;
 
@@ -49,14 +53,14 @@ pub struct Event {
     /// Index into the configured names.
     pub name: u16,
     pub kind: BeaconType,
-    /// `timing` value in microseconds; 0 for other types.
-    pub value_us: u64,
+    /// `timing`: microseconds; `revenue`: minor currency units; else 0.
+    pub value: u64,
 }
 
 const NO_EVENT: Event = Event {
     name: 0,
     kind: BeaconType::Funnel,
-    value_us: 0,
+    value: 0,
 };
 
 /// A parsed batch, on the stack.
@@ -83,7 +87,7 @@ impl Batch {
     #[inline]
     pub fn record(&self, cells: &BeaconCells, variant: Variant) {
         for e in self.events() {
-            cells.record(e.name, variant, e.kind, e.value_us);
+            cells.record(e.name, variant, e.kind, e.value);
         }
     }
 
@@ -235,19 +239,22 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let Some(Some(name)) = name else {
             return Err(stop(self.reject, BeaconReject::UnknownName));
         };
-        let ok = |v: f64| v.is_finite() && (0.0..=MAX_TIMING_MS).contains(&v);
-        let value_us = match (kind, value) {
+        let within = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
+        let ok = |v: f64| within(v, MAX_TIMING_MS);
+        let max_revenue = self.names.max_revenue_value as f64;
+        let value = match (kind, value) {
             (BeaconType::Timing, Num::Number(v)) if ok(v) => (v * 1000.0).round() as u64,
-            (BeaconType::Timing, _) => return Err(stop(self.reject, BeaconReject::BadValue)),
-            (_, Num::Absent) => 0,
-            (_, Num::Number(v)) if ok(v) => 0,
-            (_, _) => return Err(stop(self.reject, BeaconReject::BadValue)),
+            (BeaconType::Revenue, Num::Number(v)) if within(v, max_revenue) => v.round() as u64,
+            (BeaconType::Timing | BeaconType::Revenue, _) => {
+                return Err(stop(self.reject, BeaconReject::BadValue))
+            }
+            (BeaconType::JsError | BeaconType::Funnel, Num::Absent) => 0,
+            (BeaconType::JsError | BeaconType::Funnel, Num::Number(v)) if ok(v) => 0,
+            (BeaconType::JsError | BeaconType::Funnel, _) => {
+                return Err(stop(self.reject, BeaconReject::BadValue))
+            }
         };
-        Ok(Event {
-            name,
-            kind,
-            value_us,
-        })
+        Ok(Event { name, kind, value })
     }
 }
 
@@ -392,9 +399,11 @@ mod tests {
                 "js_error",
                 "first_result_ms",
                 "search_result_click",
+                "credits_bought",
             ]
             .map(String::from)
             .to_vec(),
+            max_revenue_value: 100_000,
             ..Default::default()
         }
     }
@@ -419,22 +428,22 @@ mod tests {
                 Event {
                     name: 0,
                     kind: BeaconType::Funnel,
-                    value_us: 0
+                    value: 0
                 },
                 Event {
                     name: 1,
                     kind: BeaconType::JsError,
-                    value_us: 0
+                    value: 0
                 },
                 Event {
                     name: 2,
                     kind: BeaconType::Timing,
-                    value_us: 312_500
+                    value: 312_500
                 },
                 Event {
                     name: 3,
                     kind: BeaconType::Funnel,
-                    value_us: 0
+                    value: 0
                 },
             ]
         );
@@ -500,6 +509,35 @@ mod tests {
         let mut b = Batch::default();
         let body = format!("[{one}, {{\"type\": \"nope\", \"name\": \"x\"}}]");
         assert_eq!(parse(body.as_bytes(), &names(), &mut b), Err(UnknownType));
+    }
+
+    #[test]
+    fn revenue_needs_a_value_within_the_cap() {
+        let got = run(r#"[
+            {"type": "revenue", "name": "credits_bought", "value": 1250},
+            {"type": "revenue", "name": "credits_bought", "value": 99.6},
+            {"type": "revenue", "name": "credits_bought", "value": 0},
+            {"type": "revenue", "name": "credits_bought", "value": 100000}
+        ]"#)
+        .unwrap();
+        let values: Vec<u64> = got.iter().map(|e| e.value).collect();
+        assert_eq!(values, [1250, 100, 0, 100_000]);
+        assert!(got
+            .iter()
+            .all(|e| e.kind == BeaconType::Revenue && e.name == 4));
+        for bad in [
+            r#"[{"type": "revenue", "name": "credits_bought"}]"#,
+            r#"[{"type": "revenue", "name": "credits_bought", "value": null}]"#,
+            r#"[{"type": "revenue", "name": "credits_bought", "value": -1}]"#,
+            r#"[{"type": "revenue", "name": "credits_bought", "value": 100001}]"#,
+            r#"[{"type": "revenue", "name": "credits_bought", "value": 1e300}]"#,
+            r#"[{"type": "revenue", "name": "credits_bought", "value": "12.50"}]"#,
+        ] {
+            assert_eq!(run(bad), Err(BeaconReject::BadValue), "{bad}");
+        }
+        // The name must still be configured.
+        let unknown = r#"[{"type": "revenue", "name": "tips", "value": 1}]"#;
+        assert_eq!(run(unknown), Err(BeaconReject::UnknownName));
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //! window and intersected; [`caps`] bounds what one address or one key may
 //! send at all per window.
 //!
+//! `revenue` events carry a value (in the currency's minor unit, say
+//! cents), summed per (name, variant) beside the count: with the users of
+//! the name (who paid) and the users of any name (who were seen), that is
+//! revenue per user and the share of users who paid, V2 against V1.
+//!
 //! No identifier of any kind is stored: counts and timings by name and
 //! variant, one bit per hashed key in maps cleared every tick, and count
 //! slots shared by every key or address that hashes there.
@@ -40,13 +45,23 @@ pub enum BeaconType {
     JsError = 0,
     Funnel = 1,
     Timing = 2,
+    /// A purchase; its value is summed (minor currency units).
+    Revenue = 3,
 }
 
+/// Event types, the length of every per-type count array.
+pub const TYPES: usize = 4;
+
 impl BeaconType {
-    pub const ALL: [BeaconType; 3] = [BeaconType::JsError, BeaconType::Funnel, BeaconType::Timing];
+    pub const ALL: [BeaconType; TYPES] = [
+        BeaconType::JsError,
+        BeaconType::Funnel,
+        BeaconType::Timing,
+        BeaconType::Revenue,
+    ];
 
     pub fn label(self) -> &'static str {
-        ["js_error", "funnel", "timing"][self as usize]
+        ["js_error", "funnel", "timing", "revenue"][self as usize]
     }
 
     pub fn parse(s: &str) -> Option<BeaconType> {
@@ -54,6 +69,7 @@ impl BeaconType {
             "js_error" => Some(BeaconType::JsError),
             "funnel" => Some(BeaconType::Funnel),
             "timing" => Some(BeaconType::Timing),
+            "revenue" => Some(BeaconType::Revenue),
             _ => None,
         }
     }
@@ -97,9 +113,13 @@ impl BeaconReject {
 }
 
 struct Stripe {
-    counts: [AtomicU64; 3],
+    counts: [AtomicU64; TYPES],
     timing: Box<[AtomicU64]>,
     timing_sum_us: AtomicU64,
+    /// Sum of `revenue` values: a counter like the others (one relaxed add
+    /// per event, no lock, nothing allocated), so revenue costs the request
+    /// path what a count does.
+    revenue: AtomicU64,
 }
 
 impl Stripe {
@@ -108,6 +128,7 @@ impl Stripe {
             counts: Default::default(),
             timing: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             timing_sum_us: AtomicU64::new(0),
+            revenue: AtomicU64::new(0),
         }
     }
 }
@@ -168,6 +189,16 @@ impl BeaconUsers {
         }
     }
 
+    /// Users who sent an event of any name: the union of every name's set
+    /// (each event sets its name's bit, so nobody who sent one is missed).
+    pub fn seen(&self, variant: Variant) -> UserSet {
+        let mut all = UserSet::EMPTY;
+        for s in self.by_name.iter().skip(variant as usize).step_by(2) {
+            all.union_with(s);
+        }
+        all
+    }
+
     /// Mutable set of `name` (tests and simulations fill windows with it).
     pub fn of_mut(&mut self, name: usize, variant: Variant) -> &mut UserSet {
         let i = name * 2 + variant as usize;
@@ -182,9 +213,11 @@ impl BeaconUsers {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BeaconCounts {
     /// By [`BeaconType`].
-    pub counts: [u64; 3],
+    pub counts: [u64; TYPES],
     /// `timing` values, in microseconds.
     pub timing: Histogram,
+    /// Sum of `revenue` values, in minor currency units.
+    pub revenue: u64,
 }
 
 impl BeaconCounts {
@@ -197,6 +230,7 @@ impl BeaconCounts {
         BeaconCounts {
             counts: std::array::from_fn(|i| self.counts[i].saturating_sub(earlier.counts[i])),
             timing: self.timing.delta(&earlier.timing),
+            revenue: self.revenue.saturating_sub(earlier.revenue),
         }
     }
 
@@ -204,31 +238,68 @@ impl BeaconCounts {
         SparseBeacon {
             counts: self.counts,
             timing: self.timing.to_sparse(),
+            revenue: self.revenue,
         }
     }
 
     pub fn add(&mut self, other: &BeaconCounts) {
-        for i in 0..3 {
+        for i in 0..TYPES {
             self.counts[i] += other.counts[i];
         }
         self.timing.add(&other.timing);
+        self.revenue += other.revenue;
     }
 }
 
 /// A [`BeaconCounts`] as the interval ring (and the replay log) keeps it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparseBeacon {
-    pub counts: [u64; 3],
+    #[serde(with = "type_counts")]
+    pub counts: [u64; TYPES],
     #[serde(default, skip_serializing_if = "SparseHistogram::is_empty")]
     pub timing: SparseHistogram,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revenue: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// The per-type counts of an interval record: as many as there are types,
+/// trailing zeros left out, so a record without revenue reads as it did
+/// before the type existed and an older record (three counts) still reads.
+mod type_counts {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use super::TYPES;
+
+    pub fn serialize<S: Serializer>(c: &[u64; TYPES], s: S) -> Result<S::Ok, S::Error> {
+        let used = TYPES - c.iter().rev().take_while(|n| **n == 0).count();
+        s.collect_seq(&c[..used.max(3)])
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u64; TYPES], D::Error> {
+        let v = Vec::<u64>::deserialize(d)?;
+        if v.len() > TYPES {
+            return Err(D::Error::invalid_length(
+                v.len(),
+                &"at most one count per event type",
+            ));
+        }
+        let mut c = [0; TYPES];
+        c[..v.len()].copy_from_slice(&v);
+        Ok(c)
+    }
 }
 
 impl SparseBeacon {
     pub fn add_to(&self, acc: &mut BeaconCounts) {
-        for i in 0..3 {
+        for i in 0..TYPES {
             acc.counts[i] += self.counts[i];
         }
         acc.timing.add_sparse(&self.timing);
+        acc.revenue += self.revenue;
     }
 }
 
@@ -252,18 +323,25 @@ impl BeaconCells {
         self.names
     }
 
-    /// Records one event; `value_us` is used by `timing` events only.
+    /// Records one event; `value` is a `timing` event's microseconds or a
+    /// `revenue` event's amount, unused by other types.
     #[inline]
-    pub fn record(&self, name: u16, variant: Variant, kind: BeaconType, value_us: u64) {
+    pub fn record(&self, name: u16, variant: Variant, kind: BeaconType, value: u64) {
         let Some(cell) = self.cells.get(name as usize * 2 + variant as usize) else {
             return;
         };
         let s = &cell[stripe_index()];
         s.counts[kind as usize].fetch_add(1, Relaxed);
-        if kind == BeaconType::Timing {
-            let us = value_us.min(MAX_US);
-            s.timing[bucket_index(us)].fetch_add(1, Relaxed);
-            s.timing_sum_us.fetch_add(us, Relaxed);
+        match kind {
+            BeaconType::Timing => {
+                let us = value.min(MAX_US);
+                s.timing[bucket_index(us)].fetch_add(1, Relaxed);
+                s.timing_sum_us.fetch_add(us, Relaxed);
+            }
+            BeaconType::Revenue => {
+                s.revenue.fetch_add(value, Relaxed);
+            }
+            BeaconType::JsError | BeaconType::Funnel => {}
         }
     }
 
@@ -319,9 +397,10 @@ impl BeaconCells {
             .map(|stripes| {
                 let mut c = BeaconCounts::default();
                 for s in stripes.iter() {
-                    for i in 0..3 {
+                    for i in 0..TYPES {
                         c.counts[i] += s.counts[i].load(Relaxed);
                     }
+                    c.revenue += s.revenue.load(Relaxed);
                     if s.counts[BeaconType::Timing as usize].load(Relaxed) > 0 {
                         for (acc, b) in c.timing.counts.iter_mut().zip(s.timing.iter()) {
                             *acc += b.load(Relaxed);
@@ -349,10 +428,10 @@ mod tests {
         b.reject(BeaconReject::TooMany);
         let s = b.snapshot();
         assert_eq!(s.len(), 6);
-        assert_eq!(s[3].counts, [0, 1, 1]);
+        assert_eq!(s[3].counts, [0, 1, 1, 0]);
         assert_eq!(s[3].timing.count(), 1);
         assert_eq!(s[3].timing.sum_us, 250_000);
-        assert_eq!(s[0].counts, [1, 0, 0]);
+        assert_eq!(s[0].counts, [1, 0, 0, 0]);
         assert_eq!(s[0].timing.count(), 0);
         assert_eq!(b.rejected(BeaconReject::TooMany), 1);
         let d = s[3].delta(&BeaconCounts::default()).to_sparse();
@@ -361,6 +440,43 @@ mod tests {
         assert_eq!(back, s[3]);
         assert_eq!(BeaconType::parse("funnel"), Some(BeaconType::Funnel));
         assert_eq!(BeaconType::parse("Funnel"), None);
+    }
+
+    #[test]
+    fn revenue_is_summed_and_records_stay_readable() {
+        let b = BeaconCells::new(2);
+        b.record(1, Variant::V2, BeaconType::Revenue, 1250);
+        b.record(1, Variant::V2, BeaconType::Revenue, 500);
+        b.record(1, Variant::V1, BeaconType::Funnel, 999); // not revenue: no sum
+        let s = b.snapshot();
+        assert_eq!(
+            (s[3].counts[BeaconType::Revenue as usize], s[3].revenue),
+            (2, 1750)
+        );
+        assert_eq!(s[2].revenue, 0);
+        // An interval with revenue keeps it; one without reads and writes as
+        // before the type existed (three counts, no revenue key).
+        let with = s[3].delta(&BeaconCounts::default()).to_sparse();
+        let text = serde_json::to_string(&with).unwrap();
+        assert_eq!(text, r#"{"counts":[0,0,0,2],"revenue":1750}"#);
+        let back: SparseBeacon = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, with);
+        let without = s[2].to_sparse();
+        assert_eq!(
+            serde_json::to_string(&without).unwrap(),
+            r#"{"counts":[0,1,0]}"#
+        );
+        let old: SparseBeacon = serde_json::from_str(r#"{"counts":[4,5,6]}"#).unwrap();
+        assert_eq!((old.counts, old.revenue), ([4, 5, 6, 0], 0));
+        assert!(serde_json::from_str::<SparseBeacon>(r#"{"counts":[1,2,3,4,5]}"#).is_err());
+        // Users seen: anyone who sent any name, once.
+        let mut u = BeaconUsers::default();
+        u.of_mut(0, Variant::V2).insert(1 << 60);
+        u.of_mut(1, Variant::V2).insert(1 << 60);
+        u.of_mut(1, Variant::V2).insert(3 << 60);
+        u.of_mut(0, Variant::V1).insert(5 << 60);
+        assert_eq!(u.seen(Variant::V2).count(), 2);
+        assert_eq!(u.seen(Variant::V1).count(), 1);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub const DECISIONS_TOTAL: &str = "rollgate_decisions_total";
 pub const STATE_PERSIST_DEGRADED: &str = "rollgate_state_persist_degraded";
 pub const BEACON_EVENTS_TOTAL: &str = "rollgate_beacon_events_total";
 pub const BEACON_REJECTED_TOTAL: &str = "rollgate_beacon_rejected_total";
+pub const REVENUE_TOTAL: &str = "rollgate_revenue_total";
 pub const SHADOW_REQUESTS_TOTAL: &str = "rollgate_shadow_requests_total";
 pub const SHADOW_DURATION_SECONDS: &str = "rollgate_shadow_duration_seconds";
 pub const SHADOW_DIFFS_TOTAL: &str = "rollgate_shadow_diffs_total";

@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::routing::journeys::Journeys;
 use crate::routing::Variant;
-use crate::telemetry::beacons::{BeaconReject, BeaconType};
+use crate::telemetry::beacons::{BeaconCounts, BeaconReject, BeaconType};
 use crate::telemetry::names::*;
 use crate::telemetry::shadow::ShadowClass;
 use crate::telemetry::{StatusClass, Telemetry, UpstreamErrorKind};
@@ -271,6 +271,7 @@ pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String])
             }
         }
     }
+    render_revenue(out, &counts, names);
     family(
         out,
         BEACON_REJECTED_TOTAL,
@@ -284,6 +285,40 @@ pub fn render_beacons(out: &mut String, telemetry: &Telemetry, names: &[String])
             r.label(),
             telemetry.beacons.rejected(r)
         );
+    }
+}
+
+/// Revenue of the names that had `revenue` events, by name and variant (a
+/// name whose clients never sent one has no series, as an unused type has
+/// none in a dashboard's eyes).
+fn render_revenue(out: &mut String, counts: &[BeaconCounts], names: &[String]) {
+    let paid = |i: usize| {
+        Variant::ALL.iter().any(|&v| {
+            counts
+                .get(i * 2 + v as usize)
+                .is_some_and(|c| c.counts[BeaconType::Revenue as usize] > 0)
+        })
+    };
+    let used: Vec<usize> = (0..names.len()).filter(|&i| paid(i)).collect();
+    if used.is_empty() {
+        return;
+    }
+    family(
+        out,
+        REVENUE_TOTAL,
+        "counter",
+        "Revenue reported by client beacons of type revenue, in the currency's minor unit (e.g. cents), by configured name and variant.",
+    );
+    for i in used {
+        for v in Variant::ALL {
+            let revenue = counts.get(i * 2 + v as usize).map_or(0, |c| c.revenue);
+            let _ = writeln!(
+                out,
+                "{REVENUE_TOTAL}{{name=\"{}\",variant=\"{}\"}} {revenue}",
+                names[i],
+                v.label()
+            );
+        }
     }
 }
 

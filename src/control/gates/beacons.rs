@@ -69,7 +69,7 @@ pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateRe
 /// distinct users do not add up over intervals (a user seen in two ticks is
 /// one user of the window), so a tick's new users are a difference of two
 /// windows' counts, never the tick's own count.
-fn delta((x, n): (u64, u64), (x0, n0): (u64, u64)) -> (u64, u64) {
+pub(super) fn delta((x, n): (u64, u64), (x0, n0): (u64, u64)) -> (u64, u64) {
     (x.saturating_sub(x0), n.saturating_sub(n0))
 }
 

@@ -43,12 +43,14 @@ pub enum Gate {
     SplitSkew,
     /// Mirrored answers of a shadow phase that differ from V1's.
     ShadowDiff,
+    /// Revenue per user of a `revenue` beacon name against V1.
+    Revenue,
     /// V1's P95 per journey against the stored golden baseline's.
     Drift,
 }
 
 impl Gate {
-    pub const ALL: [Gate; 14] = [
+    pub const ALL: [Gate; 15] = [
         Gate::ErrorRate,
         Gate::LatencyP95,
         Gate::LatencyVsControl,
@@ -62,6 +64,7 @@ impl Gate {
         Gate::Concurrency,
         Gate::SplitSkew,
         Gate::ShadowDiff,
+        Gate::Revenue,
         Gate::Drift,
     ];
 
@@ -90,6 +93,7 @@ impl Gate {
             Gate::Concurrency => "concurrency",
             Gate::SplitSkew => "split_skew",
             Gate::ShadowDiff => "shadow_diff",
+            Gate::Revenue => "revenue",
             Gate::Drift => "drift",
         }
     }

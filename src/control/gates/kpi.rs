@@ -17,6 +17,10 @@ pub struct VariantKpi {
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub cache_hits: u64,
+    /// Revenue per `revenue` beacon name seen in the window (overall
+    /// figures only; journeys have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revenue: Vec<super::revenue::Revenue>,
 }
 
 impl VariantKpi {
@@ -35,6 +39,7 @@ impl VariantKpi {
             p95_ms: q(0.95),
             p99_ms: q(0.99),
             cache_hits: c.cache_hits,
+            revenue: Vec::new(),
         }
     }
 }

@@ -91,9 +91,9 @@
 //! above, in one match); each family measures in its own file: `requests.rs`
 //! (5xx rate), `latency.rs`, `payments.rs` (success shares), `cache.rs`,
 //! `beacons.rs` (JS errors, funnels, timings), `budget.rs` (error budget),
-//! `concurrency.rs`, `skew.rs` (split skew) and `shadow.rs` (the mirrors of
-//! a shadow phase). `key.rs` names a gate, `kpi.rs` holds the per-variant
-//! figures, `significance.rs` the tests.
+//! `concurrency.rs`, `skew.rs` (split skew), `shadow.rs` (the mirrors of
+//! a shadow phase) and `revenue.rs` (revenue per user). `key.rs` names a
+//! gate, `kpi.rs` holds the per-variant figures, `significance.rs` the tests.
 
 mod beacons;
 mod budget;
@@ -109,6 +109,7 @@ mod kpi;
 mod latency;
 mod payments;
 mod requests;
+pub(crate) mod revenue;
 mod sequential;
 #[cfg(test)]
 mod sequential_tests;
@@ -117,6 +118,8 @@ pub(crate) mod significance;
 mod skew;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_seed;
 
 use std::collections::BTreeMap;
 
@@ -131,6 +134,7 @@ use crate::telemetry::{CellCounts, Window};
 pub use evidence::Harm;
 pub use key::{Gate, GateKey, UnknownGate};
 pub use kpi::{JourneyKpi, VariantKpi};
+pub use revenue::Revenue;
 pub use sequential::{EvidenceMemory, EvidenceView, GateMemory, Rates, Sequential, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -300,6 +304,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
     if ctx.shadow {
         return shadow::evaluate(window, ctx, ev);
     }
+    revenue::figures(window, ctx.cfg, &mut ev);
     let journeys = &ctx.cfg.journeys;
     for id in journeys.ids() {
         let (c1, c2) = (window.cell(id, Variant::V1), window.cell(id, Variant::V2));
@@ -340,6 +345,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         for t in &ctx.cfg.gates.timings {
             ev.gates.push(beacons::timing(window, ctx, t));
         }
+        ev.gates.extend(revenue::gate(window, &ev, ctx));
     }
     ev.gates.extend(budget::error_budget(window, &ev, ctx));
     ev.gates.extend(concurrency::shed(window, &ev, ctx));
