@@ -216,6 +216,18 @@ impl Evaluation {
         self.gates.iter().all(|g| g.status == GateStatus::Green)
     }
 
+    /// Every gate is GREEN or a sequential gate still gathering evidence
+    /// (YELLOW, verdict unknown): nothing breached, nothing off its mark.
+    pub fn gathering(&self) -> bool {
+        self.gates.iter().all(|g| {
+            g.status == GateStatus::Green
+                || g.status == GateStatus::Yellow
+                    && g.evidence
+                        .as_ref()
+                        .is_some_and(|e| e.verdict == Verdict::Unknown)
+        })
+    }
+
     /// The worst gate, RED before YELLOW; `None` when all are GREEN.
     pub fn worst(&self) -> Option<&GateResult> {
         self.gates

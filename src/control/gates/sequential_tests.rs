@@ -177,7 +177,8 @@ fn a_step_up_restarts_the_inside_evidence_and_keeps_the_breach_detector() {
     let mut before = None;
     for _ in 0..80 {
         let phase = run.s.phase_index;
-        run.step((1000, 1, 0));
+        // 300 clean requests a tick: "below 0.5 %" takes ~4 ticks to show.
+        run.step((300, 0, 0));
         let mem = run
             .s
             .gate_evidence
@@ -191,6 +192,10 @@ fn a_step_up_restarts_the_inside_evidence_and_keeps_the_breach_detector() {
         }
     }
     assert!(stepped, "no step-up from 5 %");
+    // The hold clock ran while the evidence was gathered: the step-up came
+    // at the end of the 10-minute hold (40 ticks after the start tick), not
+    // a hold after the gates first turned GREEN.
+    assert!(run.tick <= 42, "stepped up at tick {}", run.tick);
     let before = before.unwrap();
     // The step that moved to 50 % still folded into the 5 % evidence; the
     // next tick belongs to the new phase.

@@ -334,7 +334,7 @@ impl Core<'_> {
         }
         if let Some(reason) = s.manual_hold.clone() {
             // The gates still count towards the hold while waiting for the decision.
-            if ev.all_green() {
+            if ev.all_green() || ev.gathering() {
                 s.green_since.get_or_insert(now);
             } else {
                 s.green_since = None;
@@ -342,7 +342,15 @@ impl Core<'_> {
             return self.hold_with(s, reason, HoldCause::ManualDecision, false, now);
         }
         if let Some(g) = ev.worst() {
-            s.green_since = None;
+            // A sequential gate still gathering its evidence does not stop
+            // the hold clock: GREEN at the end of the hold is "inside over
+            // the phase's data", which covers the whole hold. A breach, or
+            // a value gate off its mark, starts it again.
+            if ev.gathering() {
+                s.green_since.get_or_insert(now);
+            } else {
+                s.green_since = None;
+            }
             // The hold's cause is the gate's identity, not its colour, so a
             // gate flickering RED/YELLOW is one hold, reported once.
             let cause = HoldCause::Gate(g.key());
