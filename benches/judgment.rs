@@ -16,8 +16,8 @@
 
 use std::time::Instant;
 
-use rollgate::sim::report::{markdown, Cell};
-use rollgate::sim::{config, deadline_ticks, run_many, scenarios, Judge, Plan};
+use rollgate::sim::report::{markdown, matrix};
+use rollgate::sim::{Judge, Plan, TICK};
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
     match std::env::var(key) {
@@ -27,8 +27,6 @@ fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
         Err(_) => default,
     }
 }
-
-const RATES: [f64; 2] = [50.0, 500.0];
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter here.
@@ -44,42 +42,19 @@ fn main() {
         "same-day" => Plan::SameDay,
         other => panic!("ROLLGATE_SIM_PLAN={other:?}: 30h or same-day"),
     };
+    let judges: Vec<Judge> = judges
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Judge::parse)
+        .collect();
     let started = Instant::now();
-    let mut judged = Vec::new();
-    for name in judges.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let judge = Judge::parse(name);
-        match config(plan, &judge) {
-            Ok(cfg) => judged.push((judge, cfg)),
-            Err(e) => eprintln!("skipping judge {name}: {e}"),
-        }
-    }
-    let mut cells = Vec::new();
-    for sc in scenarios::all() {
-        for rate in RATES {
-            for (judge, cfg) in &judged {
-                let t = Instant::now();
-                let results = run_many(cfg, judge, &sc, rate, seed, runs, threads);
-                eprintln!(
-                    "{:>8} | {:<32} | {rate:>5} req/s | {runs} runs in {:.1} s",
-                    judge.name(),
-                    sc.name,
-                    t.elapsed().as_secs_f64()
-                );
-                cells.push(Cell {
-                    judge: judge.name().to_string(),
-                    scenario: sc.name,
-                    healthy: sc.healthy,
-                    rate,
-                    deadline_ms: deadline_ticks(cfg) * cfg.rollout.tick.as_millis() as u64,
-                    runs: results,
-                });
-            }
-        }
-    }
+    let cells = matrix(plan, &judges, runs, seed, threads, |line| {
+        eprintln!("{line}")
+    });
     println!(
-        "Plan {}, tick {}, {runs} runs per cell, seed {seed}, {threads} threads: {:.0} s\n",
+        "Plan {}, tick {TICK}, {runs} runs per cell, seed {seed}, {threads} threads: {:.0} s wall\n",
         plan.name(),
-        rollgate::sim::TICK,
         started.elapsed().as_secs_f64()
     );
     print!("{}", markdown(&cells));

@@ -2,7 +2,54 @@
 
 use std::fmt::Write as _;
 
-use super::RunResult;
+use super::{config, deadline_ticks, run_many, scenarios, Judge, Plan, RunResult};
+
+/// The rates of the matrix, req/s per journey.
+pub const RATES: [f64; 2] = [50.0, 500.0];
+
+/// Every scenario at every rate under every judge that parses (the others
+/// are reported to `progress` and skipped); `progress` also hears of each
+/// cell as it finishes.
+pub fn matrix(
+    plan: Plan,
+    judges: &[Judge],
+    runs: u64,
+    seed: u64,
+    threads: usize,
+    mut progress: impl FnMut(String),
+) -> Vec<Cell> {
+    let mut judged = Vec::new();
+    for judge in judges {
+        match config(plan, judge) {
+            Ok(cfg) => judged.push((judge, cfg)),
+            Err(e) => progress(format!("skipping judge {}: {e}", judge.name())),
+        }
+    }
+    let mut cells = Vec::new();
+    for sc in scenarios::all() {
+        for rate in RATES {
+            for (judge, cfg) in &judged {
+                let t = std::time::Instant::now();
+                let results = run_many(cfg, judge, &sc, rate, seed, runs, threads);
+                progress(format!(
+                    "{:>10} | {:<32} | {rate:>5} req/s | {runs} runs in {:.1} s",
+                    judge.name(),
+                    sc.name,
+                    t.elapsed().as_secs_f64()
+                ));
+                cells.push(Cell {
+                    judge: judge.name().to_string(),
+                    scenario: sc.name,
+                    healthy: sc.healthy,
+                    rate,
+                    deadline_ms: deadline_ticks(cfg) * cfg.rollout.tick.as_millis() as u64,
+                    runs: results,
+                });
+            }
+        }
+    }
+    cells
+}
 
 /// The runs of one judge on one scenario at one rate.
 pub struct Cell {

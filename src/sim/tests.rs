@@ -113,3 +113,17 @@ fn the_window_judge_is_the_default_before_gates_method_exists() {
     assert!(config(Plan::ThirtyHour, &Judge::parse("nonsense")).is_err());
     assert!(config(Plan::ThirtyHour, &Judge::Kayenta).is_ok());
 }
+
+/// A preview of the bench's table in a debug build (slow: minutes).
+#[test]
+#[ignore = "cargo test --lib sim::tests::preview -- --ignored --nocapture"]
+fn preview() {
+    let judges: Vec<Judge> = std::env::var("ROLLGATE_SIM_JUDGES")
+        .unwrap_or("window,sequential,kayenta".into())
+        .split(',')
+        .map(Judge::parse)
+        .collect();
+    let runs = std::env::var("ROLLGATE_SIM_RUNS").map_or(2, |v| v.parse().unwrap());
+    let cells = report::matrix(Plan::SameDay, &judges, runs, SEED, 1, |l| eprintln!("{l}"));
+    println!("{}", markdown(&cells));
+}
