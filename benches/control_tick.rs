@@ -207,7 +207,7 @@ impl Bench {
     }
 
     fn evaluate(&self, w: &Window) -> Evaluation {
-        evaluate(w, &gate_context(&self.cfg, &self.state, self.clock()))
+        evaluate(w, &gate_context(&self.cfg, &self.state, w, self.clock()))
     }
 
     fn core_tick(&mut self, ev: &Evaluation) {

@@ -26,6 +26,7 @@ pub(crate) fn sample_status() -> StatusView {
                 reason: reason.into(),
                 p_value: None,
                 recovery: None,
+                evidence: None,
             }
         };
     let mut latency = gate(

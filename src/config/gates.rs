@@ -13,6 +13,9 @@ defaults! {
     /// The significance tests' documented error rates assume it
     /// (`control/gates/significance.rs`).
     pub(crate) const DEFAULT_ALPHA: f64 = 0.01 => fn default_alpha() -> f64;
+    /// The sequential judge's error in calling one gate inside for a phase.
+    const DEFAULT_ALPHA_INSIDE: f64 = 0.05 => fn default_alpha_inside() -> f64;
+    const DEFAULT_DISPERSION: f64 = 1.0 => fn default_dispersion() -> f64;
     /// Both the promote and the rollback band.
     const DEFAULT_BAND: f64 = 0.05 => fn default_band() -> f64;
     const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60) => fn default_cooldown() -> Dur;
@@ -33,9 +36,21 @@ defaults! {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileGates {
-    /// Significance level of the comparative gates (per gate and evaluation).
+    /// `sequential` (evidence accumulated over the rollout) or `window`
+    /// (a fixed-window test repeated each tick).
+    #[serde(default)]
+    pub method: Method,
+    /// `sequential`: the false-rollback rate of a whole healthy rollout;
+    /// `window`: the significance level of each test at each tick.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// `sequential`: the error in calling a gate inside over a phase.
+    #[serde(default = "default_alpha_inside")]
+    pub alpha_inside: f64,
+    /// `sequential`: how many requests count as one independent trial
+    /// (>= 1; raise it when errors cluster by user).
+    #[serde(default = "default_dispersion")]
+    pub dispersion: f64,
     /// A gate that is not GREEN turns GREEN only inside its threshold by this share...
     #[serde(default = "default_band")]
     pub promote_band: f64,
@@ -100,10 +115,45 @@ pub(crate) struct FileTiming {
     pub min_samples: Option<u64>,
 }
 
+/// How gates reach a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Anytime-valid evidence over the rollout (`control::gates::sequential`).
+    #[default]
+    Sequential,
+    /// A fixed-window test at `alpha`, repeated each tick, with bands and a
+    /// cooldown (`control::gates::judge`).
+    Window,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Sequential => "sequential",
+            Method::Window => "window",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sequential" => Ok(Method::Sequential),
+            "window" => Ok(Method::Window),
+            _ => Err(format!("{s:?}: use \"sequential\" or \"window\"")),
+        }
+    }
+}
+
 /// How gates judge (see `control::gates` for the bands and the cooldown).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatesConfig {
+    pub method: Method,
     pub alpha: f64,
+    pub alpha_inside: f64,
+    pub dispersion: f64,
     pub promote_band: f64,
     pub rollback_band: f64,
     pub cooldown: Duration,
@@ -173,8 +223,23 @@ pub(super) fn validate(
         let ok = v.is_finite() && v >= 0.0;
         must_be(key, v, ok, "a number >= 0")
     };
+    if !(g.alpha_inside > 0.0 && g.alpha_inside <= 0.5) {
+        return Err(invalid(
+            "gates.alpha_inside",
+            format!("{} must be above 0 and at most 0.5", g.alpha_inside),
+        ));
+    }
+    if !(g.dispersion.is_finite() && g.dispersion >= 1.0) {
+        return Err(invalid(
+            "gates.dispersion",
+            format!("{} must be a number >= 1", g.dispersion),
+        ));
+    }
     Ok(GatesConfig {
+        method: g.method,
         alpha: g.alpha,
+        alpha_inside: g.alpha_inside,
+        dispersion: g.dispersion,
         promote_band: band("gates.promote_band", g.promote_band)?,
         rollback_band: band("gates.rollback_band", g.rollback_band)?,
         cooldown: g.cooldown.0,

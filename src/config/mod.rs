@@ -38,7 +38,7 @@ mod values;
 mod tests;
 
 pub use beacons::{BeaconsConfig, MAX_BEACON_NAMES, MAX_BEACON_USERS_PER_CLIENT};
-pub use gates::{Funnel, GatesConfig, Slo, Step, Timing};
+pub use gates::{Funnel, GatesConfig, Method, Slo, Step, Timing};
 pub use journeys::JourneyLimits;
 pub use replay::ReplayConfig;
 pub use rollout::{HeadersTo, Phase, PhaseMode, PromotionWindow, RolloutConfig};

@@ -203,6 +203,7 @@ pub fn replay(cfg: &Config, records: &[EvalRecord], from: Option<DateTime<Utc>>)
             if *phase == s.phase_index {
                 s.gate_status = m.gate_status.clone();
                 s.gate_recovery = m.gate_recovery.clone();
+                s.gate_evidence = m.gate_evidence.clone();
                 s.red_since = m.red_since.clone();
                 s.green_since = m.green_since;
             }
@@ -346,8 +347,9 @@ mod tests {
     }
 
     /// Drives the pure core the way the controller does (one interval per
-    /// tick, 400 search requests at 100 ms split by the weight in force) and
-    /// returns the records it would write.
+    /// tick, 4000 search requests at 100 ms split by the weight in force:
+    /// enough for the sequential judge to show a clean 5 % canary inside
+    /// within a few ticks) and returns the records it would write.
     fn record_run(cfg: &Config, ticks: u64) -> Vec<EvalRecord> {
         let mut s = RolloutState::new(cfg.rollout.flags.clone());
         s.started = true;
@@ -357,13 +359,13 @@ mod tests {
         for k in 1..=ticks {
             let now_ms = k * 15_000;
             let at = t0 + chrono::TimeDelta::milliseconds(now_ms as i64);
-            let n2 = (400.0 * s.weight_v2 / 100.0) as u64;
+            let n2 = (4000.0 * s.weight_v2 / 100.0) as u64;
             let interval = Interval {
                 end_ms: now_ms,
                 duration_ms: 15_000,
                 cells: (0..cfg.journeys.len())
                     .flat_map(|j| match j {
-                        0 => [cell(400 - n2, 100), cell(n2, 100)],
+                        0 => [cell(4000 - n2, 100), cell(n2, 100)],
                         _ => [cell(0, 0), cell(0, 0)],
                     })
                     .collect(),

@@ -243,6 +243,9 @@ pub struct RolloutState {
     /// Gates recovering from a breach, with their cooldown clocks.
     #[serde(default)]
     pub gate_recovery: BTreeMap<GateKey, super::gates::Recovery>,
+    /// The sequential judge's evidence per gate.
+    #[serde(default)]
+    pub gate_evidence: super::gates::EvidenceMemory,
     /// V2's 5xx responses since this rollout started (the error budget gate).
     #[serde(default)]
     pub v2_bad_requests: u64,
@@ -271,6 +274,7 @@ impl RolloutState {
             gate_status: BTreeMap::new(),
             red_since: BTreeMap::new(),
             gate_recovery: BTreeMap::new(),
+            gate_evidence: Default::default(),
             v2_bad_requests: 0,
             flags,
             approvals: Vec::new(),

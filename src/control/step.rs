@@ -7,13 +7,13 @@
 
 use chrono::{DateTime, NaiveTime, Utc};
 
-use super::gates::{self, Evaluation, GateContext};
+use super::gates::{self, Evaluation, GateContext, Sequential};
 use super::rollout::{Core, Outcome};
-use super::state::RolloutState;
+use super::state::{RolloutState, StateName};
 use super::tripwire::Trip;
-use crate::config::{Config, PhaseMode};
+use crate::config::{Config, Method, PhaseMode};
 use crate::routing::Variant;
-use crate::telemetry::{Interval, IntervalRing, Snapshot, StatusClass};
+use crate::telemetry::{Interval, IntervalRing, Snapshot, StatusClass, Window};
 
 /// The clock readings a step uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,15 +63,61 @@ pub(crate) fn charge(s: &mut RolloutState, interval: &Interval) {
     }
 }
 
-/// Every gate over the window that ends at `t`.
+/// Every gate over the window that ends at `t`. Under the sequential
+/// method the intervals not yet folded into the evidence are folded in, and
+/// the gates' updated memory is stored in `s`.
 pub(crate) fn evaluate(
     cfg: &Config,
     ring: &IntervalRing,
-    s: &RolloutState,
+    s: &mut RolloutState,
     t: &TickTime,
 ) -> Evaluation {
-    let window = ring.window(cfg.journeys.len(), t.ms, cfg.rollout.window);
-    gates::evaluate(&window, &gate_context(cfg, s, t.at))
+    let journeys = cfg.journeys.len();
+    let window = ring.window(journeys, t.ms, cfg.rollout.window);
+    if !matches!(
+        s.state,
+        StateName::Canary | StateName::Holding | StateName::Shadow | StateName::Paused
+    ) {
+        // No rollout under watch: the next one starts with no evidence.
+        s.gate_evidence = Default::default();
+    }
+    s.gate_evidence.enter(s.phase_started_at);
+    let tick = ring.take_unfolded(journeys);
+    let mut ev = {
+        let mut ctx = gate_context(cfg, s, &tick, t.at);
+        if cfg.gates.method == Method::Sequential {
+            ctx.sequential = Some(Sequential {
+                memory: &s.gate_evidence,
+                gates: tested_gates(cfg),
+                looks: plan_ticks(cfg),
+            });
+        }
+        gates::evaluate(&window, &ctx)
+    };
+    for g in &mut ev.gates {
+        if let Some(e) = &mut g.evidence {
+            let memory = std::mem::take(&mut e.memory);
+            s.gate_evidence.gates.insert(g.key(), memory);
+        }
+    }
+    ev
+}
+
+/// An upper bound on the gates the sequential judge tests in one tick: the
+/// 5xx rate, four per journey (P95, median against V1, success, cache), the
+/// JS errors, funnels and timings, the shadow diffs.
+fn tested_gates(cfg: &Config) -> usize {
+    let g = &cfg.gates;
+    3 + 4 * cfg.journeys.len() + g.funnels.len() + g.timings.len()
+}
+
+/// The ticks the plan takes: its holds (and the full phase's sustain) over
+/// the tick. A rollout that runs longer spends more looks than the breach
+/// threshold budgeted, which the doc of `gates::sequential` states.
+fn plan_ticks(cfg: &Config) -> u64 {
+    let r = &cfg.rollout;
+    let total: std::time::Duration = r.phases.iter().map(|p| p.hold).sum();
+    (total.as_secs_f64() / r.tick.as_secs_f64().max(1e-3)).ceil() as u64 + 1
 }
 
 /// One tick: evaluate, then decide.
@@ -102,10 +148,12 @@ pub(crate) fn trip(
 
 /// The gate inputs of a tick: the config, and what the rollout state says
 /// about the phase (P95 threshold, control traffic, weight, error budget
-/// spent, shadow mode).
+/// spent, shadow mode); `tick` holds the counts the sequential judge has not
+/// seen yet, and the sequential inputs are left for the caller to set.
 pub fn gate_context<'a>(
     cfg: &'a Config,
     s: &'a RolloutState,
+    tick: &'a Window,
     now: DateTime<Utc>,
 ) -> GateContext<'a> {
     let phase_p95_ms = s
@@ -123,6 +171,8 @@ pub fn gate_context<'a>(
         now,
         previous: &s.gate_status,
         recovery: &s.gate_recovery,
+        tick,
+        sequential: None,
     }
 }
 

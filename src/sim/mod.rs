@@ -118,14 +118,10 @@ pub fn config(plan: Plan, judge: &Judge) -> Result<Config, ConfigError> {
     let Judge::Gates(method) = judge else {
         return Config::parse(&text, plan.name());
     };
-    match Config::parse(
+    Config::parse(
         &format!("{text}\n[gates]\nmethod = \"{method}\"\n"),
         plan.name(),
-    ) {
-        // Before `[gates] method` existed the fixed-window judge was the only one.
-        Err(ConfigError::Parse { .. }) if method == "window" => Config::parse(&text, plan.name()),
-        r => r,
-    }
+    )
 }
 
 /// How one simulated rollout ended.

@@ -107,9 +107,9 @@ fn runs_are_the_same_for_a_seed_whatever_the_threads() {
 }
 
 #[test]
-fn the_window_judge_is_the_default_before_gates_method_exists() {
-    // Whichever build this is, `window` parses and `nonsense` does not.
+fn a_judge_is_a_gates_method_or_the_kayenta_like_one() {
     assert!(config(Plan::ThirtyHour, &Judge::parse("window")).is_ok());
+    assert!(config(Plan::ThirtyHour, &Judge::parse("sequential")).is_ok());
     assert!(config(Plan::ThirtyHour, &Judge::parse("nonsense")).is_err());
     assert!(config(Plan::ThirtyHour, &Judge::Kayenta).is_ok());
 }
@@ -126,4 +126,25 @@ fn preview() {
     let runs = std::env::var("ROLLGATE_SIM_RUNS").map_or(2, |v| v.parse().unwrap());
     let cells = report::matrix(Plan::SameDay, &judges, runs, SEED, 1, |l| eprintln!("{l}"));
     println!("{}", markdown(&cells));
+}
+
+#[test]
+fn the_sequential_judge_catches_a_2x_5xx_canary_before_25_percent() {
+    for rate in [50.0, 500.0] {
+        let (_, r) = runs("sequential", "fault: 5xx 2x gate", rate, 4);
+        assert!(caught(&r) >= 3, "{rate}: {r:?}");
+        for r in r.iter().filter(|r| r.rolled_back.is_some()) {
+            assert_eq!(r.weight, 5.0, "{rate}: {r:?}");
+        }
+    }
+}
+
+/// Not "promoted on schedule": at 50 req/s each phase first spends some
+/// minutes showing every gate inside before its hold starts (the bench
+/// measures how many); but never rolled back, and at 100 % by the deadline.
+#[test]
+fn a_healthy_identical_canary_steps_up_under_the_sequential_judge() {
+    let (_, r) = runs("sequential", "healthy: identical", 50.0, 2);
+    assert_eq!(caught(&r), 0, "{r:?}");
+    assert!(r.iter().all(|r| r.weight == 100.0), "{r:?}");
 }

@@ -131,6 +131,23 @@ impl Histogram {
     }
 
     /// Number of recorded values whose bucket midpoint is at most `us`.
+    /// Samples above `us`: surely (their bucket starts above it) and
+    /// possibly (their bucket ends above it). A judge that must not be
+    /// helped by bucket rounding uses the one that is against it.
+    pub fn count_above(&self, us: f64) -> (u64, u64) {
+        let (mut sure, mut maybe) = (0, 0);
+        for (idx, n) in self.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let lower = bucket_lower(idx) as f64;
+            if lower > us {
+                sure += n;
+            }
+            if lower + (bucket_width(idx) - 1) as f64 > us {
+                maybe += n;
+            }
+        }
+        (sure, maybe)
+    }
+
     pub fn count_le(&self, us: f64) -> u64 {
         self.counts
             .iter()

@@ -137,6 +137,8 @@ pub struct IntervalRing {
     last: Option<(u64, Snapshot)>,
     intervals: VecDeque<Interval>,
     keep_ms: u64,
+    /// The end of the newest interval `take_unfolded` returned.
+    folded_ms: std::cell::Cell<u64>,
 }
 
 // === impl IntervalRing ===
@@ -148,6 +150,7 @@ impl IntervalRing {
             last: None,
             intervals: VecDeque::new(),
             keep_ms: keep.as_millis() as u64,
+            folded_ms: Default::default(),
         }
     }
 
@@ -212,7 +215,22 @@ impl IntervalRing {
 
     /// Merges the intervals that ended within the last `span` before `now_ms`.
     pub fn window(&self, journeys: usize, now_ms: u64, span: Duration) -> Window {
-        let from = now_ms.saturating_sub(span.as_millis() as u64);
+        self.window_after(journeys, now_ms.saturating_sub(span.as_millis() as u64))
+    }
+
+    /// Merges the intervals no earlier call has taken: what the sequential
+    /// judge has not seen yet. A `Cell`, so the pure step can read the ring
+    /// by reference; one ring feeds one judge.
+    pub fn take_unfolded(&self, journeys: usize) -> Window {
+        let w = self.window_after(journeys, self.folded_ms.get());
+        if let Some(last) = self.intervals.back() {
+            self.folded_ms.set(last.end_ms.max(self.folded_ms.get()));
+        }
+        w
+    }
+
+    /// Merges the intervals that ended after `from` (ms on the window clock).
+    pub fn window_after(&self, journeys: usize, from: u64) -> Window {
         let names = self.intervals.back().map_or(0, |i| i.beacons.len() / 2);
         let mut w = Window::empty_with(journeys, names);
         for interval in self.intervals.iter().filter(|i| i.end_ms > from) {

@@ -16,6 +16,7 @@ use crate::routing::Variant;
 use crate::telemetry::beacons::{BeaconCounts, UserSet};
 use crate::telemetry::{StatusClass, Window};
 
+use super::evidence::{Counts, Harm};
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::{log_ratio, mann_whitney, two_proportion, Worse};
 use super::{Gate, GateContext, GateResult};
@@ -29,14 +30,15 @@ use super::{Gate, GateContext, GateResult};
 pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateResult> {
     let g = &ctx.cfg.gates;
     let per = g.js_errors_per?;
-    let users = |v: Variant| {
-        let viewers = window.beacon_users(per, v);
+    let users = |w: &Window, v: Variant| {
+        let viewers = w.beacon_users(per, v);
         (
-            viewers.intersection_count(window.beacon_users.js_error(v)),
+            viewers.intersection_count(w.beacon_users.js_error(v)),
             viewers.count(),
         )
     };
-    let ((x1, n1), (x2, n2)) = (users(Variant::V1), users(Variant::V2));
+    let ((x1, n1), (x2, n2)) = (users(window, Variant::V1), users(window, Variant::V2));
+    let ((tx1, tn1), (tx2, tn2)) = (users(ctx.tick, Variant::V1), users(ctx.tick, Variant::V2));
     let share = |x: u64, n: u64| (n > 0).then(|| x as f64 / n as f64);
     Some(ctx.gate(Measure {
         gate: Gate::JsErrors,
@@ -49,6 +51,15 @@ pub(super) fn js_errors(window: &Window, ctx: &GateContext<'_>) -> Option<GateRe
         min_samples: ctx.cfg.rollout.min_samples,
         control_samples: Some(n1),
         evidence: Evidence::Test(two_proportion(x1, n1, x2, n2, Worse::Higher)),
+        counted: "V2 users with a JS error per user with a page view",
+        counts: Some(Counts::Ratio {
+            x1: tx1,
+            n1: tn1 as f64,
+            x2: tx2,
+            n2: tn2 as f64,
+            m: 1.0 + g.js_errors_max_increase,
+            harm: Harm::Higher,
+        }),
     }))
 }
 
@@ -70,21 +81,24 @@ fn journey_count(window: &Window, j: usize, v: Variant) -> u64 {
 ///   ([`log_ratio`]), not the two-proportion test, whose binomial variance
 ///   near a 99 % conversion is far too small for window-edge noise.
 pub(super) fn funnel(window: &Window, ctx: &GateContext<'_>, f: &Funnel) -> GateResult {
-    let users = |b: usize, v| window.beacon_users(b, v);
-    let counts = |v: Variant| match (f.numerator, f.denominator) {
-        (Step::Beacon(x), Step::Beacon(n)) => {
-            let reached: &UserSet = users(n, v);
-            (reached.intersection_count(users(x, v)), reached.count())
-        }
-        (x, n) => {
-            let count = |step| match step {
-                Step::Journey(j) => journey_count(window, j, v),
-                Step::Beacon(b) => users(b, v).count(),
-            };
-            (count(x), count(n))
+    let counts = |window: &Window, v: Variant| {
+        let users = |b: usize, v| window.beacon_users(b, v);
+        match (f.numerator, f.denominator) {
+            (Step::Beacon(x), Step::Beacon(n)) => {
+                let reached: &UserSet = users(n, v);
+                (reached.intersection_count(users(x, v)), reached.count())
+            }
+            (x, n) => {
+                let count = |step| match step {
+                    Step::Journey(j) => journey_count(window, j, v),
+                    Step::Beacon(b) => users(b, v).count(),
+                };
+                (count(x), count(n))
+            }
         }
     };
-    let ((x1, n1), (x2, n2)) = (counts(Variant::V1), counts(Variant::V2));
+    let ((x1, n1), (x2, n2)) = (counts(window, Variant::V1), counts(window, Variant::V2));
+    let ((tx1, tn1), (tx2, tn2)) = (counts(ctx.tick, Variant::V1), counts(ctx.tick, Variant::V2));
     let cohort = matches!(
         (f.numerator, f.denominator),
         (Step::Beacon(_), Step::Beacon(_))
@@ -109,6 +123,15 @@ pub(super) fn funnel(window: &Window, ctx: &GateContext<'_>, f: &Funnel) -> Gate
         min_samples: f.min_samples.unwrap_or(ctx.cfg.rollout.min_samples),
         control_samples: Some(n1),
         evidence: Evidence::Test(test),
+        counted: what,
+        counts: Some(Counts::Ratio {
+            x1: tx1,
+            n1: tn1 as f64,
+            x2: tx2,
+            n2: tn2 as f64,
+            m: 1.0 - f.max_drop,
+            harm: Harm::Lower,
+        }),
     })
 }
 
@@ -118,19 +141,31 @@ pub(super) fn timing(window: &Window, ctx: &GateContext<'_>, t: &Timing) -> Gate
     let empty = BeaconCounts::default();
     let b1 = window.beacon(t.beacon, Variant::V1).unwrap_or(&empty);
     let b2 = window.beacon(t.beacon, Variant::V2).unwrap_or(&empty);
+    let tick = ctx.tick.beacon(t.beacon, Variant::V2).unwrap_or(&empty);
     let median = |b: &BeaconCounts| b.timing.quantile_us(0.5).map(|us| us / 1000.0);
+    let threshold = median(b1).unwrap_or(0.0) * (1.0 + t.max_increase);
+    let (bad, bad_inside) = tick.timing.count_above(threshold * 1000.0);
     ctx.gate(Measure {
         gate: Gate::Timing,
         journey: Some(&t.name),
         bound: Bound::Max,
         what: "V2 median ms",
         value: median(b2),
-        threshold: median(b1).unwrap_or(0.0) * (1.0 + t.max_increase),
+        threshold,
         samples: b2.timing.count(),
         min_samples: t.min_samples.unwrap_or(ctx.cfg.rollout.min_samples),
         control_samples: Some(b1.timing.count()),
         evidence: Evidence::Test(
             mann_whitney(&b1.timing.counts, &b2.timing.counts).map(|m| m.test),
         ),
+        counted: "V2 timings slower than V1's median plus the margin",
+        // V2's median is at most the threshold when at most half of its
+        // timings are slower than it.
+        counts: (threshold > 0.0).then_some(Counts::Share {
+            n: tick.timing.count(),
+            bad,
+            bad_inside,
+            p0: 0.5,
+        }),
     })
 }

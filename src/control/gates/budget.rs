@@ -40,5 +40,7 @@ pub(super) fn error_budget(
         min_samples: ctx.cfg.rollout.min_samples,
         control_samples: None,
         evidence: Evidence::Value,
+        counted: "",
+        counts: None,
     }))
 }

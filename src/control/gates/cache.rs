@@ -1,6 +1,7 @@
 //! The cache hit ratio of read-heavy journeys: a V2 that stops answering from
 //! its cache moves the load onto the backends long before latency shows it.
 
+use super::evidence::Counts;
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::binomial_exceeds;
 use super::{Gate, GateContext, GateResult, JourneyWindow};
@@ -25,5 +26,10 @@ pub(super) fn hit_ratio(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option<
         min_samples: ctx.cfg.rollout.min_samples,
         control_samples: None,
         evidence: Evidence::Test(binomial_exceeds(misses, v2.requests, 1.0 - min)),
+        counted: "V2 cache misses",
+        counts: Some({
+            let n = j.t2.requests();
+            Counts::share(n, n.saturating_sub(j.t2.cache_hits), 1.0 - min)
+        }),
     }))
 }

@@ -39,5 +39,6 @@ pub(super) fn shed(window: &Window, ev: &Evaluation, ctx: &GateContext<'_>) -> O
         reason,
         p_value: None,
         recovery: None,
+        evidence: None,
     })
 }

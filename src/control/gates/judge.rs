@@ -7,6 +7,7 @@
 
 use crate::config::GatesConfig;
 
+use super::evidence::Counts;
 use super::significance::ZTest;
 use super::{Gate, GateContext, GateKey, GateResult, GateStatus, Recovery};
 
@@ -98,6 +99,11 @@ pub(super) struct Measure<'a> {
     /// "insufficient data" as well).
     pub control_samples: Option<u64>,
     pub evidence: Evidence,
+    /// What the sequential judge counts ("V2 5xx"), and this tick's counts
+    /// of it; `None` for a gate without a sampling question, which the value
+    /// judge keeps under either method.
+    pub counted: &'a str,
+    pub counts: Option<Counts>,
 }
 
 /// What it takes for a breach to count as RED.
@@ -122,8 +128,17 @@ impl Evidence {
 }
 
 impl GateContext<'_> {
-    /// Judges one measure: insufficient data, zone, significance, memory.
+    /// Judges one measure: sequentially when it is tested and the method is
+    /// `sequential`, else by the window judge below.
     pub(super) fn gate(&self, m: Measure<'_>) -> GateResult {
+        match (&self.sequential, m.counts) {
+            (Some(seq), Some(c)) => self.sequential(seq, m, c),
+            _ => self.window_gate(m),
+        }
+    }
+
+    /// The window judge: insufficient data, zone, significance, memory.
+    fn window_gate(&self, m: Measure<'_>) -> GateResult {
         let key = GateKey::new(m.gate, m.journey);
         let mut g = GateResult {
             name: m.gate,
@@ -138,6 +153,7 @@ impl GateContext<'_> {
                 Evidence::Value => None,
             },
             recovery: None,
+            evidence: None,
         };
         let prev = self.previous.get(&key).copied();
         // A gate that was RED (state saved by an older version has no

@@ -4,6 +4,7 @@
 use crate::config::JourneyLimits;
 use crate::telemetry::histogram::Histogram;
 
+use super::evidence::Counts;
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::{binomial_exceeds, mann_whitney};
 use super::{Gate, GateContext, GateResult, JourneyWindow};
@@ -21,24 +22,40 @@ pub(super) fn p95(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> GateResult {
         j.name,
         "V2 P95 ms",
         &j.c2.latency,
+        &j.t2.latency,
         j.v2.requests,
         threshold,
     )
 }
 
+/// The tick's samples of `tick` above `ms`, against the share `p0` the
+/// gate allows above it.
+fn slower_than(tick: &Histogram, ms: f64, p0: f64) -> Counts {
+    let (bad, bad_inside) = tick.count_above(ms * 1000.0);
+    Counts::Share {
+        n: tick.count(),
+        bad,
+        bad_inside,
+        p0,
+    }
+}
+
 /// A P95 gate over one latency histogram (live requests or shadow mirrors).
-/// The evidence: more than 5 % of the samples slower than the threshold,
-/// significantly.
+/// The evidence: more than 5 % of the samples slower than the threshold
+/// (significantly in the window, or sequentially over the tick's samples in
+/// `tick`).
 pub(super) fn p95_of(
     ctx: &GateContext<'_>,
     journey: &str,
     what: &str,
     latency: &Histogram,
+    tick: &Histogram,
     samples: u64,
     threshold: f64,
 ) -> GateResult {
     let n = latency.count();
     let slower = n - latency.count_le(threshold * 1000.0);
+    let counted = format!("V2 samples slower than {} ms", super::judge::fmt(threshold));
     ctx.gate(Measure {
         gate: Gate::LatencyP95,
         journey: Some(journey),
@@ -50,6 +67,8 @@ pub(super) fn p95_of(
         min_samples: ctx.cfg.rollout.min_samples,
         control_samples: None,
         evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
+        counted: &counted,
+        counts: Some(slower_than(tick, threshold, 0.05)),
     })
 }
 
@@ -64,6 +83,11 @@ pub(super) fn vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option
     let threshold = j.v1.p50_ms.map_or(0.0, |m| {
         m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
     });
+    let counted = format!(
+        "V2 requests slower than V1's median + {:.0} % ({} ms)",
+        g.latency_vs_control_max * 100.0,
+        super::judge::fmt(threshold)
+    );
     Some(ctx.gate(Measure {
         gate: Gate::LatencyVsControl,
         journey: Some(j.name),
@@ -77,5 +101,9 @@ pub(super) fn vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option
         evidence: Evidence::Test(
             mann_whitney(&j.c1.latency.counts, &j.c2.latency.counts).map(|m| m.test),
         ),
+        counted: &counted,
+        // V2's median is at most the threshold when at most half of its
+        // samples are slower than it.
+        counts: (threshold > 0.0).then(|| slower_than(&j.t2.latency, threshold, 0.5)),
     }))
 }

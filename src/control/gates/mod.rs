@@ -86,12 +86,14 @@ mod beacons;
 mod budget;
 mod cache;
 mod concurrency;
+mod evidence;
 mod judge;
 mod key;
 mod kpi;
 mod latency;
 mod payments;
 mod requests;
+mod sequential;
 mod shadow;
 pub(crate) mod significance;
 mod skew;
@@ -110,6 +112,7 @@ use crate::telemetry::{CellCounts, Window};
 
 pub use key::{Gate, GateKey, UnknownGate};
 pub use kpi::{JourneyKpi, VariantKpi};
+pub use sequential::{EvidenceMemory, EvidenceView, GateMemory, Sequential, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -152,6 +155,9 @@ pub struct GateResult {
     /// value stayed inside the promote band for the cooldown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// The sequential judge's evidence (`method = "sequential"`, tested gates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Box<EvidenceView>>,
 }
 
 /// The memory of a gate that recovers from a breach.
@@ -225,6 +231,11 @@ pub struct GateContext<'a> {
     pub previous: &'a BTreeMap<GateKey, GateStatus>,
     /// Gates recovering from a breach at the previous tick, by [`GateResult::key`].
     pub recovery: &'a BTreeMap<GateKey, Recovery>,
+    /// The counts not yet folded into the sequential evidence (empty on a
+    /// second look within a tick): what tested gates count.
+    pub tick: &'a Window,
+    /// `Some` under `method = "sequential"`.
+    pub sequential: Option<Sequential<'a>>,
 }
 
 impl GateContext<'_> {
@@ -245,6 +256,8 @@ struct JourneyWindow<'a> {
     /// V1's and V2's counts.
     c1: &'a CellCounts,
     c2: &'a CellCounts,
+    /// V2's counts of the tick (sequential evidence).
+    t2: &'a CellCounts,
     v1: &'a VariantKpi,
     v2: &'a VariantKpi,
     limits: &'a JourneyLimits,
@@ -264,6 +277,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
     let journeys = &ctx.cfg.journeys;
     for id in journeys.ids() {
         let (c1, c2) = (window.cell(id, Variant::V1), window.cell(id, Variant::V2));
+        let t2 = ctx.tick.cell(id, Variant::V2);
         let (v1, v2) = (VariantKpi::of(c1), VariantKpi::of(c2));
         let limits = ctx.limits(id);
         let j = JourneyWindow {
@@ -271,6 +285,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
             kind: journeys.kind(id),
             c1,
             c2,
+            t2,
             v1: &v1,
             v2: &v2,
             limits: &limits,

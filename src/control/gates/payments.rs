@@ -4,8 +4,10 @@
 
 use crate::routing::journeys::JourneyKind;
 
+use super::evidence::Counts;
 use super::judge::{Bound, Evidence, Measure};
 use super::significance::binomial_exceeds;
+use super::VariantKpi;
 use super::{Gate, GateContext, GateResult, JourneyWindow};
 
 /// The evidence: V2's failed share significantly above the `1 - min` the
@@ -31,5 +33,10 @@ pub(super) fn success(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option<Ga
         min_samples: cfg.min_samples,
         control_samples: None,
         evidence: Evidence::Test(binomial_exceeds(v2.server_errors, v2.requests, 1.0 - min)),
+        counted: "V2 failed requests",
+        counts: Some({
+            let t2 = VariantKpi::of(j.t2);
+            Counts::share(t2.requests, t2.server_errors, 1.0 - min)
+        }),
     }))
 }

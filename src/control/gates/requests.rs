@@ -10,9 +10,11 @@
 //! (a stalled or abandoned request body: `408`/`400`) are 4xx and never
 //! count here.
 
+use super::evidence::Counts;
 use super::judge::{fmt, Bound, Evidence, Measure};
 use super::significance::{binomial_exceeds, two_proportion, Worse};
-use super::{Evaluation, Gate, GateContext, GateResult, GateStatus};
+use super::{Evaluation, Gate, GateContext, GateResult, GateStatus, VariantKpi};
+use crate::routing::Variant;
 
 /// 5xx rate: an absolute ceiling, and no worse than V1 beyond the margin.
 /// Evidence is the stronger of the binomial test against the ceiling and
@@ -51,6 +53,11 @@ pub(super) fn error_rate(ev: &Evaluation, ctx: &GateContext<'_>) -> GateResult {
         min_samples: cfg.min_samples,
         control_samples: comparative.then_some(v1.requests),
         evidence: Evidence::either(ceiling, vs_v1),
+        counted: "V2 5xx",
+        counts: Some({
+            let t2 = VariantKpi::of(&ctx.tick.variant_total(Variant::V2));
+            Counts::share(t2.requests, t2.server_errors, threshold)
+        }),
     });
     if g.status != GateStatus::Green && threshold < cfg.error_rate_max {
         g.reason.push_str(&format!(

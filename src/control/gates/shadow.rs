@@ -3,6 +3,7 @@
 
 use crate::telemetry::Window;
 
+use super::evidence::Counts;
 use super::judge::{Bound, Evidence, Measure};
 use super::latency;
 use super::significance::binomial_exceeds;
@@ -18,7 +19,7 @@ pub(super) fn evaluate(window: &Window, ctx: &GateContext<'_>, mut ev: Evaluatio
     let journeys = &ctx.cfg.journeys;
     let min_samples = ctx.cfg.rollout.min_samples;
     let max = ctx.cfg.shadow.diff_rate_max;
-    let diff_gate = |journey: Option<&str>, compared: u64, diffs: u64| {
+    let diff_gate = |journey: Option<&str>, (compared, diffs): (u64, u64), tick: (u64, u64)| {
         ctx.gate(Measure {
             gate: Gate::ShadowDiff,
             journey,
@@ -30,18 +31,27 @@ pub(super) fn evaluate(window: &Window, ctx: &GateContext<'_>, mut ev: Evaluatio
             min_samples,
             control_samples: None,
             evidence: Evidence::Test(binomial_exceeds(diffs, compared, max)),
+            counted: "V2 answers differing from V1",
+            counts: Some(Counts::share(tick.0, tick.1, max)),
         })
     };
-    let (mut compared, mut diffs) = (0, 0);
+    let (mut compared, mut diffs, mut tick) = (0, 0, (0, 0));
+    let empty = Default::default();
     let mut per_journey = Vec::new();
     for id in journeys.ids() {
         let Some(c) = window.shadow(id).filter(|c| c.requests() > 0) else {
             continue;
         };
+        let t = ctx.tick.shadow(id).unwrap_or(&empty);
         compared += c.compared;
         diffs += c.diffs;
+        tick = (tick.0 + t.compared, tick.1 + t.diffs);
         let name = journeys.name(id);
-        per_journey.push(diff_gate(Some(name), c.compared, c.diffs));
+        per_journey.push(diff_gate(
+            Some(name),
+            (c.compared, c.diffs),
+            (t.compared, t.diffs),
+        ));
         let threshold = latency::p95_limit(ctx, &ctx.limits(id));
         let n = c.duration.count();
         per_journey.push(latency::p95_of(
@@ -49,11 +59,12 @@ pub(super) fn evaluate(window: &Window, ctx: &GateContext<'_>, mut ev: Evaluatio
             name,
             "V2 mirror P95 ms",
             &c.duration,
+            &t.duration,
             n,
             threshold,
         ));
     }
-    ev.gates.push(diff_gate(None, compared, diffs));
+    ev.gates.push(diff_gate(None, (compared, diffs), tick));
     ev.gates.extend(per_journey);
     ev
 }

@@ -44,6 +44,8 @@ pub(super) fn split_skew(window: &Window, ctx: &GateContext<'_>, out: &mut Vec<G
             min_samples: ctx.cfg.rollout.min_samples,
             control_samples: None,
             evidence: Evidence::Test(share_vs_expected(x, per_interval, expected)),
+            counted: "",
+            counts: None,
         }));
     }
 }

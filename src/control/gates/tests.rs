@@ -59,6 +59,8 @@ impl Memory {
                 now,
                 previous: &self.status,
                 recovery: &self.recovery,
+                tick: w,
+                sequential: None,
             },
         )
     }
@@ -343,6 +345,8 @@ fn comparative_gates_are_skipped_without_a_control() {
             now: t0(),
             previous: &mem.status,
             recovery: &mem.recovery,
+            tick: &w,
+            sequential: None,
         },
     );
     assert!(ev.gates.iter().all(|g| g.name != "latency_vs_control"));
@@ -509,6 +513,8 @@ fn eval_with(cfg: &Config, w: &Window, weight_v2: f64, v2_bad: u64) -> Evaluatio
             now: t0(),
             previous: &mem.status,
             recovery: &mem.recovery,
+            tick: w,
+            sequential: None,
         },
     )
 }
@@ -869,6 +875,8 @@ fn shadow_phase_judges_the_mirrors() {
                 now: t0(),
                 previous: &mem.status,
                 recovery: &mem.recovery,
+                tick: w,
+                sequential: None,
             },
         )
     };
@@ -988,6 +996,7 @@ fn gate_keys_serialise_as_the_text_they_always_were() {
         reason: "ok".into(),
         p_value: None,
         recovery: None,
+        evidence: None,
     };
     let json = serde_json::to_string(&g).unwrap();
     assert!(
@@ -1031,6 +1040,8 @@ fn js_errors_by_events(window: &Window, ctx: &GateContext<'_>) -> GateResult {
             n2,
             super::significance::Worse::Higher,
         )),
+        counted: "",
+        counts: None,
     })
 }
 
@@ -1067,6 +1078,8 @@ fn funnel_by_events(
             n2,
             super::significance::Worse::Lower,
         )),
+        counted: "",
+        counts: None,
     })
 }
 
@@ -1204,6 +1217,7 @@ fn botnet_addresses_to_turn_beacon_gates_red() {
         .unwrap()
         .clone();
     let mem = Memory::default();
+    let empty = Window::empty_with(cfg.journeys.len(), cfg.beacons.names.len());
     let ctx = GateContext {
         cfg: &cfg,
         phase_p95_ms: 130.0,
@@ -1214,6 +1228,8 @@ fn botnet_addresses_to_turn_beacon_gates_red() {
         now: t0(),
         previous: &mem.status,
         recovery: &mem.recovery,
+        tick: &empty,
+        sequential: None,
     };
     let after_js = |w: &Window| gate_of(&evaluate(w, &ctx), "js_errors").status;
     let after_funnel = |w: &Window| gate_of(&evaluate(w, &ctx), "funnel/view_to_click").status;

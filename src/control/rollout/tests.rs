@@ -130,6 +130,7 @@ fn gate(name: &str, journey: Option<&str>, status: GateStatus) -> GateResult {
         reason,
         p_value: None,
         recovery: None,
+        evidence: None,
     }
 }
 
@@ -1696,6 +1697,8 @@ fn real_eval(cfg: &Config, s: &RolloutState, now: DateTime<Utc>, w: &Window) -> 
             now,
             previous: &s.gate_status,
             recovery: &s.gate_recovery,
+            tick: w,
+            sequential: None,
         },
     )
 }
