@@ -80,6 +80,10 @@ pub const TICK: &str = "1m";
 /// room for a gate that needs a few minutes of data after a step).
 pub const SLACK_MIN: u64 = 15;
 
+/// Runs go on this long past the schedule, so that the time a late
+/// promotion takes is measured too, not only that it was late.
+pub const OVERTIME_MIN: u64 = 120;
+
 /// Who judges.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Judge {
@@ -146,8 +150,8 @@ impl RunResult {
     }
 }
 
-/// The sum of the plan's holds plus [`SLACK_MIN`], in ticks: how long a
-/// run lasts at most, and the schedule a healthy rollout must keep.
+/// The sum of the plan's holds plus [`SLACK_MIN`], in ticks: the schedule a
+/// healthy rollout must keep.
 pub fn deadline_ticks(cfg: &Config) -> u64 {
     let holds: u64 = cfg
         .rollout
@@ -163,9 +167,11 @@ pub fn run_seed(seed: u64, sc: &Scenario, rate: f64, run: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(format!("{seed}/{}/{rate}/{run}", sc.name).as_bytes())
 }
 
-/// One rollout of `sc` at `rate` req/s per journey under `judge`.
+/// One rollout of `sc` at `rate` req/s per journey under `judge`, until it
+/// is rolled back or promoted, or [`OVERTIME_MIN`] past its schedule.
 pub fn run_one(cfg: &Config, judge: &Judge, sc: &Scenario, rate: f64, seed: u64) -> RunResult {
-    let ticks = deadline_ticks(cfg);
+    let ticks =
+        deadline_ticks(cfg) + (OVERTIME_MIN * 60_000).div_ceil(cfg.rollout.tick.as_millis() as u64);
     match judge {
         Judge::Kayenta => kayenta::run(cfg, sc, rate, seed, ticks),
         Judge::Gates(_) => run_gates(cfg, sc, rate, seed, ticks),

@@ -78,6 +78,8 @@ pub struct Healthy {
 pub struct Faulty {
     /// Share of runs rolled back.
     pub caught: f64,
+    /// Share of runs promoted to the end: the fault shipped.
+    pub promoted: f64,
     /// Over caught runs: (weight %, share of caught runs rolled back at it).
     pub weights: Vec<(f64, f64)>,
     pub mean_weight: Option<f64>,
@@ -139,6 +141,8 @@ impl Cell {
         let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         Faulty {
             caught: c as f64 / self.runs.len().max(1) as f64,
+            promoted: self.runs.iter().filter(|r| r.promoted).count() as f64
+                / self.runs.len().max(1) as f64,
             weights,
             mean_weight: mean(caught.iter().map(|r| r.weight).collect()),
             mean_v2_requests: mean(served.iter().map(|n| *n as f64).collect()),
@@ -192,9 +196,9 @@ pub fn markdown(cells: &[Cell]) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| faulty scenario | req/s per journey | judge | runs | caught | V2 weight at rollback | V2 requests before rollback: mean | p90 | median time to rollback |"
+        "| faulty scenario | req/s per journey | judge | runs | caught | shipped | V2 weight at rollback | V2 requests before rollback: mean | p90 | median time to rollback |"
     );
-    let _ = writeln!(out, "|---|---:|---|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---|---:|---:|---:|");
     for c in cells.iter().filter(|c| !c.healthy) {
         let f = c.faulty();
         let weights = if f.weights.is_empty() {
@@ -208,12 +212,13 @@ pub fn markdown(cells: &[Cell]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.scenario,
             c.rate,
             c.judge,
             c.runs.len(),
             pct(f.caught),
+            pct(f.promoted),
             weights,
             opt(f.mean_v2_requests, count),
             f.p90_v2_requests.map_or("-".into(), |n| count(n as f64)),
