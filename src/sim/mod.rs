@@ -21,7 +21,11 @@
 //! tick carries the requests of a whole simulated minute, the window stays 5
 //! minutes, and holds and `red_rollback_after` stay the plan's, in simulated
 //! time. It is 4x fewer evaluations than the live 15 s tick (a 32-hour plan
-//! is 1,920 ticks), and it is also the Kayenta-like judge's point size. A
+//! is 1,920 ticks), and it is also the Kayenta-like judge's point size. The
+//! sequential judge budgets its breach threshold `ln(K G N / alpha)` by the
+//! plan's number of ticks N, so under the live 15 s tick that threshold is
+//! ln 4 = 1.4 higher than simulated here: detection a little slower live,
+//! and the false-rollback budget spread over 4x more looks. A
 //! judge is chosen by `[gates] method` (`window`, `sequential`) or is the
 //! Kayenta-like judge of [`kayenta`]. Every approval the plan asks for is
 //! granted up front: the simulation measures judgment, not sign-offs.
