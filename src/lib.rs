@@ -27,6 +27,8 @@ pub mod control;
 pub mod demo;
 pub mod edge;
 pub mod routing;
+#[doc(hidden)]
+pub mod sim;
 pub mod telemetry;
 
 pub use app::App;

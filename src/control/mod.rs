@@ -29,7 +29,7 @@ pub mod rollout;
 mod shell;
 pub mod state;
 mod status;
-mod step;
+pub(crate) mod step;
 pub(crate) use crate::routing::tripwire;
 pub(crate) mod webhook;
 

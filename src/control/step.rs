@@ -45,18 +45,24 @@ pub(crate) fn intake(
 ) -> Option<Interval> {
     let interval = ring.push(now_ms, snapshot).cloned();
     if let Some(interval) = &interval {
-        if Core::active(s) {
-            let bad: u64 = interval
-                .cells
-                .iter()
-                .skip(Variant::V2 as usize)
-                .step_by(2)
-                .map(|c| c.classes[StatusClass::ServerError as usize])
-                .sum();
-            s.v2_bad_requests += bad;
-        }
+        charge(s, interval);
     }
     interval
+}
+
+/// Charges V2's 5xx responses of an interval to the error budget while V2
+/// takes traffic under watch (the simulator's intervals come this way too).
+pub(crate) fn charge(s: &mut RolloutState, interval: &Interval) {
+    if Core::active(s) {
+        let bad: u64 = interval
+            .cells
+            .iter()
+            .skip(Variant::V2 as usize)
+            .step_by(2)
+            .map(|c| c.classes[StatusClass::ServerError as usize])
+            .sum();
+        s.v2_bad_requests += bad;
+    }
 }
 
 /// Every gate over the window that ends at `t`. Under the sequential
