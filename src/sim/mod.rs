@@ -46,6 +46,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::config::{Config, ConfigError};
+use crate::control::gates::drift::Reference;
 use crate::control::rollout::Core;
 use crate::control::state::{Approval, RolloutState, StateName};
 use crate::control::step::{self, TickTime};
@@ -123,13 +124,21 @@ pub fn config(plan: Plan, judge: &Judge) -> Result<Config, ConfigError> {
             "promotion_window = { start = \"09:00\", end = \"18:00\" }",
             "promotion_window = \"always\"",
         );
-    let Judge::Gates(method) = judge else {
-        return Config::parse(&text, plan.name());
-    };
-    Config::parse(
-        &format!("{text}\n[gates]\nmethod = \"{method}\"\n"),
-        plan.name(),
-    )
+    let mut cfg = Config::parse(&text, plan.name())?;
+    // The simulation draws requests, not users or their beacons: the
+    // presets' beacon gates (JS errors, funnels, timings) would hold every
+    // run on "insufficient data", so they are left out here.
+    cfg.gates.js_errors_per = None;
+    cfg.gates.funnels.clear();
+    cfg.gates.timings.clear();
+    if let Judge::Gates(method) = judge {
+        cfg.gates.method = method.parse().map_err(|reason| ConfigError::Invalid {
+            file: plan.name().to_string(),
+            key: "gates.method".into(),
+            reason,
+        })?;
+    }
+    Ok(cfg)
 }
 
 /// How one simulated rollout ended.
@@ -258,16 +267,17 @@ fn run_gates(cfg: &Config, sc: &Scenario, rate: f64, seed: u64, ticks: u64) -> R
         let t = TickTime {
             ms: now_ms,
             at,
-            local: at.time(),
+            local: at.naive_utc(),
         };
+        let none = Reference::None("simulation: no drift reference".into());
         if served.payment_trip && Core::active(&s) {
             let trip = Trip {
                 failures: cfg.rollout.consecutive_payment_failures + 1,
                 trigger_to_swap_ns: 0,
             };
-            step::trip(cfg, &ring, &mut s, trip, &t);
+            step::trip(cfg, &ring, &mut s, trip, &t, &none);
         } else {
-            step::tick(cfg, &ring, &mut s, &t);
+            step::tick(cfg, &ring, &mut s, &t, &none);
         }
         match s.state {
             StateName::RolledBack => {
