@@ -108,11 +108,11 @@ pub(crate) fn evaluate(
 }
 
 /// An upper bound on the gates the sequential judge tests in one tick: the
-/// 5xx rate, four per journey (P95, median against V1, success, cache), the
+/// 5xx rate, five per journey (P95, median and tail against V1, success, cache), the
 /// JS errors, funnels and timings, the revenue gate, the shadow diffs.
 fn tested_gates(cfg: &Config) -> usize {
     let g = &cfg.gates;
-    3 + 4 * cfg.journeys.len()
+    3 + 5 * cfg.journeys.len()
         + g.funnels.len()
         + g.timings.len()
         + usize::from(g.revenue_per.is_some())

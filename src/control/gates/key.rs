@@ -23,6 +23,8 @@ pub enum Gate {
     LatencyP95,
     /// V2's median latency per journey against V1's.
     LatencyVsControl,
+    /// V2's latency tail per journey against V1's P95 (sequential judge).
+    TailVsControl,
     /// Success share of a payment journey.
     PaymentSuccess,
     /// Success share of a journey with its own `success_min`.
@@ -50,10 +52,11 @@ pub enum Gate {
 }
 
 impl Gate {
-    pub const ALL: [Gate; 15] = [
+    pub const ALL: [Gate; 16] = [
         Gate::ErrorRate,
         Gate::LatencyP95,
         Gate::LatencyVsControl,
+        Gate::TailVsControl,
         Gate::PaymentSuccess,
         Gate::SuccessRate,
         Gate::CacheHit,
@@ -83,6 +86,7 @@ impl Gate {
             Gate::ErrorRate => "error_rate",
             Gate::LatencyP95 => "latency_p95",
             Gate::LatencyVsControl => "latency_vs_control",
+            Gate::TailVsControl => "tail_vs_control",
             Gate::PaymentSuccess => "payment_success",
             Gate::SuccessRate => "success_rate",
             Gate::CacheHit => "cache_hit",

@@ -72,6 +72,44 @@ pub(super) fn p95_of(
     })
 }
 
+/// V2's tail against V1's: at most 5 % of V2's samples slower than V1's
+/// P95 plus `latency_vs_control_max` and the slack. Only under the
+/// sequential judge (the window judge keeps the gates it always had), and
+/// only while V1 takes traffic. A V2 whose slowest few percent got slower
+/// moves neither its median nor, while the tail is near 5 % of requests,
+/// the share above an absolute limit by much; against V1's own tail it
+/// stands out.
+pub(super) fn tail_vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option<GateResult> {
+    if !ctx.comparative || ctx.sequential.is_none() {
+        return None;
+    }
+    let g = &ctx.cfg.gates;
+    let threshold = j.v1.p95_ms.map_or(0.0, |p| {
+        p * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
+    });
+    let counted = format!(
+        "V2 requests slower than V1's P95 + {:.0} % ({} ms)",
+        g.latency_vs_control_max * 100.0,
+        super::judge::fmt(threshold)
+    );
+    let n = j.c2.latency.count();
+    let slower = n - j.c2.latency.count_le(threshold * 1000.0);
+    Some(ctx.gate(Measure {
+        gate: Gate::TailVsControl,
+        journey: Some(j.name),
+        bound: Bound::Max,
+        what: "V2 P95 ms vs V1",
+        value: j.v2.p95_ms,
+        threshold,
+        samples: j.v2.requests,
+        min_samples: ctx.cfg.rollout.min_samples,
+        control_samples: Some(j.v1.requests),
+        evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
+        counted: &counted,
+        counts: (threshold > 0.0).then(|| slower_than(&j.t2.latency, threshold, 0.05)),
+    }))
+}
+
 /// V2's median against V1's plus `latency_vs_control_max` and the slack;
 /// evidence from Mann-Whitney U on the two latency histograms. Only while V1
 /// takes traffic.

@@ -338,6 +338,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
         if v1.requests + v2.requests > 0 {
             ev.gates.push(latency::p95(ctx, &j));
             ev.gates.extend(latency::vs_control(ctx, &j));
+            ev.gates.extend(latency::tail_vs_control(ctx, &j));
             ev.gates.extend(payments::success(ctx, &j));
             ev.gates.extend(cache::hit_ratio(ctx, &j));
         }

@@ -27,7 +27,12 @@ fn config(extra_gates: &str) -> Config {
 /// One variant's requests on `search`: `n` of them, `errors` 5xx, and
 /// `slow` at 125 ms while the rest take 80 ms.
 fn cell(n: u64, errors: u64, slow: u64) -> SparseCounts {
-    let (fast_us, slow_us) = (80_000u64, 125_000u64);
+    cell_at(n, errors, slow, 125)
+}
+
+/// Like [`cell`], the slow requests taking `slow_ms`.
+fn cell_at(n: u64, errors: u64, slow: u64, slow_ms: u64) -> SparseCounts {
+    let (fast_us, slow_us) = (80_000u64, slow_ms * 1000);
     let mut buckets = vec![];
     if n > slow {
         buckets.push((bucket_index(fast_us) as u16, n - slow));
@@ -67,14 +72,18 @@ impl Run {
         }
     }
 
-    fn step(&mut self, (n, errors, slow): (u64, u64, u64)) -> Evaluation {
+    fn step(&mut self, v2: (u64, u64, u64)) -> Evaluation {
+        self.step_at(v2, 125)
+    }
+
+    fn step_at(&mut self, (n, errors, slow): (u64, u64, u64), slow_ms: u64) -> Evaluation {
         self.tick += 1;
         let now_ms = self.tick * 15_000;
         let at = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap()
             + TimeDelta::milliseconds(now_ms as i64);
         let v2_live = self.s.weight_v2 > 0.0;
         let v2 = if v2_live {
-            cell(n, errors, slow)
+            cell_at(n, errors, slow, slow_ms)
         } else {
             cell(0, 0, 0)
         };
@@ -218,4 +227,28 @@ fn the_window_method_is_still_there() {
     let g = gate(&ev, "error_rate");
     assert!(g.evidence.is_none());
     assert_eq!(g.status, GateStatus::Green, "{}", g.reason);
+}
+
+#[test]
+fn a_tail_slower_than_v1_but_under_the_limit_is_red_on_the_tail_gate_only() {
+    // 10 % of V2's requests at 115 ms, under the 120 ms limit; V1 all at
+    // 80 ms. The P95 limit has nothing to say, the median neither; against
+    // V1's P95 (+ 10 % + 1 ms = 89 ms) the tail is a breach.
+    let mut run = Run::new(config(""));
+    let mut red = None;
+    for k in 0..200 {
+        let ev = run.step_at((1000, 0, 100), 115);
+        let p95 = gate(&ev, "latency_p95/search");
+        assert_ne!(p95.status, GateStatus::Red, "{}", p95.reason);
+        let median = gate(&ev, "latency_vs_control/search");
+        assert_ne!(median.status, GateStatus::Red, "{}", median.reason);
+        let tail = gate(&ev, "tail_vs_control/search");
+        if tail.status == GateStatus::Red {
+            assert!(tail.reason.contains(": breach,"), "{}", tail.reason);
+            red = Some(k);
+            break;
+        }
+        assert_ne!(tail.status, GateStatus::Green, "{}", tail.reason);
+    }
+    assert!(red.is_some(), "the tail was never RED");
 }
