@@ -97,7 +97,10 @@ hold = "1h"
 [[rollout.phases]]
 name = "full"
 weight = 100
+# A few dozen mirrors can show a 10 % diff ceiling inside; the default
+# 1 % would need hundreds (the sequential judge shows, it does not assume).
 [shadow]
+diff_rate_max = 0.1
 {shadow}
 "#
     )
