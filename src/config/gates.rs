@@ -58,6 +58,11 @@ pub(crate) struct FileGates {
     /// harm on a comparative gate (JS errors), whatever V1's rate.
     #[serde(default = "default_rate_floor")]
     pub rate_floor: f64,
+    /// `sequential`: judge each journey's tail against V1's P95
+    /// (`tail_vs_control`); it needs a few hundred V2 samples per journey
+    /// and phase to show inside.
+    #[serde(default = "super::values::yes")]
+    pub tail_vs_control: bool,
     /// A gate that is not GREEN turns GREEN only inside its threshold by this share...
     #[serde(default = "default_band")]
     pub promote_band: f64,
@@ -170,6 +175,7 @@ pub struct GatesConfig {
     pub alpha_inside: f64,
     pub dispersion: f64,
     pub rate_floor: f64,
+    pub tail_vs_control: bool,
     pub promote_band: f64,
     pub rollback_band: f64,
     pub cooldown: Duration,
@@ -262,6 +268,7 @@ pub(super) fn validate(
         alpha_inside: g.alpha_inside,
         dispersion: g.dispersion,
         rate_floor: fraction("gates.rate_floor", g.rate_floor)?,
+        tail_vs_control: g.tail_vs_control,
         promote_band: band("gates.promote_band", g.promote_band)?,
         rollback_band: band("gates.rollback_band", g.rollback_band)?,
         cooldown: g.cooldown.0,

@@ -80,10 +80,10 @@ pub(super) fn p95_of(
 /// the share above an absolute limit by much; against V1's own tail it
 /// stands out.
 pub(super) fn tail_vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option<GateResult> {
-    if !ctx.comparative || ctx.sequential.is_none() {
+    let g = &ctx.cfg.gates;
+    if !ctx.comparative || ctx.sequential.is_none() || !g.tail_vs_control {
         return None;
     }
-    let g = &ctx.cfg.gates;
     let threshold = j.v1.p95_ms.map_or(0.0, |p| {
         p * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
     });
