@@ -72,6 +72,22 @@ pub(super) fn p95_of(
     })
 }
 
+/// The V1 quantile `q` (ms) that a tick's V2 samples are counted against:
+/// V1's own samples of the same tick when they are enough to place it, so
+/// that both variants see the same host, load and minute (a busy minute
+/// slows both; against the window's V1 it would look like V2's fault), else
+/// V1's over the window.
+fn v1_reference(j: &JourneyWindow<'_>, q: f64, window_ms: Option<f64>) -> Option<f64> {
+    // 20 samples beyond the quantile: a P95 from 400, a median from 40.
+    let enough = (20.0 / (1.0 - q)).ceil() as u64;
+    let tick = &j.t1.latency;
+    if tick.count() >= enough {
+        tick.quantile_us(q).map(|us| us / 1000.0)
+    } else {
+        window_ms
+    }
+}
+
 /// V2's tail against V1's: at most 5 % of V2's samples slower than V1's
 /// P95 plus `latency_vs_control_max` and the slack. Only under the
 /// sequential judge (the window judge keeps the gates it always had), and
@@ -94,6 +110,8 @@ pub(super) fn tail_vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> O
     );
     let n = j.c2.latency.count();
     let slower = n - j.c2.latency.count_le(threshold * 1000.0);
+    let margin = |p: f64| p * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms;
+    let tick_threshold = v1_reference(j, 0.95, j.v1.p95_ms).map_or(0.0, margin);
     Some(ctx.gate(Measure {
         gate: Gate::TailVsControl,
         journey: Some(j.name),
@@ -106,7 +124,7 @@ pub(super) fn tail_vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> O
         control_samples: Some(j.v1.requests),
         evidence: Evidence::Test(binomial_exceeds(slower, n, 0.05)),
         counted: &counted,
-        counts: (threshold > 0.0).then(|| slower_than(&j.t2.latency, threshold, 0.05)),
+        counts: (tick_threshold > 0.0).then(|| slower_than(&j.t2.latency, tick_threshold, 0.05)),
     }))
 }
 
@@ -119,6 +137,9 @@ pub(super) fn vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option
     }
     let g = &ctx.cfg.gates;
     let threshold = j.v1.p50_ms.map_or(0.0, |m| {
+        m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
+    });
+    let tick_threshold = v1_reference(j, 0.5, j.v1.p50_ms).map_or(0.0, |m| {
         m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
     });
     let counted = format!(
@@ -142,6 +163,6 @@ pub(super) fn vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option
         counted: &counted,
         // V2's median is at most the threshold when at most half of its
         // samples are slower than it.
-        counts: (threshold > 0.0).then(|| slower_than(&j.t2.latency, threshold, 0.5)),
+        counts: (tick_threshold > 0.0).then(|| slower_than(&j.t2.latency, tick_threshold, 0.5)),
     }))
 }

@@ -300,6 +300,8 @@ struct JourneyWindow<'a> {
     c2: &'a CellCounts,
     /// V2's counts of the tick (sequential evidence).
     t2: &'a CellCounts,
+    /// V1's counts of the tick (V1's own latency in the same tick).
+    t1: &'a CellCounts,
     v1: &'a VariantKpi,
     v2: &'a VariantKpi,
     limits: &'a JourneyLimits,
@@ -320,7 +322,10 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
     let journeys = &ctx.cfg.journeys;
     for id in journeys.ids() {
         let (c1, c2) = (window.cell(id, Variant::V1), window.cell(id, Variant::V2));
-        let t2 = ctx.tick.cell(id, Variant::V2);
+        let (t1, t2) = (
+            ctx.tick.cell(id, Variant::V1),
+            ctx.tick.cell(id, Variant::V2),
+        );
         let (v1, v2) = (VariantKpi::of(c1), VariantKpi::of(c2));
         let limits = ctx.limits(id);
         let j = JourneyWindow {
@@ -329,6 +334,7 @@ pub fn evaluate(window: &Window, ctx: &GateContext<'_>) -> Evaluation {
             c1,
             c2,
             t2,
+            t1,
             v1: &v1,
             v2: &v2,
             limits: &limits,
