@@ -85,14 +85,23 @@ sticky_header = "x-user-id"
 
 $(cat src/demo/journeys.toml)
 
+# Gates wide enough for the sequential judge to show a clean canary inside
+# within holds of seconds (as the demo's): the soak measures the process,
+# not the judgment.
 [gates]
 cooldown = "${COOLDOWN}s"
+alpha_inside = 0.2
+latency_vs_control_max = 0.25
+tail_vs_control = false
 
 [rollout]
 auto_start = true
 tick = "1s"
 window = "${WINDOW}s"
 min_samples = 10
+error_rate_max = 0.02
+error_rate_margin = 0.01
+payment_success_min = 0.9
 full_sustain = "${STEP}s"
 
 [rollout.flags]
