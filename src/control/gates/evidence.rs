@@ -125,6 +125,17 @@ pub(crate) enum Counts {
 }
 
 impl Counts {
+    /// A ratio with `n1`, `n2` added to its exposures (the phase's so far);
+    /// a share as it is.
+    pub(super) fn with_exposure_added(&self, n1: f64, n2: f64) -> Counts {
+        let mut c = *self;
+        if let Counts::Ratio { n1: e1, n2: e2, .. } = &mut c {
+            *e1 += n1;
+            *e2 += n2;
+        }
+        c
+    }
+
     /// A share with exact counts.
     pub(crate) fn share(n: u64, bad: u64, p0: f64) -> Counts {
         Counts::Share {

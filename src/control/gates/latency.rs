@@ -88,6 +88,14 @@ fn v1_reference(j: &JourneyWindow<'_>, q: f64, window_ms: Option<f64>) -> Option
     }
 }
 
+/// V1's latency `ms` plus `latency_vs_control_max` and the slack; 0 (no
+/// threshold, no counts) without a V1 figure.
+fn with_margin(g: &crate::config::GatesConfig, ms: Option<f64>) -> f64 {
+    ms.map_or(0.0, |m| {
+        m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
+    })
+}
+
 /// V2's tail against V1's: at most 5 % of V2's samples slower than V1's
 /// P95 plus `latency_vs_control_max` and the slack. Only under the
 /// sequential judge (the window judge keeps the gates it always had), and
@@ -100,9 +108,7 @@ pub(super) fn tail_vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> O
     if !ctx.comparative || ctx.sequential.is_none() || !g.tail_vs_control {
         return None;
     }
-    let threshold = j.v1.p95_ms.map_or(0.0, |p| {
-        p * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
-    });
+    let threshold = with_margin(g, j.v1.p95_ms);
     let counted = format!(
         "V2 requests slower than V1's P95 + {:.0} % ({} ms)",
         g.latency_vs_control_max * 100.0,
@@ -110,8 +116,7 @@ pub(super) fn tail_vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> O
     );
     let n = j.c2.latency.count();
     let slower = n - j.c2.latency.count_le(threshold * 1000.0);
-    let margin = |p: f64| p * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms;
-    let tick_threshold = v1_reference(j, 0.95, j.v1.p95_ms).map_or(0.0, margin);
+    let tick_threshold = with_margin(g, v1_reference(j, 0.95, j.v1.p95_ms));
     Some(ctx.gate(Measure {
         gate: Gate::TailVsControl,
         journey: Some(j.name),
@@ -136,12 +141,8 @@ pub(super) fn vs_control(ctx: &GateContext<'_>, j: &JourneyWindow<'_>) -> Option
         return None;
     }
     let g = &ctx.cfg.gates;
-    let threshold = j.v1.p50_ms.map_or(0.0, |m| {
-        m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
-    });
-    let tick_threshold = v1_reference(j, 0.5, j.v1.p50_ms).map_or(0.0, |m| {
-        m * (1.0 + g.latency_vs_control_max) + g.latency_vs_control_slack_ms
-    });
+    let threshold = with_margin(g, j.v1.p50_ms);
+    let tick_threshold = with_margin(g, v1_reference(j, 0.5, j.v1.p50_ms));
     let counted = format!(
         "V2 requests slower than V1's median + {:.0} % ({} ms)",
         g.latency_vs_control_max * 100.0,

@@ -85,26 +85,7 @@ impl GateMemory {
         // far, not of this tick's: a tick's share swings when one variant's
         // users arrive in a burst, and an event often comes a tick after its
         // exposure (a user pays after they were first seen).
-        let judged = match *c {
-            Counts::Ratio {
-                x1,
-                n1,
-                x2,
-                n2,
-                m,
-                harm,
-                floor,
-            } => Counts::Ratio {
-                x1,
-                n1: self.n1 + n1,
-                x2,
-                n2: self.n2 + n2,
-                m,
-                harm,
-                floor,
-            },
-            share => share,
-        };
+        let judged = c.with_exposure_added(self.n1, self.n2);
         if let Some(l) = tick_llrs(&judged, &UP, dispersion) {
             for (u, l) in self.up.iter_mut().zip(l) {
                 *u = (*u + l).max(0.0);
